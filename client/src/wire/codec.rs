@@ -1,0 +1,403 @@
+//! The value codec: PostgreSQL text values to JSON.
+//!
+//! One codec serves both paths into a cache: the bridge decodes pgoutput's text
+//! values with it, and the client decodes `COPY ... TO STDOUT` text values with it.
+//! PostgreSQL renders a value with the type's output function in both cases (COPY
+//! adds only its own escaping, which [`unescape_copy_field`] removes), so a row reads
+//! the same whichever path it took. Both connections set `DateStyle=ISO`,
+//! `TimeZone=UTC` and `bytea_output=hex` (see [`SESSION_OPTIONS`]); the codec still
+//! converts any UTC offset so a misconfigured session cannot produce a different
+//! value.
+//!
+//! | PostgreSQL | JSON |
+//! |---|---|
+//! | `bool` | `true` / `false` |
+//! | `int2`, `int4`, `int8`, `oid` | number |
+//! | `float4`, `float8` | number; `"NaN"`, `"Infinity"`, `"-Infinity"` as strings |
+//! | `numeric` | string (exact) |
+//! | `json`, `jsonb` | the embedded JSON |
+//! | `bytea` | base64 string |
+//! | `timestamptz` | RFC 3339 string in UTC |
+//! | `timestamp`, `date`, `time` | PostgreSQL's ISO text |
+//! | arrays of the above | JSON arrays (nested for several dimensions) |
+//! | anything else (`uuid`, `text`, enums, `inet`, domains, ...) | string |
+//! | SQL `NULL` | `null` |
+
+use base64::Engine as _;
+use serde_json::{Number, Value};
+
+/// Startup options for every PostgreSQL connection whose values reach the codec.
+pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c TimeZone=UTC -c bytea_output=hex";
+
+/// SQL that resolves type OIDs (`$1::oid[]`) to `(oid, array element oid or 0)`.
+pub const TYPE_INFO_SQL: &str =
+    "SELECT oid, CASE WHEN typcategory = 'A' THEN typelem ELSE 0::oid END \
+     FROM pg_catalog.pg_type WHERE oid = ANY($1::oid[])";
+
+/// A value the codec could not decode; names the type and the offending text.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode {kind:?} value {text:?}: {reason}")]
+pub struct CodecError {
+    /// The kind the value was decoded as.
+    pub kind: ValueKind,
+    /// The text PostgreSQL sent (truncated to 100 characters).
+    pub text: String,
+    /// What was wrong with it.
+    pub reason: String,
+}
+
+/// How a column's text values map to JSON; resolved once per column from its type OID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueKind {
+    /// `bool`.
+    Bool,
+    /// `int2`, `int4`, `int8`, `oid`.
+    Integer,
+    /// `float4`, `float8`.
+    Float,
+    /// `numeric`, kept exact as a string.
+    Numeric,
+    /// `json`, `jsonb`, embedded as JSON.
+    Json,
+    /// `bytea`, as base64.
+    Bytea,
+    /// `timestamptz`, as RFC 3339 in UTC.
+    TimestampTz,
+    /// Everything else, as the PostgreSQL text.
+    Text,
+    /// An array whose elements have the given kind.
+    Array(Box<ValueKind>),
+}
+
+impl ValueKind {
+    /// The kind for a type OID; `elem_oid` is the element type for arrays, 0 otherwise.
+    pub fn from_type(oid: u32, elem_oid: u32) -> Self {
+        if elem_oid != 0 {
+            return ValueKind::Array(Box::new(Self::from_type(elem_oid, 0)));
+        }
+        match oid {
+            16 => ValueKind::Bool,
+            20 | 21 | 23 | 26 => ValueKind::Integer,
+            700 | 701 => ValueKind::Float,
+            1700 => ValueKind::Numeric,
+            114 | 3802 => ValueKind::Json,
+            17 => ValueKind::Bytea,
+            1184 => ValueKind::TimestampTz,
+            _ => ValueKind::Text,
+        }
+    }
+
+    /// Decodes one non-NULL text value.
+    pub fn decode(&self, text: &str) -> Result<Value, CodecError> {
+        let fail = |reason: String| CodecError {
+            kind: self.clone(),
+            text: text.chars().take(100).collect(),
+            reason,
+        };
+        Ok(match self {
+            ValueKind::Bool => match text {
+                "t" | "true" => Value::Bool(true),
+                "f" | "false" => Value::Bool(false),
+                _ => return Err(fail("not t or f".into())),
+            },
+            ValueKind::Integer => {
+                if let Ok(i) = text.parse::<i64>() {
+                    Value::Number(i.into())
+                } else {
+                    Value::Number(text.parse::<u64>().map_err(|e| fail(e.to_string()))?.into())
+                }
+            }
+            ValueKind::Float => match text {
+                "NaN" | "Infinity" | "-Infinity" => Value::String(text.to_owned()),
+                _ => {
+                    let f: f64 = text
+                        .parse()
+                        .map_err(|e: std::num::ParseFloatError| fail(e.to_string()))?;
+                    Number::from_f64(f)
+                        .map(Value::Number)
+                        .ok_or_else(|| fail("not finite".into()))?
+                }
+            },
+            ValueKind::Json => serde_json::from_str(text).map_err(|e| fail(e.to_string()))?,
+            ValueKind::Bytea => Value::String(
+                base64::engine::general_purpose::STANDARD.encode(decode_bytea(text).map_err(fail)?),
+            ),
+            ValueKind::TimestampTz => Value::String(timestamptz_to_rfc3339(text).map_err(fail)?),
+            ValueKind::Numeric | ValueKind::Text => Value::String(text.to_owned()),
+            ValueKind::Array(elem) => parse_array(text, elem).map_err(fail)?,
+        })
+    }
+
+    /// Decodes a value that may be SQL NULL.
+    pub fn decode_opt(&self, text: Option<&str>) -> Result<Value, CodecError> {
+        match text {
+            None => Ok(Value::Null),
+            Some(t) => self.decode(t),
+        }
+    }
+}
+
+/// `bytea` text output: hex (`\x0a0b`) or the legacy escape format.
+fn decode_bytea(text: &str) -> Result<Vec<u8>, String> {
+    if let Some(hex) = text.strip_prefix("\\x") {
+        if hex.len() % 2 != 0 {
+            return Err("odd number of hex digits".into());
+        }
+        return (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| e.to_string()))
+            .collect();
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' {
+            if bytes.get(i + 1) == Some(&b'\\') {
+                out.push(b'\\');
+                i += 2;
+            } else {
+                let oct = text.get(i + 1..i + 4).ok_or("truncated escape")?;
+                out.push(u8::from_str_radix(oct, 8).map_err(|e| e.to_string())?);
+                i += 4;
+            }
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// `2026-11-26 07:16:50.123+00` (any offset) to `2026-11-26T07:16:50.123Z`.
+fn timestamptz_to_rfc3339(text: &str) -> Result<String, String> {
+    if text == "infinity" || text == "-infinity" || text.ends_with(" BC") {
+        return Ok(text.to_owned());
+    }
+    let parsed = chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
+        .map_err(|e| e.to_string())?;
+    Ok(parsed
+        .with_timezone(&chrono::Utc)
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+}
+
+/// Parses an array literal such as `{1,2,NULL}`, `{{a,"b c"},{d,e}}` or `[0:1]={x,y}`.
+fn parse_array(text: &str, elem: &ValueKind) -> Result<Value, String> {
+    let body = match text.find('=') {
+        Some(eq) if text.starts_with('[') => &text[eq + 1..],
+        _ => text,
+    };
+    let mut chars = body.char_indices().peekable();
+    let value = parse_array_level(body, &mut chars, elem)?;
+    if chars.next().is_some() {
+        return Err("trailing characters after array".into());
+    }
+    Ok(value)
+}
+
+fn parse_array_level(
+    src: &str,
+    chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>,
+    elem: &ValueKind,
+) -> Result<Value, String> {
+    if chars.next().map(|(_, c)| c) != Some('{') {
+        return Err("array does not start with '{'".into());
+    }
+    let mut items = Vec::new();
+    if chars.peek().map(|&(_, c)| c) == Some('}') {
+        chars.next();
+        return Ok(Value::Array(items));
+    }
+    loop {
+        match chars.peek().map(|&(_, c)| c) {
+            Some('{') => items.push(parse_array_level(src, chars, elem)?),
+            Some('"') => {
+                chars.next();
+                let mut s = String::new();
+                loop {
+                    match chars.next() {
+                        Some((_, '\\')) => s.push(chars.next().ok_or("truncated escape")?.1),
+                        Some((_, '"')) => break,
+                        Some((_, c)) => s.push(c),
+                        None => return Err("unterminated quoted element".into()),
+                    }
+                }
+                items.push(elem.decode(&s).map_err(|e| e.to_string())?);
+            }
+            Some(_) => {
+                let start = chars.peek().map(|&(i, _)| i).unwrap_or(src.len());
+                let mut end = start;
+                while let Some(&(i, c)) = chars.peek() {
+                    if c == ',' || c == '}' {
+                        break;
+                    }
+                    end = i + c.len_utf8();
+                    chars.next();
+                }
+                let raw = src[start..end].trim();
+                items.push(if raw.eq_ignore_ascii_case("NULL") {
+                    Value::Null
+                } else {
+                    elem.decode(raw).map_err(|e| e.to_string())?
+                });
+            }
+            None => return Err("unterminated array".into()),
+        }
+        match chars.next().map(|(_, c)| c) {
+            Some(',') => continue,
+            Some('}') => return Ok(Value::Array(items)),
+            _ => return Err("expected ',' or '}' in array".into()),
+        }
+    }
+}
+
+/// Removes COPY text-format escaping from one field; `None` is SQL NULL (`\N`).
+pub fn unescape_copy_field(
+    field: &[u8],
+) -> Result<Option<std::borrow::Cow<'_, str>>, std::str::Utf8Error> {
+    if field == b"\\N" {
+        return Ok(None);
+    }
+    if !field.contains(&b'\\') {
+        return Ok(Some(std::borrow::Cow::Borrowed(std::str::from_utf8(
+            field,
+        )?)));
+    }
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let b = field[i];
+        if b != b'\\' || i + 1 == field.len() {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let next = field[i + 1];
+        i += 2;
+        match next {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut v = u32::from(next - b'0');
+                for _ in 0..2 {
+                    match field.get(i) {
+                        Some(&d @ b'0'..=b'7') => {
+                            v = v * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push(v as u8);
+            }
+            b'x' => {
+                let mut v = 0u32;
+                let mut n = 0;
+                while n < 2 {
+                    match field.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                        Some(d) => {
+                            v = v * 16 + d;
+                            i += 1;
+                            n += 1;
+                        }
+                        None => break,
+                    }
+                }
+                out.push(v as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    match String::from_utf8(out) {
+        Ok(s) => Ok(Some(std::borrow::Cow::Owned(s))),
+        Err(e) => Err(e.utf8_error()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn kind(oid: u32) -> ValueKind {
+        ValueKind::from_type(oid, 0)
+    }
+
+    #[test]
+    fn scalars() {
+        assert_eq!(kind(16).decode("t").unwrap(), json!(true));
+        assert_eq!(
+            kind(20).decode("-9223372036854775808").unwrap(),
+            json!(i64::MIN)
+        );
+        assert_eq!(kind(701).decode("1.5").unwrap(), json!(1.5));
+        assert_eq!(kind(700).decode("NaN").unwrap(), json!("NaN"));
+        assert_eq!(kind(701).decode("-Infinity").unwrap(), json!("-Infinity"));
+        assert_eq!(kind(1700).decode("10.50").unwrap(), json!("10.50"));
+        assert_eq!(
+            kind(3802).decode(r#"{"b": 1, "a": [true]}"#).unwrap(),
+            json!({"b": 1, "a": [true]})
+        );
+        assert_eq!(kind(17).decode("\\x68690a").unwrap(), json!("aGkK"));
+        assert_eq!(kind(17).decode("hi\\012\\\\").unwrap(), json!("aGkKXA=="));
+        assert_eq!(
+            kind(2950)
+                .decode("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+                .unwrap(),
+            json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+        );
+        assert!(kind(23).decode("x").is_err());
+        assert!(kind(16).decode("yes").is_err());
+    }
+
+    #[test]
+    fn timestamptz_is_utc_rfc3339_whatever_the_offset() {
+        let k = kind(1184);
+        assert_eq!(
+            k.decode("2026-11-26 07:16:50.123+00").unwrap(),
+            json!("2026-11-26T07:16:50.123Z")
+        );
+        assert_eq!(
+            k.decode("2026-11-26 12:46:50.123+05:30").unwrap(),
+            json!("2026-11-26T07:16:50.123Z")
+        );
+        assert_eq!(
+            k.decode("2026-11-26 07:16:50+00").unwrap(),
+            json!("2026-11-26T07:16:50Z")
+        );
+        assert_eq!(k.decode("infinity").unwrap(), json!("infinity"));
+    }
+
+    #[test]
+    fn arrays() {
+        let ints = ValueKind::from_type(1007, 23);
+        assert_eq!(ints.decode("{1,2,NULL}").unwrap(), json!([1, 2, null]));
+        assert_eq!(
+            ints.decode("{{1,2},{3,4}}").unwrap(),
+            json!([[1, 2], [3, 4]])
+        );
+        assert_eq!(ints.decode("[0:1]={7,8}").unwrap(), json!([7, 8]));
+        assert_eq!(ints.decode("{}").unwrap(), json!([]));
+        let texts = ValueKind::from_type(1009, 25);
+        assert_eq!(
+            texts.decode(r#"{a,"b c","q\"x","NULL",NULL}"#).unwrap(),
+            json!(["a", "b c", "q\"x", "NULL", null])
+        );
+        assert!(ints.decode("{1,2").is_err());
+    }
+
+    #[test]
+    fn copy_unescape() {
+        assert_eq!(unescape_copy_field(b"\\N").unwrap(), None);
+        assert_eq!(
+            unescape_copy_field(b"a\\tb\\nc\\\\").unwrap().unwrap(),
+            "a\tb\nc\\"
+        );
+        assert_eq!(unescape_copy_field(b"\\\\x0a").unwrap().unwrap(), "\\x0a");
+        assert_eq!(unescape_copy_field(b"plain").unwrap().unwrap(), "plain");
+    }
+}

@@ -1,0 +1,176 @@
+//! The Kafka record format: topic names, keys and the Debezium-style envelope.
+//!
+//! The bridge writes exactly these types and the client reads exactly these types,
+//! so the two cannot drift apart. The format is Debezium's JSON converter output with
+//! `schemas.enable=false`, plus `source.commit_lsn` and `unchanged_toast`; fields that
+//! Debezium leaves out are optional on the way in, so the client also reads Debezium
+//! topics.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A row or a key: column name to JSON value, in column order.
+pub type Row = Map<String, Value>;
+
+/// The kind of change a record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// An insert.
+    #[serde(rename = "c")]
+    Create,
+    /// An update.
+    #[serde(rename = "u")]
+    Update,
+    /// A delete (followed by a tombstone record with the same key).
+    #[serde(rename = "d")]
+    Delete,
+    /// A row read by a snapshot.
+    #[serde(rename = "r")]
+    Read,
+    /// A TRUNCATE; the bridge writes one to every partition of the topic.
+    #[serde(rename = "t")]
+    Truncate,
+}
+
+/// Where a change came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    /// Always `postgresql`.
+    #[serde(default)]
+    pub connector: String,
+    /// The logical name of the writer (`tidemark` for the bridge).
+    #[serde(default)]
+    pub name: String,
+    /// The database name.
+    #[serde(default)]
+    pub db: String,
+    /// The table's schema.
+    pub schema: String,
+    /// The table's name.
+    pub table: String,
+    /// The 32-bit id of the transaction that made the change.
+    #[serde(rename = "txId", default)]
+    pub tx_id: Option<u64>,
+    /// The LSN of the change itself.
+    #[serde(default)]
+    pub lsn: Option<u64>,
+    /// The LSN of the commit record of the change's transaction.
+    #[serde(default)]
+    pub commit_lsn: Option<u64>,
+    /// The transaction's commit time, in milliseconds since the epoch.
+    #[serde(default)]
+    pub ts_ms: i64,
+    /// `"false"` for streamed changes (Debezium's convention).
+    #[serde(default)]
+    pub snapshot: Value,
+}
+
+/// One record value: a change to one row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The old row (full with `REPLICA IDENTITY FULL`, key columns on delete, else `null`).
+    pub before: Option<Row>,
+    /// The new row; `null` on delete and truncate.
+    pub after: Option<Row>,
+    /// The kind of change.
+    pub op: Op,
+    /// When the bridge wrote the record, in milliseconds since the epoch.
+    #[serde(default)]
+    pub ts_ms: i64,
+    /// Where the change came from.
+    pub source: Source,
+    /// Columns of `after` whose TOASTed value did not change and was not sent; the
+    /// reader keeps the value it already has.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unchanged_toast: Vec<String>,
+}
+
+/// A table name, `schema.table`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TableName {
+    /// The schema (`public` when the name has no dot).
+    pub schema: String,
+    /// The table.
+    pub table: String,
+}
+
+impl TableName {
+    /// Parses `schema.table` or `table` (schema `public`). Names are taken as written:
+    /// quote nothing, and use the exact (usually lower-case) catalog spelling.
+    pub fn parse(name: &str) -> Option<Self> {
+        let name = name.trim();
+        let (schema, table) = match name.split_once('.') {
+            Some((s, t)) => (s, t),
+            None => ("public", name),
+        };
+        if schema.is_empty() || table.is_empty() || table.contains('.') {
+            return None;
+        }
+        Some(TableName {
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+        })
+    }
+
+    /// The SQL identifier, each part double-quoted.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+    }
+
+    /// The topic of this table under `prefix`: `<prefix>.<schema>.<table>`.
+    pub fn topic(&self, prefix: &str) -> String {
+        format!("{prefix}.{}.{}", self.schema, self.table)
+    }
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// Double-quotes an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The key a TRUNCATE record carries. Compacted topics refuse records without a key, so
+/// a truncate gets this fixed one; readers recognise truncates by `op`, not by key.
+pub const TRUNCATE_KEY: &[u8] = b"{}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn envelope_round_trips_and_reads_debezium() {
+        let debezium = json!({
+            "before": null, "after": {"id": 1, "name": "Ada"}, "op": "c", "ts_ms": 5,
+            "source": {"version": "2.5", "connector": "postgresql", "name": "srv", "db": "app",
+                       "schema": "public", "table": "t", "txId": 7, "lsn": 100, "ts_ms": 4,
+                       "snapshot": "false", "sequence": "[null,\"100\"]"}
+        });
+        let env: Envelope = serde_json::from_value(debezium).unwrap();
+        assert_eq!(env.op, Op::Create);
+        assert_eq!(env.source.tx_id, Some(7));
+        assert_eq!(env.source.commit_lsn, None);
+        let back: Envelope = serde_json::from_str(&serde_json::to_string(&env).unwrap()).unwrap();
+        assert_eq!(back, env);
+        assert!(!serde_json::to_string(&env)
+            .unwrap()
+            .contains("unchanged_toast"));
+    }
+
+    #[test]
+    fn table_names() {
+        let t = TableName::parse("app.accounts").unwrap();
+        assert_eq!(t.topic("tidemark"), "tidemark.app.accounts");
+        assert_eq!(TableName::parse("accounts").unwrap().schema, "public");
+        assert!(TableName::parse("a.b.c").is_none());
+        assert_eq!(
+            TableName::parse("s.we\"ird").unwrap().quoted(),
+            "\"s\".\"we\"\"ird\""
+        );
+    }
+}
