@@ -1,0 +1,271 @@
+//! The bridge's settings, from flags, `TIDEMARK_*` environment variables and a TOML
+//! file, in that order of precedence, then the defaults below.
+//!
+//! Unknown TOML keys are rejected so that a typo cannot silently fall back to a
+//! default. The PostgreSQL URL is held in [`PgUrl`], whose `Debug` and `Display`
+//! hide the password, so it cannot reach a log line or an error message.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+use tidemark_client::wire::TableName;
+
+use crate::error::BridgeError;
+
+/// Default Kafka bootstrap servers.
+pub const DEFAULT_KAFKA: &str = "127.0.0.1:9092";
+/// Default replication slot name.
+pub const DEFAULT_SLOT: &str = "tidemark";
+/// Default publication name.
+pub const DEFAULT_PUBLICATION: &str = "tidemark";
+/// Default topic prefix: topics are `<prefix>.<schema>.<table>`.
+pub const DEFAULT_TOPIC_PREFIX: &str = "tidemark";
+/// Default partition count of topics the bridge creates.
+pub const DEFAULT_PARTITIONS: i32 = 1;
+/// Default replication factor of topics the bridge creates.
+pub const DEFAULT_REPLICATION_FACTOR: i32 = 1;
+
+/// Command-line flags; each also reads a `TIDEMARK_*` environment variable.
+#[derive(Debug, Parser)]
+#[command(name = "tidemark-bridge", version, about = "Tails a PostgreSQL logical replication slot into Kafka: \
+every committed row change, one topic per table, keyed by primary key, in commit order.")]
+pub struct Cli {
+    /// TOML file with the same settings (keys as the long flags, with `_` for `-`).
+    #[arg(long, env = "TIDEMARK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// PostgreSQL URL, e.g. postgres://user:pass@host:5432/db?sslmode=disable. The user needs the
+    /// REPLICATION attribute, and CREATE on the database when the publication does not exist yet.
+    #[arg(long, env = "TIDEMARK_POSTGRES")]
+    pub postgres: Option<String>,
+    /// Kafka bootstrap servers, comma-separated [default: 127.0.0.1:9092].
+    #[arg(long, env = "TIDEMARK_KAFKA")]
+    pub kafka: Option<String>,
+    /// Tables to publish, comma-separated schema.table (schema defaults to public). Each needs a primary key.
+    #[arg(long, env = "TIDEMARK_TABLES", value_delimiter = ',')]
+    pub tables: Option<Vec<String>>,
+    /// Logical replication slot; created (pgoutput) when missing [default: tidemark].
+    #[arg(long, env = "TIDEMARK_SLOT")]
+    pub slot: Option<String>,
+    /// Publication; created for the tables when missing, extended when a table is missing from it [default: tidemark].
+    #[arg(long, env = "TIDEMARK_PUBLICATION")]
+    pub publication: Option<String>,
+    /// Topic prefix: each table goes to <prefix>.<schema>.<table> [default: tidemark].
+    #[arg(long, env = "TIDEMARK_TOPIC_PREFIX")]
+    pub topic_prefix: Option<String>,
+    /// Partitions of the topics the bridge creates (cleanup.policy=compact); existing topics are kept as they are [default: 1].
+    #[arg(long, env = "TIDEMARK_PARTITIONS")]
+    pub partitions: Option<i32>,
+    /// Replication factor of the topics the bridge creates [default: 1].
+    #[arg(long, env = "TIDEMARK_REPLICATION_FACTOR")]
+    pub replication_factor: Option<i32>,
+    /// A librdkafka producer property, key=value; repeatable (TLS, SASL, tuning). Must not repeat a typed setting.
+    #[arg(long = "kafka-property", env = "TIDEMARK_KAFKA_PROPERTIES", value_delimiter = ';')]
+    pub kafka_properties: Vec<String>,
+}
+
+/// The TOML file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    postgres: Option<String>,
+    kafka: Option<String>,
+    tables: Option<Vec<String>>,
+    slot: Option<String>,
+    publication: Option<String>,
+    topic_prefix: Option<String>,
+    partitions: Option<i32>,
+    replication_factor: Option<i32>,
+    #[serde(default)]
+    kafka_properties: BTreeMap<String, String>,
+}
+
+/// A PostgreSQL URL whose `Debug` and `Display` hide the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgUrl(String);
+
+impl PgUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        PgUrl(url.into())
+    }
+    /// The URL with its password, for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("***"));
+                }
+                write!(f, "{u}")
+            }
+            Err(_) => f.write_str("<unparseable postgres url>"),
+        }
+    }
+}
+
+impl std::fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgUrl({self})")
+    }
+}
+
+/// The bridge's validated settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// PostgreSQL URL.
+    pub postgres: PgUrl,
+    /// Kafka bootstrap servers.
+    pub kafka: String,
+    /// Tables to publish.
+    pub tables: Vec<TableName>,
+    /// Replication slot name.
+    pub slot: String,
+    /// Publication name.
+    pub publication: String,
+    /// Topic prefix.
+    pub topic_prefix: String,
+    /// Partitions for new topics.
+    pub partitions: i32,
+    /// Replication factor for new topics.
+    pub replication_factor: i32,
+    /// Extra librdkafka properties.
+    pub kafka_properties: BTreeMap<String, String>,
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> BridgeError {
+    BridgeError::Config { field, problem: problem.into() }
+}
+
+impl Config {
+    /// Merges flags (and their environment variables) over the TOML file, then validates.
+    pub fn from_cli(cli: Cli) -> Result<Self, BridgeError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| invalid("config", format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| invalid("config", format!("{}: {e}", path.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        let mut kafka_properties = file.kafka_properties;
+        for kv in cli.kafka_properties.iter().filter(|s| !s.trim().is_empty()) {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| invalid("kafka-property", format!("{kv:?} is not key=value")))?;
+            kafka_properties.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        let tables = cli.tables.or(file.tables).unwrap_or_default();
+        let config = Config {
+            postgres: PgUrl::new(
+                cli.postgres.or(file.postgres).ok_or_else(|| invalid("postgres", "is required"))?,
+            ),
+            kafka: cli.kafka.or(file.kafka).unwrap_or_else(|| DEFAULT_KAFKA.into()),
+            tables: tables
+                .iter()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| TableName::parse(t).ok_or_else(|| invalid("tables", format!("{t:?} is not schema.table"))))
+                .collect::<Result<_, _>>()?,
+            slot: cli.slot.or(file.slot).unwrap_or_else(|| DEFAULT_SLOT.into()),
+            publication: cli.publication.or(file.publication).unwrap_or_else(|| DEFAULT_PUBLICATION.into()),
+            topic_prefix: cli.topic_prefix.or(file.topic_prefix).unwrap_or_else(|| DEFAULT_TOPIC_PREFIX.into()),
+            partitions: cli.partitions.or(file.partitions).unwrap_or(DEFAULT_PARTITIONS),
+            replication_factor: cli
+                .replication_factor
+                .or(file.replication_factor)
+                .unwrap_or(DEFAULT_REPLICATION_FACTOR),
+            kafka_properties,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks each setting; the error names the field.
+    pub fn validate(&self) -> Result<(), BridgeError> {
+        let url = url::Url::parse(self.postgres.expose())
+            .map_err(|e| invalid("postgres", format!("not a URL ({e}); use postgres://user:pass@host:port/db")))?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(invalid("postgres", "the scheme must be postgres:// or postgresql://"));
+        }
+        if self.tables.is_empty() {
+            return Err(invalid("tables", "name at least one table, e.g. --tables public.accounts"));
+        }
+        let slot_ok = |s: &str| {
+            !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if !slot_ok(&self.slot) {
+            return Err(invalid("slot", "use 1-63 lower-case letters, digits and underscores"));
+        }
+        if self.publication.is_empty() {
+            return Err(invalid("publication", "must not be empty"));
+        }
+        if self.kafka.trim().is_empty() {
+            return Err(invalid("kafka", "must not be empty"));
+        }
+        if self.partitions < 1 {
+            return Err(invalid("partitions", "must be at least 1"));
+        }
+        for typed in crate::sink::TYPED_PRODUCER_PROPERTIES {
+            if self.kafka_properties.contains_key(*typed) {
+                return Err(invalid(
+                    "kafka-property",
+                    format!("{typed} is set by the bridge itself and cannot be overridden"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("tidemark-bridge").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn flags_override_file_and_defaults_apply() {
+        let dir = std::env::temp_dir().join(format!("tidemark-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bridge.toml");
+        std::fs::write(&path, "postgres = \"postgres://u:pw@h/db\"\ntables = [\"a.b\"]\nslot = \"from_file\"\n[kafka_properties]\n\"linger.ms\" = \"7\"\n").unwrap();
+        let c = Config::from_cli(cli(&["--config", path.to_str().unwrap(), "--slot", "from_flag"])).unwrap();
+        assert_eq!(c.slot, "from_flag");
+        assert_eq!(c.tables, vec![TableName::parse("a.b").unwrap()]);
+        assert_eq!(c.topic_prefix, DEFAULT_TOPIC_PREFIX);
+        assert_eq!(c.kafka_properties["linger.ms"], "7");
+        std::fs::write(&path, "postgress = \"typo\"\n").unwrap();
+        let err = Config::from_cli(cli(&["--config", path.to_str().unwrap()])).unwrap_err();
+        assert!(err.to_string().contains("postgress"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = Config::from_cli(cli(&["--postgres", "postgres://h/db"])).unwrap_err();
+        assert!(err.to_string().contains("tables"), "{err}");
+        let err = Config::from_cli(cli(&["--postgres", "postgres://h/db", "--tables", "t", "--slot", "Bad-Slot"]))
+            .unwrap_err();
+        assert!(err.to_string().contains("slot"), "{err}");
+        let err = Config::from_cli(cli(&[
+            "--postgres", "postgres://h/db", "--tables", "t", "--kafka-property", "acks=1",
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("acks"), "{err}");
+    }
+
+    #[test]
+    fn password_never_shows() {
+        let url = PgUrl::new("postgres://app:s3cret@db:5432/app");
+        assert!(!format!("{url} {url:?}").contains("s3cret"));
+        assert!(format!("{url}").contains("app:***@db"));
+    }
+}

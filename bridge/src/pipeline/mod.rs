@@ -1,0 +1,127 @@
+//! One replication session: slot → records → Kafka, confirming only what Kafka has.
+//!
+//! A session sets up (publication, slot, topics), opens the replication stream from
+//! the slot's confirmed position and loops: each change becomes records that the
+//! [`Sink`] produces, each Commit closes a transaction in the [`Frontier`], and every
+//! time the frontier moves the new position goes to the server as the applied LSN.
+//! Any failure ends the session with an error; nothing the session read but did not
+//! deliver is confirmed, so the next session (see [`crate::run`]) replays it.
+//!
+//! On shutdown the session stops reading, waits for Kafka to acknowledge what is in
+//! flight, and confirms the frontier. The replication library reports the applied
+//! LSN only on its status interval, so after closing the stream the session also
+//! moves the slot with `pg_replication_slot_advance`: the last safe LSN is confirmed
+//! before the process exits, not at the next start.
+
+pub mod frontier;
+pub mod records;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pgwire_replication::{Lsn, ReplicationEvent};
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use crate::config::Config;
+use crate::error::BridgeError;
+use crate::sink::{topics, Sink};
+use crate::source::{pgoutput, setup, stream};
+use frontier::Frontier;
+use records::{Tables, TxnInfo};
+
+/// How long a graceful stop waits for Kafka to acknowledge in-flight records.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// Runs one session until `shutdown` turns true (returns `Ok`) or something fails.
+pub async fn run_session(config: &Config, shutdown: &mut watch::Receiver<bool>) -> Result<(), BridgeError> {
+    let client = setup::connect(&config.postgres).await?;
+    setup::prepare(&client, config).await?;
+    let partitions = topics::ensure_topics(config).await?;
+    let db: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(BridgeError::postgres("reading the database name"))?
+        .get(0);
+    let start = setup::confirmed_flush_lsn(&client, &config.slot).await?.unwrap_or(0);
+    let frontier = Arc::new(Mutex::new(Frontier::new(start)));
+    let sink = Sink::new(config, frontier)?;
+    let mut tables = Tables::new(config.tables.clone(), partitions, config.topic_prefix.clone(), db);
+    let mut repl = stream::start(config).await?;
+    info!(slot = %config.slot, start_lsn = %Lsn(start), "streaming");
+
+    let mut txn: Option<(u64, TxnInfo)> = None;
+    let mut reported = start;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            _ = tick.tick() => {}
+            event = repl.recv() => {
+                let Some(event) = event? else {
+                    return Err(BridgeError::Replication(pgwire_replication::PgWireError::Protocol(
+                        "the server closed the replication stream".into(),
+                    )));
+                };
+                match event {
+                    ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
+                        let info = TxnInfo {
+                            xid,
+                            commit_lsn: final_lsn.as_u64(),
+                            commit_ms: (commit_time_micros + PG_EPOCH_MICROS) / 1000,
+                        };
+                        txn = Some((sink.frontier().begin(), info));
+                    }
+                    ReplicationEvent::XLogData { wal_start, data, .. } => {
+                        match pgoutput::decode(data).map_err(|e| BridgeError::Decode(e.to_string()))? {
+                            pgoutput::Message::Relation(rel) => tables.learn(&client, rel).await?,
+                            msg => {
+                                let Some((id, info)) = &txn else {
+                                    return Err(BridgeError::Decode("change outside a transaction".into()));
+                                };
+                                for record in tables.records(msg, wal_start.as_u64(), info)? {
+                                    sink.send(*id, &record).await?;
+                                }
+                            }
+                        }
+                    }
+                    ReplicationEvent::Commit { end_lsn, .. } => {
+                        if let Some((id, _)) = txn.take() {
+                            sink.frontier().commit(id, end_lsn.as_u64());
+                        }
+                    }
+                    ReplicationEvent::KeepAlive { wal_end, .. } => {
+                        if txn.is_none() {
+                            sink.frontier().confirm_idle(wal_end.as_u64());
+                        }
+                    }
+                    ReplicationEvent::Message { .. } => {}
+                    ReplicationEvent::StoppedAt { .. } => break,
+                }
+            }
+        }
+        if let Some(e) = sink.failure() {
+            return Err(e);
+        }
+        let confirmed = sink.frontier().confirmed();
+        if confirmed > reported {
+            debug!(lsn = %Lsn(confirmed), "confirm");
+            repl.update_applied_lsn(Lsn(confirmed));
+            reported = confirmed;
+        }
+    }
+
+    info!(in_flight = sink.frontier().in_flight(), "stopping: draining in-flight records");
+    let drained = sink.drain(DRAIN_TIMEOUT).await;
+    let confirmed = sink.frontier().confirmed();
+    repl.update_applied_lsn(Lsn(confirmed));
+    repl.stop();
+    while let Ok(Some(_)) = repl.recv().await {}
+    drained?;
+    setup::advance_slot(&client, &config.slot, confirmed).await?;
+    info!(confirmed_lsn = %Lsn(confirmed), "stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! Turns decoded pgoutput changes into Kafka records in the wire format.
+//!
+//! Per table it keeps what the Relation messages said (columns and their codec
+//! kinds) plus the primary-key order from the catalog. A new Relation message (after
+//! `ALTER TABLE`) replaces the entry, so later changes carry the new columns.
+//! Decisions beyond DESIGN.md section 2, as Debezium makes them:
+//! * an update that changes the primary key becomes a delete of the old key (with
+//!   its tombstone) followed by a create of the new key, so each key's history stays
+//!   on that key's partition;
+//! * `before` of an update is the full old row with `REPLICA IDENTITY FULL`, `null`
+//!   otherwise;
+//! * a TRUNCATE becomes one `op: "t"` record on every partition of the topic, so a
+//!   reader meets it in order with the records of each partition.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tidemark_client::wire::envelope::TRUNCATE_KEY;
+use tidemark_client::wire::{Envelope, Op, Row, Source, TableName, ValueKind};
+use tokio_postgres::Client;
+use tracing::{info, warn};
+
+use crate::error::BridgeError;
+use crate::sink::Record;
+use crate::source::pgoutput::{Datum, Message, OldTuple, Relation, Tuple};
+use crate::source::setup::{primary_key, TypeCache};
+
+/// The transaction a change belongs to (from its Begin message).
+#[derive(Debug, Clone, Copy)]
+pub struct TxnInfo {
+    /// 32-bit transaction id.
+    pub xid: u32,
+    /// LSN of the commit record.
+    pub commit_lsn: u64,
+    /// Commit time, milliseconds since the epoch.
+    pub commit_ms: i64,
+}
+
+struct Table {
+    name: TableName,
+    topic: Arc<str>,
+    partitions: i32,
+    columns: Vec<(String, ValueKind)>,
+    /// Indexes into `columns` of the primary key, in key order.
+    key: Vec<usize>,
+}
+
+/// The tables seen on the stream, and how to write their records.
+pub struct Tables {
+    by_id: HashMap<u32, Table>,
+    ignored: HashSet<u32>,
+    types: TypeCache,
+    configured: Vec<TableName>,
+    partitions: HashMap<String, i32>,
+    prefix: String,
+    db: String,
+}
+
+fn decode_err(msg: impl Into<String>) -> BridgeError {
+    BridgeError::Decode(msg.into())
+}
+
+impl Tables {
+    /// An empty set for the configured tables; `partitions` maps topic to partition count.
+    pub fn new(configured: Vec<TableName>, partitions: HashMap<String, i32>, prefix: String, db: String) -> Self {
+        Tables {
+            by_id: HashMap::new(),
+            ignored: HashSet::new(),
+            types: TypeCache::default(),
+            configured,
+            partitions,
+            prefix,
+            db,
+        }
+    }
+
+    /// Takes in a Relation message, reading the key order and column types from the catalog.
+    pub async fn learn(&mut self, client: &Client, rel: Relation) -> Result<(), BridgeError> {
+        let name = TableName { schema: rel.schema.clone(), table: rel.table.clone() };
+        if !self.configured.contains(&name) {
+            if self.ignored.insert(rel.id) {
+                warn!(table = %name, "the publication carries a table that is not configured; its changes are skipped");
+            }
+            return Ok(());
+        }
+        let oids: Vec<u32> = rel.columns.iter().map(|c| c.type_oid).collect();
+        let kinds = self.types.kinds(client, &oids).await?;
+        let columns: Vec<(String, ValueKind)> =
+            rel.columns.into_iter().map(|c| c.name).zip(kinds).collect();
+        let key = primary_key(client, rel.id)
+            .await?
+            .iter()
+            .map(|k| {
+                columns.iter().position(|(n, _)| n == k).ok_or_else(|| {
+                    decode_err(format!("primary-key column {k} of {name} is missing from the relation message"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if key.is_empty() {
+            return Err(BridgeError::Setup {
+                problem: format!("table {name} has no primary key any more"),
+                fix: format!("add one back: ALTER TABLE {} ADD PRIMARY KEY (...)", name.quoted()),
+            });
+        }
+        let topic = name.topic(&self.prefix);
+        let partitions = *self.partitions.get(&topic).unwrap_or(&1);
+        info!(table = %name, columns = columns.len(), "relation");
+        self.by_id.insert(rel.id, Table { name, topic: topic.into(), partitions, columns, key });
+        Ok(())
+    }
+
+    /// The records for one change at `lsn` of transaction `txn`.
+    pub fn records(&self, msg: Message, lsn: u64, txn: &TxnInfo) -> Result<Vec<Record>, BridgeError> {
+        let rel = match &msg {
+            Message::Insert { rel, .. } | Message::Update { rel, .. } | Message::Delete { rel, .. } => *rel,
+            Message::Truncate { rels } => return self.truncates(rels, lsn, txn),
+            Message::Relation(_) | Message::Ignored(_) => return Ok(Vec::new()),
+        };
+        if self.ignored.contains(&rel) {
+            return Ok(Vec::new());
+        }
+        let t = self
+            .by_id
+            .get(&rel)
+            .ok_or_else(|| decode_err(format!("change for relation {rel} before its Relation message")))?;
+        let w = Writer { t, lsn, txn, db: &self.db };
+        Ok(match msg {
+            Message::Insert { new, .. } => vec![w.change(Op::Create, None, &new)?],
+            Message::Update { old: Some(old), new, .. } if t.key_of(&old.tuple)? != t.key_of(&new)? => {
+                let mut out = w.delete(&old)?;
+                out.push(w.change(Op::Create, None, &new)?);
+                out
+            }
+            Message::Update { old: Some(OldTuple { full: true, tuple }), new, .. } => {
+                vec![w.change(Op::Update, Some(t.row(&tuple)?.0), &new)?]
+            }
+            Message::Update { new, .. } => vec![w.change(Op::Update, None, &new)?],
+            Message::Delete { old, .. } => w.delete(&old)?,
+            _ => Vec::new(),
+        })
+    }
+
+    fn truncates(&self, rels: &[u32], lsn: u64, txn: &TxnInfo) -> Result<Vec<Record>, BridgeError> {
+        let mut out = Vec::new();
+        for t in rels.iter().filter_map(|r| self.by_id.get(r)) {
+            let w = Writer { t, lsn, txn, db: &self.db };
+            let value = w.envelope(Op::Truncate, None, None, Vec::new())?;
+            out.extend((0..t.partitions).map(|p| Record {
+                topic: t.topic.clone(),
+                partition: Some(p),
+                key: TRUNCATE_KEY.to_vec(),
+                value: Some(value.clone()),
+                timestamp_ms: txn.commit_ms,
+            }));
+        }
+        Ok(out)
+    }
+}
+
+impl Table {
+    /// The row of a tuple: all sent columns, or only the non-null ones for a key-only
+    /// old tuple. Unchanged TOAST columns are left out and named.
+    fn row(&self, tuple: &Tuple) -> Result<(Row, Vec<String>), BridgeError> {
+        if tuple.len() > self.columns.len() {
+            return Err(decode_err(format!("{} sent {} columns, expected {}", self.name, tuple.len(), self.columns.len())));
+        }
+        let mut row = Row::new();
+        let mut unchanged = Vec::new();
+        for ((name, kind), datum) in self.columns.iter().zip(tuple) {
+            match datum {
+                Datum::Null => {
+                    row.insert(name.clone(), Value::Null);
+                }
+                Datum::UnchangedToast => unchanged.push(name.clone()),
+                Datum::Text(bytes) => {
+                    let text = std::str::from_utf8(bytes)
+                        .map_err(|_| decode_err(format!("{}.{name} is not UTF-8", self.name)))?;
+                    let value = kind.decode(text).map_err(|e| decode_err(format!("{}.{name}: {e}", self.name)))?;
+                    row.insert(name.clone(), value);
+                }
+            }
+        }
+        Ok((row, unchanged))
+    }
+
+    fn key_of(&self, tuple: &Tuple) -> Result<Vec<u8>, BridgeError> {
+        let mut key = Row::new();
+        for &i in &self.key {
+            let (name, kind) = &self.columns[i];
+            let value = match tuple.get(i) {
+                Some(Datum::Text(b)) => {
+                    let text = std::str::from_utf8(b).map_err(|_| decode_err(format!("{}.{name} is not UTF-8", self.name)))?;
+                    kind.decode(text).map_err(|e| decode_err(format!("{}.{name}: {e}", self.name)))?
+                }
+                Some(Datum::Null) | None => Value::Null,
+                Some(Datum::UnchangedToast) => {
+                    return Err(decode_err(format!("key column {}.{name} arrived as unchanged TOAST", self.name)))
+                }
+            };
+            key.insert(name.clone(), value);
+        }
+        serde_json::to_vec(&key).map_err(|e| decode_err(e.to_string()))
+    }
+}
+
+/// Builds the records of one change.
+struct Writer<'a> {
+    t: &'a Table,
+    lsn: u64,
+    txn: &'a TxnInfo,
+    db: &'a str,
+}
+
+impl Writer<'_> {
+    fn envelope(&self, op: Op, before: Option<Row>, after: Option<Row>, unchanged_toast: Vec<String>) -> Result<Vec<u8>, BridgeError> {
+        let env = Envelope {
+            before,
+            after,
+            op,
+            ts_ms: now_ms(),
+            source: Source {
+                connector: "postgresql".into(),
+                name: "tidemark".into(),
+                db: self.db.to_owned(),
+                schema: self.t.name.schema.clone(),
+                table: self.t.name.table.clone(),
+                tx_id: Some(u64::from(self.txn.xid)),
+                lsn: Some(self.lsn),
+                commit_lsn: Some(self.txn.commit_lsn),
+                ts_ms: self.txn.commit_ms,
+                snapshot: Value::String("false".into()),
+            },
+            unchanged_toast,
+        };
+        serde_json::to_vec(&env).map_err(|e| decode_err(e.to_string()))
+    }
+
+    fn record(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Record {
+        Record { topic: self.t.topic.clone(), partition: None, key, value, timestamp_ms: self.txn.commit_ms }
+    }
+
+    fn change(&self, op: Op, before: Option<Row>, new: &Tuple) -> Result<Record, BridgeError> {
+        let (after, unchanged) = self.t.row(new)?;
+        let value = self.envelope(op, before, Some(after), unchanged)?;
+        Ok(self.record(self.t.key_of(new)?, Some(value)))
+    }
+
+    /// A delete and its tombstone. `before` holds the key columns only, unless the old
+    /// tuple carried the full row (REPLICA IDENTITY FULL).
+    fn delete(&self, old: &OldTuple) -> Result<Vec<Record>, BridgeError> {
+        let key = self.t.key_of(&old.tuple)?;
+        let (old_row, _) = self.t.row(&old.tuple)?;
+        let before = if old.full {
+            old_row
+        } else {
+            let key_names: Vec<&String> = self.t.key.iter().map(|&i| &self.t.columns[i].0).collect();
+            old_row.into_iter().filter(|(name, _)| key_names.contains(&name)).collect()
+        };
+        let value = self.envelope(Op::Delete, Some(before), None, Vec::new())?;
+        Ok(vec![self.record(key.clone(), Some(value)), self.record(key, None)])
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

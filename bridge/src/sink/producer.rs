@@ -1,0 +1,163 @@
+//! The Kafka producer and its delivery reports.
+//!
+//! A record counts as delivered only when librdkafka's delivery report says so; the
+//! report goes straight into the [`Frontier`]. The producer is idempotent with
+//! `acks=all`, so retries neither duplicate nor reorder records within a partition.
+//! Back-pressure: librdkafka's queue is bounded (`queue.buffering.max.*`); when it
+//! is full, [`Sink::send`] waits for acknowledgements instead of buffering more,
+//! which in turn stops reading the replication stream.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::error::BridgeError;
+use crate::pipeline::frontier::Frontier;
+
+/// Producer properties the bridge sets itself, because its guarantees depend on them.
+pub const TYPED_PRODUCER_PROPERTIES: &[&str] =
+    &["bootstrap.servers", "acks", "enable.idempotence", "partitioner"];
+
+/// A record ready to produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Destination topic.
+    pub topic: Arc<str>,
+    /// Explicit partition (truncates go to every partition); `None` hashes the key.
+    pub partition: Option<i32>,
+    /// JSON key.
+    pub key: Vec<u8>,
+    /// JSON envelope; `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// The transaction's commit time, in milliseconds since the epoch.
+    pub timestamp_ms: i64,
+}
+
+/// Routes delivery reports to the frontier.
+pub struct DeliveryContext {
+    frontier: Arc<Mutex<Frontier>>,
+    acked: Arc<Notify>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, txn: usize) {
+        let outcome = result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string());
+        let mut f = self.frontier.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f.delivered(txn as u64, outcome);
+        drop(f);
+        self.acked.notify_one();
+    }
+}
+
+/// The base librdkafka settings: brokers plus the passthrough properties.
+pub fn client_config(config: &Config) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &config.kafka);
+    for (k, v) in &config.kafka_properties {
+        cc.set(k, v);
+    }
+    cc
+}
+
+/// The producer side of a replication session.
+pub struct Sink {
+    producer: ThreadedProducer<DeliveryContext>,
+    frontier: Arc<Mutex<Frontier>>,
+    acked: Arc<Notify>,
+}
+
+impl Sink {
+    /// Creates the producer; its delivery reports feed `frontier`.
+    pub fn new(config: &Config, frontier: Arc<Mutex<Frontier>>) -> Result<Self, BridgeError> {
+        let mut cc = ClientConfig::new();
+        // Defaults that a passthrough property may change.
+        cc.set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set("message.timeout.ms", "30000")
+            .set("queue.buffering.max.messages", "100000")
+            .set("queue.buffering.max.kbytes", "65536");
+        for (k, v) in client_config(config).config_map() {
+            cc.set(k, v);
+        }
+        cc.set("acks", "all").set("enable.idempotence", "true").set("partitioner", "murmur2_random");
+        let acked = Arc::new(Notify::new());
+        let context = DeliveryContext { frontier: frontier.clone(), acked: acked.clone() };
+        let producer = cc.create_with_context(context).map_err(BridgeError::kafka("creating the producer"))?;
+        Ok(Sink { producer, frontier, acked })
+    }
+
+    /// Produces one record of transaction `txn`, waiting while the queue is full.
+    pub async fn send(&self, txn: u64, record: &Record) -> Result<(), BridgeError> {
+        self.lock().produced(txn);
+        loop {
+            let mut r = BaseRecord::with_opaque_to(&*record.topic, txn as usize)
+                .key(&record.key)
+                .timestamp(record.timestamp_ms);
+            if let Some(p) = record.partition {
+                r = r.partition(p);
+            }
+            if let Some(v) = &record.value {
+                r = r.payload(v);
+            }
+            match self.producer.send(r) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    if let Some(e) = self.failure() {
+                        return Err(e);
+                    }
+                    let _ = tokio::time::timeout(Duration::from_millis(100), self.acked.notified()).await;
+                }
+                Err((e, _)) => {
+                    self.lock().delivered(txn, Err(e.to_string()));
+                    return Err(BridgeError::kafka(format!("producing to {}", record.topic))(e));
+                }
+            }
+        }
+    }
+
+    /// Waits until every produced record is acknowledged, a delivery fails, or `timeout`.
+    pub async fn drain(&self, timeout: Duration) -> Result<(), BridgeError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.lock().in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            if let Some(e) = self.failure() {
+                return Err(e);
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), self.acked.notified()).await;
+        }
+        self.failure().map_or(Ok(()), Err)
+    }
+
+    /// The first failed delivery, as an error.
+    pub fn failure(&self) -> Option<BridgeError> {
+        self.lock().failure().map(|e| BridgeError::Delivery(e.to_owned()))
+    }
+
+    /// The frontier this sink reports to.
+    pub fn frontier(&self) -> std::sync::MutexGuard<'_, Frontier> {
+        self.lock()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Frontier> {
+        self.frontier.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The underlying librdkafka client, for metadata.
+    pub fn client(&self) -> &rdkafka::client::Client<DeliveryContext> {
+        self.producer.client()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.producer.flush(Duration::from_millis(100));
+    }
+}

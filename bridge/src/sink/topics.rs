@@ -1,0 +1,73 @@
+//! Topics: creates the missing ones and learns every topic's partition count.
+//!
+//! New topics get the configured partition count and `cleanup.policy=compact`, so
+//! Kafka keeps the latest record per key and drops deleted keys after their
+//! tombstone. Existing topics are used as they are. Brokers that do not create topics
+//! on demand (tansu among them) need this step; with Apache Kafka it also avoids
+//! auto-created topics with the wrong settings.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+use tracing::info;
+
+use crate::config::Config;
+use crate::error::BridgeError;
+use crate::sink::producer::client_config;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Creates missing topics and returns each topic's partition count.
+pub async fn ensure_topics(config: &Config) -> Result<HashMap<String, i32>, BridgeError> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(config).create().map_err(BridgeError::kafka("creating the admin client"))?;
+    let names: Vec<String> = config.tables.iter().map(|t| t.topic(&config.topic_prefix)).collect();
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, METADATA_TIMEOUT)
+        .map_err(BridgeError::kafka(format!("reaching the brokers at {}", config.kafka)))?;
+    let existing: HashMap<&str, usize> =
+        metadata.topics().iter().map(|t| (t.name(), t.partitions().len())).collect();
+    let new: Vec<NewTopic<'_>> = names
+        .iter()
+        .filter(|n| existing.get(n.as_str()).is_none_or(|&p| p == 0))
+        .map(|n| {
+            NewTopic::new(n, config.partitions, TopicReplication::Fixed(config.replication_factor))
+                .set("cleanup.policy", "compact")
+        })
+        .collect();
+    if !new.is_empty() {
+        let opts = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+        let results = admin.create_topics(&new, &opts).await.map_err(BridgeError::kafka("creating topics"))?;
+        for result in results {
+            match result {
+                Ok(name) => info!(topic = %name, partitions = config.partitions, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(BridgeError::kafka(format!("creating topic {name}"))(
+                        rdkafka::error::KafkaError::AdminOp(code),
+                    ))
+                }
+            }
+        }
+    }
+    let mut partitions = HashMap::new();
+    for name in names {
+        let md = admin
+            .inner()
+            .fetch_metadata(Some(&name), METADATA_TIMEOUT)
+            .map_err(BridgeError::kafka(format!("reading metadata of {name}")))?;
+        let count = md.topics().first().map_or(0, |t| t.partitions().len());
+        if count == 0 {
+            return Err(BridgeError::Kafka {
+                context: format!("topic {name} has no partitions after creation"),
+                source: rdkafka::error::KafkaError::AdminOp(RDKafkaErrorCode::UnknownTopicOrPartition),
+            });
+        }
+        partitions.insert(name, count as i32);
+    }
+    Ok(partitions)
+}

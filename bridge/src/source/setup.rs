@@ -1,0 +1,205 @@
+//! Checks the database and creates what the bridge needs, idempotently: the
+//! publication for the configured tables and the logical replication slot.
+//!
+//! Every check that can fail for a reason the operator must fix (wal_level, a missing
+//! table, a table without a primary key, a slot with another plugin) fails with a
+//! [`BridgeError::Setup`] that names the problem and the fix. The catalog queries
+//! the stream needs later (primary-key order, array element types) live here too.
+
+use std::collections::HashMap;
+
+use tidemark_client::wire::envelope::quote_ident;
+use tidemark_client::wire::{codec::TYPE_INFO_SQL, TableName, ValueKind, SESSION_OPTIONS};
+use tokio_postgres::{Client, NoTls};
+use tracing::{info, warn};
+
+use crate::config::{Config, PgUrl};
+use crate::error::BridgeError;
+
+/// Opens an ordinary SQL connection with the codec's session settings.
+pub async fn connect(url: &PgUrl) -> Result<Client, BridgeError> {
+    let mut pg: tokio_postgres::Config = url.expose().parse().map_err(BridgeError::postgres(format!(
+        "invalid connection settings in {url}"
+    )))?;
+    pg.options(SESSION_OPTIONS).application_name("tidemark-bridge");
+    let (client, connection) = pg
+        .connect(NoTls)
+        .await
+        .map_err(BridgeError::postgres(format!("cannot connect to {url}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            warn!(error = %e, "postgres connection closed");
+        }
+    });
+    Ok(client)
+}
+
+fn setup(problem: impl Into<String>, fix: impl Into<String>) -> BridgeError {
+    BridgeError::Setup { problem: problem.into(), fix: fix.into() }
+}
+
+/// Verifies the server and tables, then creates the publication and slot if missing.
+pub async fn prepare(client: &Client, config: &Config) -> Result<(), BridgeError> {
+    let level: String = client
+        .query_one("SELECT current_setting('wal_level')", &[])
+        .await
+        .map_err(BridgeError::postgres("reading wal_level"))?
+        .get(0);
+    if level != "logical" {
+        return Err(setup(
+            format!("PostgreSQL runs with wal_level={level}, and logical replication needs wal_level=logical"),
+            "run ALTER SYSTEM SET wal_level = 'logical' and restart PostgreSQL",
+        ));
+    }
+    for table in &config.tables {
+        check_table(client, table).await?;
+    }
+    ensure_publication(client, config).await?;
+    ensure_slot(client, &config.slot).await
+}
+
+async fn check_table(client: &Client, table: &TableName) -> Result<(), BridgeError> {
+    let row = client
+        .query_one("SELECT to_regclass($1)::oid", &[&table.quoted()])
+        .await
+        .map_err(BridgeError::postgres(format!("looking up table {table}")))?;
+    let Some(oid) = row.get::<_, Option<u32>>(0) else {
+        return Err(setup(
+            format!("table {table} does not exist"),
+            "create it, or correct --tables (names are schema.table, case-sensitive as in the catalog)",
+        ));
+    };
+    if primary_key(client, oid).await?.is_empty() {
+        return Err(setup(
+            format!("table {table} has no primary key, so its changes cannot be keyed"),
+            format!("add one: ALTER TABLE {} ADD PRIMARY KEY (...)", table.quoted()),
+        ));
+    }
+    Ok(())
+}
+
+async fn ensure_publication(client: &Client, config: &Config) -> Result<(), BridgeError> {
+    let name = &config.publication;
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[name])
+        .await
+        .map_err(BridgeError::postgres("looking up the publication"))?
+        .is_some();
+    let list = |tables: &[&TableName]| tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+    if !exists {
+        let tables: Vec<&TableName> = config.tables.iter().collect();
+        let sql = format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(name), list(&tables));
+        client.batch_execute(&sql).await.map_err(BridgeError::postgres(format!("creating publication {name}")))?;
+        info!(publication = %name, tables = %list(&tables), "created publication");
+        return Ok(());
+    }
+    let rows = client
+        .query("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1", &[name])
+        .await
+        .map_err(BridgeError::postgres("listing the publication's tables"))?;
+    let published: Vec<TableName> =
+        rows.iter().map(|r| TableName { schema: r.get(0), table: r.get(1) }).collect();
+    let missing: Vec<&TableName> = config.tables.iter().filter(|t| !published.contains(t)).collect();
+    if !missing.is_empty() {
+        let sql = format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(name), list(&missing));
+        client.batch_execute(&sql).await.map_err(|e| match e.as_db_error() {
+            Some(db) => setup(
+                format!("publication {name} lacks {} and cannot be extended: {}", list(&missing), db.message()),
+                format!("add the tables yourself (ALTER PUBLICATION {name} ADD TABLE ...) or use another --publication"),
+            ),
+            None => BridgeError::postgres("extending the publication")(e),
+        })?;
+        info!(publication = %name, tables = %list(&missing), "added tables to publication");
+    }
+    Ok(())
+}
+
+async fn ensure_slot(client: &Client, slot: &str) -> Result<(), BridgeError> {
+    let row = client
+        .query_opt("SELECT plugin, slot_type FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .map_err(BridgeError::postgres("looking up the replication slot"))?;
+    match row {
+        Some(r) => {
+            let (plugin, kind): (Option<String>, String) = (r.get(0), r.get(1));
+            if kind != "logical" || plugin.as_deref() != Some("pgoutput") {
+                return Err(setup(
+                    format!("replication slot {slot} exists but is {kind} with plugin {plugin:?}, not logical pgoutput"),
+                    "use another --slot, or drop that slot if nothing else uses it",
+                ));
+            }
+        }
+        None => {
+            client
+                .query_one("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+                .await
+                .map_err(BridgeError::postgres(format!("creating replication slot {slot}")))?;
+            info!(slot, "created replication slot");
+        }
+    }
+    Ok(())
+}
+
+/// The slot's confirmed flush LSN.
+pub async fn confirmed_flush_lsn(client: &Client, slot: &str) -> Result<Option<u64>, BridgeError> {
+    let row = client
+        .query_opt(
+            "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(BridgeError::postgres("reading the slot's confirmed_flush_lsn"))?;
+    Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)).map(|v| v as u64))
+}
+
+/// Moves the slot's confirmed flush LSN forward to `lsn` once the stream has let go of
+/// the slot; used on shutdown so the last confirmation does not wait for a status
+/// update. Retries while the walsender still holds the slot.
+pub async fn advance_slot(client: &Client, slot: &str, lsn: u64) -> Result<(), BridgeError> {
+    if confirmed_flush_lsn(client, slot).await?.is_some_and(|c| c >= lsn) {
+        return Ok(());
+    }
+    let target = format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff);
+    let mut attempt = 0;
+    loop {
+        match client.execute("SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)", &[&slot, &target]).await {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt < 50 && e.as_db_error().is_some_and(|d| d.message().contains("is active")) => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(BridgeError::postgres(format!("advancing slot {slot} to {target}"))(e)),
+        }
+    }
+}
+
+/// The primary-key column names of a table, in key order.
+pub async fn primary_key(client: &Client, rel: u32) -> Result<Vec<String>, BridgeError> {
+    let rows = client
+        .query(tidemark_client::wire::envelope::PRIMARY_KEY_SQL, &[&rel])
+        .await
+        .map_err(BridgeError::postgres("reading the primary key"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Resolves type OIDs to codec kinds, caching what it has seen.
+#[derive(Default)]
+pub struct TypeCache(HashMap<u32, ValueKind>);
+
+impl TypeCache {
+    /// The kinds of `oids`, querying the catalog for the ones not seen yet.
+    pub async fn kinds(&mut self, client: &Client, oids: &[u32]) -> Result<Vec<ValueKind>, BridgeError> {
+        let unknown: Vec<u32> = oids.iter().copied().filter(|o| !self.0.contains_key(o)).collect();
+        if !unknown.is_empty() {
+            for row in client
+                .query(TYPE_INFO_SQL, &[&unknown])
+                .await
+                .map_err(BridgeError::postgres("resolving column types"))?
+            {
+                let (oid, elem): (u32, u32) = (row.get(0), row.get(1));
+                self.0.insert(oid, ValueKind::from_type(oid, elem));
+            }
+        }
+        Ok(oids.iter().map(|o| self.0.get(o).cloned().unwrap_or(ValueKind::Text)).collect())
+    }
+}
