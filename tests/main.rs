@@ -1,1 +1,7 @@
-//! e2e
+//! End-to-end tests of tidemark against the real PostgreSQL and Kafka-protocol broker.
+//! Start both with `scripts/dev-stack.sh up`; `scripts/test.sh` does that and runs
+//! everything. One binary, one module per behaviour, helpers in `support`.
+
+mod support;
+
+mod bridge_wire;

@@ -1,0 +1,316 @@
+//! Shared helpers of the end-to-end tests: the services, the bridge process, and
+//! reading topics back.
+//!
+//! The tests need PostgreSQL with `wal_level=logical` and a Kafka-protocol broker;
+//! `scripts/dev-stack.sh up` starts both. A test that cannot reach them fails and says
+//! so; it never skips. Each test uses its own tables, slot, publication and topic
+//! prefix, so tests run in parallel and a rerun starts clean.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+use tokio_postgres::{Client, NoTls};
+
+/// Where the tests find PostgreSQL.
+pub fn pg_url() -> String {
+    std::env::var("TIDEMARK_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Where the tests find the broker.
+pub fn kafka() -> String {
+    std::env::var("TIDEMARK_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+const START_STACK: &str = "start the development stack with: scripts/dev-stack.sh up";
+
+/// A connection to the test database.
+pub async fn pg() -> Client {
+    pg_at(&pg_url()).await
+}
+
+/// A connection to `url`.
+pub async fn pg_at(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {url} ({e}); {START_STACK}"));
+    tokio::spawn(conn);
+    client
+}
+
+/// A name unique to this test run, for tables, slots and topics.
+pub fn unique(base: &str) -> String {
+    format!("{base}_{}", rand::random::<u32>() % 1_000_000)
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The slot's confirmed flush LSN as a number.
+pub async fn confirmed_flush(pg: &Client, slot: &str) -> Option<u64> {
+    pg.query_opt(
+        "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .expect("query pg_replication_slots")
+    .and_then(|r| r.get::<_, Option<i64>>(0))
+    .map(|v| v as u64)
+}
+
+/// The server's current WAL LSN as a number.
+pub async fn current_lsn(pg: &Client) -> u64 {
+    pg.query_one("SELECT (pg_current_wal_lsn() - '0/0')::int8", &[]).await.expect("pg_current_wal_lsn").get::<_, i64>(0)
+        as u64
+}
+
+/// Drops a replication slot and publication left by an earlier run.
+pub async fn drop_slot_and_publication(pg: &Client, slot: &str, publication: &str) {
+    let _ = pg.execute("SELECT pg_drop_replication_slot($1) FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await;
+    let _ = pg.batch_execute(&format!("DROP PUBLICATION IF EXISTS \"{publication}\"")).await;
+}
+
+/// The path of the bridge binary: `TIDEMARK_BRIDGE_BIN`, or the one cargo built
+/// next to this test binary's profile directory.
+pub fn bridge_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TIDEMARK_BRIDGE_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let bin = profile_dir.join("tidemark-bridge");
+    assert!(
+        bin.exists(),
+        "{} is missing; build it first (cargo build -p tidemark-bridge, with --release for release tests) or run scripts/test.sh",
+        bin.display()
+    );
+    bin
+}
+
+/// Settings for one bridge process.
+#[derive(Clone, Debug)]
+pub struct BridgeArgs {
+    pub postgres: String,
+    pub kafka: String,
+    pub tables: Vec<String>,
+    pub slot: String,
+    pub publication: String,
+    pub prefix: String,
+    pub partitions: u32,
+    pub extra: Vec<String>,
+}
+
+impl BridgeArgs {
+    /// Settings for `tables`, with slot, publication and prefix derived from `name`.
+    pub fn new(name: &str, tables: &[&str]) -> Self {
+        BridgeArgs {
+            postgres: pg_url(),
+            kafka: kafka(),
+            tables: tables.iter().map(|t| t.to_string()).collect(),
+            slot: format!("{name}_slot"),
+            publication: format!("{name}_pub"),
+            prefix: name.to_string(),
+            partitions: 1,
+            extra: Vec::new(),
+        }
+    }
+
+    /// The topic of `table` (schema.table).
+    pub fn topic(&self, table: &str) -> String {
+        format!("{}.{table}", self.prefix)
+    }
+}
+
+/// A running bridge process; killed when dropped.
+pub struct Bridge {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Bridge {
+    /// Starts the bridge binary with `args`; its log goes to a temporary file.
+    pub fn start(args: &BridgeArgs) -> Bridge {
+        let log = std::env::temp_dir().join(format!("{}-{}.log", args.slot, rand::random::<u32>()));
+        let file = std::fs::File::create(&log).expect("create bridge log");
+        let child = Command::new(bridge_bin())
+            .args(["--postgres", &args.postgres, "--kafka", &args.kafka])
+            .args(["--tables", &args.tables.join(",")])
+            .args(["--slot", &args.slot, "--publication", &args.publication])
+            .args(["--topic-prefix", &args.prefix, "--partitions", &args.partitions.to_string()])
+            .args(&args.extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn tidemark-bridge");
+        Bridge { child, log }
+    }
+
+    /// Kills the process with SIGKILL: a crash.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn sigterm(&mut self, timeout: Duration) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the bridge") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the bridge did not exit within {timeout:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the bridge") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the bridge did not exit within {timeout:?}; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Peak resident set size in KiB, from /proc.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Rec {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Value,
+    /// `None` for a tombstone.
+    pub value: Option<Value>,
+}
+
+/// A consumer for reading topics back (no group, manual assignment).
+pub fn consumer(brokers: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.auto.commit", "false")
+        .set("group.id", "tidemark-tests-unused")
+        .create()
+        .unwrap_or_else(|e| panic!("cannot create a Kafka consumer for {brokers} ({e}); {START_STACK}"))
+}
+
+/// Every record of `topic`, partition by partition, up to the current high watermarks.
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
+    let c = consumer(brokers);
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("broker {brokers} unreachable ({e}); {START_STACK}"));
+    let parts: Vec<i32> = md.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default();
+    let mut tpl = TopicPartitionList::new();
+    let mut highs = HashMap::new();
+    for &p in &parts {
+        let (low, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+        if high > low {
+            tpl.add_partition_offset(topic, p, Offset::Offset(low)).expect("assign");
+            highs.insert(p, high);
+        }
+    }
+    let mut out = Vec::new();
+    if highs.is_empty() {
+        return out;
+    }
+    c.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut done: HashMap<i32, bool> = highs.keys().map(|&p| (p, false)).collect();
+    while done.values().any(|d| !d) {
+        assert!(Instant::now() < deadline, "reading {topic} timed out");
+        let Some(msg) = c.poll(Duration::from_millis(500)) else { continue };
+        let msg = msg.expect("consume");
+        let p = msg.partition();
+        if msg.offset() + 1 >= highs[&p] {
+            done.insert(p, true);
+        }
+        if msg.offset() >= highs[&p] {
+            continue;
+        }
+        out.push(Rec {
+            partition: p,
+            offset: msg.offset(),
+            timestamp_ms: msg.timestamp().to_millis(),
+            key: serde_json::from_slice(msg.key().unwrap_or(b"null")).expect("key is JSON"),
+            value: msg.payload().map(|v| serde_json::from_slice(v).expect("value is JSON")),
+        });
+    }
+    out
+}
+
+/// Waits until `topic` holds at least `n` records and returns them.
+pub async fn wait_for_records(brokers: &str, topic: &str, n: usize, timeout: Duration) -> Vec<Rec> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (b, t) = (brokers.to_string(), topic.to_string());
+        let recs = tokio::task::spawn_blocking(move || read_topic(&b, &t)).await.expect("read_topic");
+        if recs.len() >= n {
+            return recs;
+        }
+        assert!(Instant::now() < deadline, "{topic} has {} records after {timeout:?}, expected {n}", recs.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Starts a bridge for `tables` with a fresh slot and publication, and waits until it streams.
+pub async fn start_bridge(name: &str, tables: &[&str]) -> (Bridge, BridgeArgs) {
+    start_bridge_with(BridgeArgs::new(name, tables)).await
+}
+
+/// Starts a bridge with `args` after dropping its slot and publication, and waits until it streams.
+pub async fn start_bridge_with(args: BridgeArgs) -> (Bridge, BridgeArgs) {
+    let pg = pg().await;
+    drop_slot_and_publication(&pg, &args.slot, &args.publication).await;
+    let bridge = Bridge::start(&args);
+    wait_for(Duration::from_secs(60), "the bridge to start streaming", || async {
+        bridge.log_text().contains("streaming").then_some(())
+    })
+    .await;
+    (bridge, args)
+}
+
