@@ -22,12 +22,24 @@ async fn every_change_becomes_the_documented_envelope() {
     ))
     .await
     .unwrap();
-    let (mut bridge, args) = start_bridge(&name, &[&format!("public.{t1}"), &format!("public.{t2}")]).await;
+    let (mut bridge, args) =
+        start_bridge(&name, &[&format!("public.{t1}"), &format!("public.{t2}")]).await;
 
     // One transaction with three changes, bracketed by server clock and WAL readings.
-    let t0: i64 = pg.query_one("SELECT (extract(epoch from clock_timestamp()) * 1000)::int8", &[]).await.unwrap().get(0);
+    let t0: i64 = pg
+        .query_one(
+            "SELECT (extract(epoch from clock_timestamp()) * 1000)::int8",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     pg.batch_execute("BEGIN").await.unwrap();
-    let xid: i64 = pg.query_one("SELECT pg_current_xact_id()::text::int8", &[]).await.unwrap().get(0);
+    let xid: i64 = pg
+        .query_one("SELECT pg_current_xact_id()::text::int8", &[])
+        .await
+        .unwrap()
+        .get(0);
     pg.batch_execute(&format!(
         r#"INSERT INTO {t1} VALUES (1, true, -2, 2147483647, 4000000000, 1.5, 'NaN', 10.50, '{{"b":1,"a":2}}',
               '{{"x":[1,2]}}', '\x0001ff', '2026-01-02 03:04:05.678+02', '2026-01-02 03:04:05', '2026-01-02',
@@ -41,7 +53,14 @@ async fn every_change_becomes_the_documented_envelope() {
     let lsn_before_commit = current_lsn(&pg).await;
     pg.batch_execute("COMMIT").await.unwrap();
     let lsn_after_commit = current_lsn(&pg).await;
-    let t_after: i64 = pg.query_one("SELECT (extract(epoch from clock_timestamp()) * 1000)::int8", &[]).await.unwrap().get(0);
+    let t_after: i64 = pg
+        .query_one(
+            "SELECT (extract(epoch from clock_timestamp()) * 1000)::int8",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     pg.batch_execute(&format!(
         "DELETE FROM {t1} WHERE id = 2;
          INSERT INTO {t2} VALUES (7, 'eu', 'x');
@@ -51,11 +70,41 @@ async fn every_change_becomes_the_documented_envelope() {
     .await
     .unwrap();
 
-    let recs = wait_for_records(&kafka(), &args.topic(&format!("public.{t1}")), 6, Duration::from_secs(60)).await;
-    let ops: Vec<Value> = recs.iter().map(|r| r.value.as_ref().map_or(Value::Null, |v| v["op"].clone())).collect();
-    assert_eq!(ops, vec![json!("c"), json!("c"), json!("u"), json!("d"), Value::Null, json!("t")], "{recs:#?}");
+    let recs = wait_for_records(
+        &kafka(),
+        &args.topic(&format!("public.{t1}")),
+        6,
+        Duration::from_secs(60),
+    )
+    .await;
+    let ops: Vec<Value> = recs
+        .iter()
+        .map(|r| r.value.as_ref().map_or(Value::Null, |v| v["op"].clone()))
+        .collect();
+    assert_eq!(
+        ops,
+        vec![
+            json!("c"),
+            json!("c"),
+            json!("u"),
+            json!("d"),
+            Value::Null,
+            json!("t")
+        ],
+        "{recs:#?}"
+    );
     let keys: Vec<&Value> = recs.iter().map(|r| &r.key).collect();
-    assert_eq!(keys, vec![&json!({"id": 1}), &json!({"id": 2}), &json!({"id": 1}), &json!({"id": 2}), &json!({"id": 2}), &json!({})]);
+    assert_eq!(
+        keys,
+        vec![
+            &json!({"id": 1}),
+            &json!({"id": 2}),
+            &json!({"id": 1}),
+            &json!({"id": 2}),
+            &json!({"id": 2}),
+            &json!({})
+        ]
+    );
 
     let insert = recs[0].value.as_ref().unwrap();
     assert_eq!(insert["before"], Value::Null);
@@ -74,33 +123,72 @@ async fn every_change_becomes_the_documented_envelope() {
     for r in &recs[0..3] {
         let v = r.value.as_ref().unwrap();
         let s = &v["source"];
-        assert_eq!(s["txId"].as_i64().unwrap(), xid % (1 << 32), "txId is the 32-bit xid");
+        assert_eq!(
+            s["txId"].as_i64().unwrap(),
+            xid % (1 << 32),
+            "txId is the 32-bit xid"
+        );
         let commit_lsn = s["commit_lsn"].as_u64().unwrap();
-        assert!(commit_lsn >= lsn_before_commit && commit_lsn < lsn_after_commit, "commit_lsn {commit_lsn} outside the commit");
+        assert!(
+            commit_lsn >= lsn_before_commit && commit_lsn < lsn_after_commit,
+            "commit_lsn {commit_lsn} outside the commit"
+        );
         assert!(s["lsn"].as_u64().unwrap() < commit_lsn);
-        assert_eq!(r.timestamp_ms, s["ts_ms"].as_i64(), "record timestamp = commit time");
+        assert_eq!(
+            r.timestamp_ms,
+            s["ts_ms"].as_i64(),
+            "record timestamp = commit time"
+        );
         let ts = r.timestamp_ms.unwrap();
-        assert!(ts >= t0 && ts <= t_after, "commit time {ts} outside [{t0}, {t_after}]");
-        assert_eq!((s["schema"].as_str(), s["table"].as_str()), (Some("public"), Some(t1.as_str())));
+        assert!(
+            ts >= t0 && ts <= t_after,
+            "commit time {ts} outside [{t0}, {t_after}]"
+        );
+        assert_eq!(
+            (s["schema"].as_str(), s["table"].as_str()),
+            (Some("public"), Some(t1.as_str()))
+        );
         assert_eq!(s["connector"], "postgresql");
         assert_eq!(s["db"], "test");
     }
-    let lsns: Vec<u64> = recs[0..3].iter().map(|r| r.value.as_ref().unwrap()["source"]["lsn"].as_u64().unwrap()).collect();
-    assert!(lsns.windows(2).all(|w| w[0] < w[1]), "changes keep their order: {lsns:?}");
+    let lsns: Vec<u64> = recs[0..3]
+        .iter()
+        .map(|r| r.value.as_ref().unwrap()["source"]["lsn"].as_u64().unwrap())
+        .collect();
+    assert!(
+        lsns.windows(2).all(|w| w[0] < w[1]),
+        "changes keep their order: {lsns:?}"
+    );
 
     let update = recs[2].value.as_ref().unwrap();
-    assert_eq!(update["before"], Value::Null, "no old row without REPLICA IDENTITY FULL");
+    assert_eq!(
+        update["before"],
+        Value::Null,
+        "no old row without REPLICA IDENTITY FULL"
+    );
     assert_eq!(update["after"]["f8"], "-Infinity");
     assert_eq!(update["after"]["tx"], "changed");
-    assert_eq!(recs[3].value.as_ref().unwrap()["before"], json!({"id": 2}), "a delete carries the key");
+    assert_eq!(
+        recs[3].value.as_ref().unwrap()["before"],
+        json!({"id": 2}),
+        "a delete carries the key"
+    );
     assert_eq!(recs[3].value.as_ref().unwrap()["after"], Value::Null);
     assert!(recs[4].value.is_none(), "a tombstone follows the delete");
 
     // The second table has its own topic; its key follows the primary key's order,
     // and a key change becomes delete + tombstone + create.
-    let recs2 = wait_for_records(&kafka(), &args.topic(&format!("public.{t2}")), 4, Duration::from_secs(60)).await;
-    let summary: Vec<(String, Option<Value>)> =
-        recs2.iter().map(|r| (r.key.to_string(), r.value.as_ref().map(|v| v["op"].clone()))).collect();
+    let recs2 = wait_for_records(
+        &kafka(),
+        &args.topic(&format!("public.{t2}")),
+        4,
+        Duration::from_secs(60),
+    )
+    .await;
+    let summary: Vec<(String, Option<Value>)> = recs2
+        .iter()
+        .map(|r| (r.key.to_string(), r.value.as_ref().map(|v| v["op"].clone())))
+        .collect();
     assert_eq!(
         summary,
         vec![
@@ -112,5 +200,9 @@ async fn every_change_becomes_the_documented_envelope() {
     );
 
     let status = bridge.sigterm(Duration::from_secs(60));
-    assert!(status.success(), "clean exit: {status:?}\n{}", bridge.log_text());
+    assert!(
+        status.success(),
+        "clean exit: {status:?}\n{}",
+        bridge.log_text()
+    );
 }

@@ -4,4 +4,5 @@
 
 mod support;
 
+mod bridge_crash;
 mod bridge_wire;

@@ -21,7 +21,8 @@ use tokio_postgres::{Client, NoTls};
 
 /// Where the tests find PostgreSQL.
 pub fn pg_url() -> String {
-    std::env::var("TIDEMARK_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("TIDEMARK_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// Where the tests find the broker.
@@ -61,7 +62,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -80,14 +84,23 @@ pub async fn confirmed_flush(pg: &Client, slot: &str) -> Option<u64> {
 
 /// The server's current WAL LSN as a number.
 pub async fn current_lsn(pg: &Client) -> u64 {
-    pg.query_one("SELECT (pg_current_wal_lsn() - '0/0')::int8", &[]).await.expect("pg_current_wal_lsn").get::<_, i64>(0)
-        as u64
+    pg.query_one("SELECT (pg_current_wal_lsn() - '0/0')::int8", &[])
+        .await
+        .expect("pg_current_wal_lsn")
+        .get::<_, i64>(0) as u64
 }
 
 /// Drops a replication slot and publication left by an earlier run.
 pub async fn drop_slot_and_publication(pg: &Client, slot: &str, publication: &str) {
-    let _ = pg.execute("SELECT pg_drop_replication_slot($1) FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await;
-    let _ = pg.batch_execute(&format!("DROP PUBLICATION IF EXISTS \"{publication}\"")).await;
+    let _ = pg
+        .execute(
+            "SELECT pg_drop_replication_slot($1) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await;
+    let _ = pg
+        .batch_execute(&format!("DROP PUBLICATION IF EXISTS \"{publication}\""))
+        .await;
 }
 
 /// The path of the bridge binary: `TIDEMARK_BRIDGE_BIN`, or the one cargo built
@@ -97,7 +110,10 @@ pub fn bridge_bin() -> PathBuf {
         return p.into();
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
     let bin = profile_dir.join("tidemark-bridge");
     assert!(
         bin.exists(),
@@ -156,7 +172,12 @@ impl Bridge {
             .args(["--postgres", &args.postgres, "--kafka", &args.kafka])
             .args(["--tables", &args.tables.join(",")])
             .args(["--slot", &args.slot, "--publication", &args.publication])
-            .args(["--topic-prefix", &args.prefix, "--partitions", &args.partitions.to_string()])
+            .args([
+                "--topic-prefix",
+                &args.prefix,
+                "--partitions",
+                &args.partitions.to_string(),
+            ])
             .args(&args.extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -175,13 +196,19 @@ impl Bridge {
     /// Sends SIGTERM and waits for the exit status.
     pub fn sigterm(&mut self, timeout: Duration) -> ExitStatus {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for the bridge") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "the bridge did not exit within {timeout:?} of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "the bridge did not exit within {timeout:?} of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -193,7 +220,11 @@ impl Bridge {
             if let Some(status) = self.child.try_wait().expect("wait for the bridge") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "the bridge did not exit within {timeout:?}; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "the bridge did not exit within {timeout:?}; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -201,7 +232,13 @@ impl Bridge {
     /// Peak resident set size in KiB, from /proc.
     pub fn peak_rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
     }
 
     /// The process's log so far.
@@ -235,7 +272,9 @@ pub fn consumer(brokers: &str) -> BaseConsumer {
         .set("enable.auto.commit", "false")
         .set("group.id", "tidemark-tests-unused")
         .create()
-        .unwrap_or_else(|e| panic!("cannot create a Kafka consumer for {brokers} ({e}); {START_STACK}"))
+        .unwrap_or_else(|e| {
+            panic!("cannot create a Kafka consumer for {brokers} ({e}); {START_STACK}")
+        })
 }
 
 /// Every record of `topic`, partition by partition, up to the current high watermarks.
@@ -244,13 +283,20 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("broker {brokers} unreachable ({e}); {START_STACK}"));
-    let parts: Vec<i32> = md.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default();
+    let parts: Vec<i32> = md
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
     let mut tpl = TopicPartitionList::new();
     let mut highs = HashMap::new();
     for &p in &parts {
-        let (low, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+        let (low, high) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
         if high > low {
-            tpl.add_partition_offset(topic, p, Offset::Offset(low)).expect("assign");
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))
+                .expect("assign");
             highs.insert(p, high);
         }
     }
@@ -263,7 +309,9 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
     let mut done: HashMap<i32, bool> = highs.keys().map(|&p| (p, false)).collect();
     while done.values().any(|d| !d) {
         assert!(Instant::now() < deadline, "reading {topic} timed out");
-        let Some(msg) = c.poll(Duration::from_millis(500)) else { continue };
+        let Some(msg) = c.poll(Duration::from_millis(500)) else {
+            continue;
+        };
         let msg = msg.expect("consume");
         let p = msg.partition();
         if msg.offset() + 1 >= highs[&p] {
@@ -277,7 +325,9 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
             offset: msg.offset(),
             timestamp_ms: msg.timestamp().to_millis(),
             key: serde_json::from_slice(msg.key().unwrap_or(b"null")).expect("key is JSON"),
-            value: msg.payload().map(|v| serde_json::from_slice(v).expect("value is JSON")),
+            value: msg
+                .payload()
+                .map(|v| serde_json::from_slice(v).expect("value is JSON")),
         });
     }
     out
@@ -288,11 +338,17 @@ pub async fn wait_for_records(brokers: &str, topic: &str, n: usize, timeout: Dur
     let deadline = Instant::now() + timeout;
     loop {
         let (b, t) = (brokers.to_string(), topic.to_string());
-        let recs = tokio::task::spawn_blocking(move || read_topic(&b, &t)).await.expect("read_topic");
+        let recs = tokio::task::spawn_blocking(move || read_topic(&b, &t))
+            .await
+            .expect("read_topic");
         if recs.len() >= n {
             return recs;
         }
-        assert!(Instant::now() < deadline, "{topic} has {} records after {timeout:?}, expected {n}", recs.len());
+        assert!(
+            Instant::now() < deadline,
+            "{topic} has {} records after {timeout:?}, expected {n}",
+            recs.len()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -307,10 +363,11 @@ pub async fn start_bridge_with(args: BridgeArgs) -> (Bridge, BridgeArgs) {
     let pg = pg().await;
     drop_slot_and_publication(&pg, &args.slot, &args.publication).await;
     let bridge = Bridge::start(&args);
-    wait_for(Duration::from_secs(60), "the bridge to start streaming", || async {
-        bridge.log_text().contains("streaming").then_some(())
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "the bridge to start streaming",
+        || async { bridge.log_text().contains("streaming").then_some(()) },
+    )
     .await;
     (bridge, args)
 }
-
