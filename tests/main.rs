@@ -5,4 +5,5 @@
 mod support;
 
 mod bridge_crash;
+mod bridge_stream;
 mod bridge_wire;
