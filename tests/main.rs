@@ -5,5 +5,6 @@
 mod support;
 
 mod bridge_crash;
+mod bridge_setup;
 mod bridge_stream;
 mod bridge_wire;

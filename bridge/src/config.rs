@@ -29,8 +29,12 @@ pub const DEFAULT_REPLICATION_FACTOR: i32 = 1;
 
 /// Command-line flags; each also reads a `TIDEMARK_*` environment variable.
 #[derive(Debug, Parser)]
-#[command(name = "tidemark-bridge", version, about = "Tails a PostgreSQL logical replication slot into Kafka: \
-every committed row change, one topic per table, keyed by primary key, in commit order.")]
+#[command(
+    name = "tidemark-bridge",
+    version,
+    about = "Tails a PostgreSQL logical replication slot into Kafka: \
+every committed row change, one topic per table, keyed by primary key, in commit order."
+)]
 pub struct Cli {
     /// TOML file with the same settings (keys as the long flags, with `_` for `-`).
     #[arg(long, env = "TIDEMARK_CONFIG")]
@@ -61,7 +65,11 @@ pub struct Cli {
     #[arg(long, env = "TIDEMARK_REPLICATION_FACTOR")]
     pub replication_factor: Option<i32>,
     /// A librdkafka producer property, key=value; repeatable (TLS, SASL, tuning). Must not repeat a typed setting.
-    #[arg(long = "kafka-property", env = "TIDEMARK_KAFKA_PROPERTIES", value_delimiter = ';')]
+    #[arg(
+        long = "kafka-property",
+        env = "TIDEMARK_KAFKA_PROPERTIES",
+        value_delimiter = ';'
+    )]
     pub kafka_properties: Vec<String>,
 }
 
@@ -140,7 +148,10 @@ pub struct Config {
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> BridgeError {
-    BridgeError::Config { field, problem: problem.into() }
+    BridgeError::Config {
+        field,
+        problem: problem.into(),
+    }
 }
 
 impl Config {
@@ -148,8 +159,9 @@ impl Config {
     pub fn from_cli(cli: Cli) -> Result<Self, BridgeError> {
         let file = match &cli.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| invalid("config", format!("cannot read {}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid("config", format!("cannot read {}: {e}", path.display()))
+                })?;
                 toml::from_str::<FileConfig>(&text)
                     .map_err(|e| invalid("config", format!("{}: {e}", path.display())))?
             }
@@ -165,18 +177,38 @@ impl Config {
         let tables = cli.tables.or(file.tables).unwrap_or_default();
         let config = Config {
             postgres: PgUrl::new(
-                cli.postgres.or(file.postgres).ok_or_else(|| invalid("postgres", "is required"))?,
+                cli.postgres
+                    .or(file.postgres)
+                    .ok_or_else(|| invalid("postgres", "is required"))?,
             ),
-            kafka: cli.kafka.or(file.kafka).unwrap_or_else(|| DEFAULT_KAFKA.into()),
+            kafka: cli
+                .kafka
+                .or(file.kafka)
+                .unwrap_or_else(|| DEFAULT_KAFKA.into()),
             tables: tables
                 .iter()
                 .filter(|t| !t.trim().is_empty())
-                .map(|t| TableName::parse(t).ok_or_else(|| invalid("tables", format!("{t:?} is not schema.table"))))
+                .map(|t| {
+                    TableName::parse(t)
+                        .ok_or_else(|| invalid("tables", format!("{t:?} is not schema.table")))
+                })
                 .collect::<Result<_, _>>()?,
-            slot: cli.slot.or(file.slot).unwrap_or_else(|| DEFAULT_SLOT.into()),
-            publication: cli.publication.or(file.publication).unwrap_or_else(|| DEFAULT_PUBLICATION.into()),
-            topic_prefix: cli.topic_prefix.or(file.topic_prefix).unwrap_or_else(|| DEFAULT_TOPIC_PREFIX.into()),
-            partitions: cli.partitions.or(file.partitions).unwrap_or(DEFAULT_PARTITIONS),
+            slot: cli
+                .slot
+                .or(file.slot)
+                .unwrap_or_else(|| DEFAULT_SLOT.into()),
+            publication: cli
+                .publication
+                .or(file.publication)
+                .unwrap_or_else(|| DEFAULT_PUBLICATION.into()),
+            topic_prefix: cli
+                .topic_prefix
+                .or(file.topic_prefix)
+                .unwrap_or_else(|| DEFAULT_TOPIC_PREFIX.into()),
+            partitions: cli
+                .partitions
+                .or(file.partitions)
+                .unwrap_or(DEFAULT_PARTITIONS),
             replication_factor: cli
                 .replication_factor
                 .or(file.replication_factor)
@@ -189,19 +221,35 @@ impl Config {
 
     /// Checks each setting; the error names the field.
     pub fn validate(&self) -> Result<(), BridgeError> {
-        let url = url::Url::parse(self.postgres.expose())
-            .map_err(|e| invalid("postgres", format!("not a URL ({e}); use postgres://user:pass@host:port/db")))?;
+        let url = url::Url::parse(self.postgres.expose()).map_err(|e| {
+            invalid(
+                "postgres",
+                format!("not a URL ({e}); use postgres://user:pass@host:port/db"),
+            )
+        })?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
-            return Err(invalid("postgres", "the scheme must be postgres:// or postgresql://"));
+            return Err(invalid(
+                "postgres",
+                "the scheme must be postgres:// or postgresql://",
+            ));
         }
         if self.tables.is_empty() {
-            return Err(invalid("tables", "name at least one table, e.g. --tables public.accounts"));
+            return Err(invalid(
+                "tables",
+                "name at least one table, e.g. --tables public.accounts",
+            ));
         }
         let slot_ok = |s: &str| {
-            !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            !s.is_empty()
+                && s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         };
         if !slot_ok(&self.slot) {
-            return Err(invalid("slot", "use 1-63 lower-case letters, digits and underscores"));
+            return Err(invalid(
+                "slot",
+                "use 1-63 lower-case letters, digits and underscores",
+            ));
         }
         if self.publication.is_empty() {
             return Err(invalid("publication", "must not be empty"));
@@ -238,7 +286,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("bridge.toml");
         std::fs::write(&path, "postgres = \"postgres://u:pw@h/db\"\ntables = [\"a.b\"]\nslot = \"from_file\"\n[kafka_properties]\n\"linger.ms\" = \"7\"\n").unwrap();
-        let c = Config::from_cli(cli(&["--config", path.to_str().unwrap(), "--slot", "from_flag"])).unwrap();
+        let c = Config::from_cli(cli(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--slot",
+            "from_flag",
+        ]))
+        .unwrap();
         assert_eq!(c.slot, "from_flag");
         assert_eq!(c.tables, vec![TableName::parse("a.b").unwrap()]);
         assert_eq!(c.topic_prefix, DEFAULT_TOPIC_PREFIX);
@@ -252,11 +306,23 @@ mod tests {
     fn errors_name_the_field() {
         let err = Config::from_cli(cli(&["--postgres", "postgres://h/db"])).unwrap_err();
         assert!(err.to_string().contains("tables"), "{err}");
-        let err = Config::from_cli(cli(&["--postgres", "postgres://h/db", "--tables", "t", "--slot", "Bad-Slot"]))
-            .unwrap_err();
+        let err = Config::from_cli(cli(&[
+            "--postgres",
+            "postgres://h/db",
+            "--tables",
+            "t",
+            "--slot",
+            "Bad-Slot",
+        ]))
+        .unwrap_err();
         assert!(err.to_string().contains("slot"), "{err}");
         let err = Config::from_cli(cli(&[
-            "--postgres", "postgres://h/db", "--tables", "t", "--kafka-property", "acks=1",
+            "--postgres",
+            "postgres://h/db",
+            "--tables",
+            "t",
+            "--kafka-property",
+            "acks=1",
         ]))
         .unwrap_err();
         assert!(err.to_string().contains("acks"), "{err}");

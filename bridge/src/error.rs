@@ -59,7 +59,9 @@ impl BridgeError {
     /// Whether retrying (with a new session) can fix it.
     pub fn is_transient(&self) -> bool {
         match self {
-            BridgeError::Config { .. } | BridgeError::Setup { .. } | BridgeError::Decode(_) => false,
+            BridgeError::Config { .. } | BridgeError::Setup { .. } | BridgeError::Decode(_) => {
+                false
+            }
             // A slot still held by a dying walsender, a restarting server: all pass.
             BridgeError::Replication(_) => true,
             // Connection exceptions (08), operator intervention such as a restart (57),
@@ -67,18 +69,24 @@ impl BridgeError {
             // server errors (permissions, syntax) do not.
             BridgeError::Postgres { source, .. } => match source.as_db_error() {
                 None => true,
-                Some(db) => ["08", "57", "53", "40"].iter().any(|c| db.code().code().starts_with(c)),
+                Some(db) => ["08", "57", "53", "40"]
+                    .iter()
+                    .any(|c| db.code().code().starts_with(c)),
             },
             BridgeError::Kafka { .. } | BridgeError::Delivery(_) => true,
         }
     }
 
-    pub(crate) fn postgres(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
+    pub(crate) fn postgres(
+        context: impl Into<String>,
+    ) -> impl FnOnce(tokio_postgres::Error) -> Self {
         let context = context.into();
         move |source| BridgeError::Postgres { context, source }
     }
 
-    pub(crate) fn kafka(context: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+    pub(crate) fn kafka(
+        context: impl Into<String>,
+    ) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
         let context = context.into();
         move |source| BridgeError::Kafka { context, source }
     }

@@ -371,3 +371,207 @@ pub async fn start_bridge_with(args: BridgeArgs) -> (Bridge, BridgeArgs) {
     .await;
     (bridge, args)
 }
+
+/// Runs a command as the `postgres` OS user when we are root (initdb refuses root).
+fn as_postgres_user(program: &str, args: &[&str]) -> Command {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
+    if is_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", program]).args(args);
+        c
+    } else {
+        let mut c = Command::new(program);
+        c.args(args);
+        c
+    }
+}
+
+/// A throwaway PostgreSQL server of its own, for settings the shared one must not
+/// change (such as `wal_level=replica`). Stopped and removed when dropped.
+pub struct ScratchPostgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    pub url: String,
+}
+
+impl ScratchPostgres {
+    /// Creates and starts a server on `port` with the given `wal_level`.
+    pub fn start(port: u16, wal_level: &str) -> ScratchPostgres {
+        let bin = PathBuf::from(
+            String::from_utf8(
+                Command::new("pg_config")
+                    .arg("--bindir")
+                    .output()
+                    .expect("pg_config")
+                    .stdout,
+            )
+            .expect("utf8")
+            .trim(),
+        );
+        let bin = if bin.join("initdb").exists() {
+            bin
+        } else {
+            PathBuf::from("/usr/lib/postgresql/15/bin")
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "tidemark-scratch-pg-{port}-{}",
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let _ = Command::new("chown")
+            .args(["postgres:", dir.to_str().unwrap()])
+            .status();
+        let data = dir.join("data");
+        let initdb = bin.join("initdb");
+        let ok = as_postgres_user(
+            initdb.to_str().unwrap(),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+            ],
+        )
+        .stdout(Stdio::null())
+        .status()
+        .expect("initdb");
+        assert!(ok.success(), "initdb failed");
+        let opts = format!(
+            "-p {port} -c wal_level={wal_level} -c listen_addresses=127.0.0.1 -k {}",
+            dir.display()
+        );
+        let pg_ctl = bin.join("pg_ctl");
+        let ok = as_postgres_user(
+            pg_ctl.to_str().unwrap(),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                dir.join("log").to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        )
+        .stdout(Stdio::null())
+        .status()
+        .expect("pg_ctl start");
+        assert!(ok.success(), "pg_ctl start failed");
+        ScratchPostgres {
+            dir,
+            bin,
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        }
+    }
+}
+
+impl Drop for ScratchPostgres {
+    fn drop(&mut self) {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let data = self.dir.join("data");
+        let _ = as_postgres_user(
+            pg_ctl.to_str().unwrap(),
+            &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+        )
+        .stdout(Stdio::null())
+        .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A broker of its own (tansu with the SQLite engine), for tests that stop and start
+/// it without disturbing the shared one. Data survives [`PrivateBroker::stop`].
+pub struct PrivateBroker {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateBroker {
+    /// Starts a broker on `port` with a fresh data directory.
+    pub async fn start(port: u16) -> PrivateBroker {
+        let dir =
+            std::env::temp_dir().join(format!("tidemark-broker-{port}-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).expect("broker dir");
+        let mut b = PrivateBroker {
+            dir,
+            port,
+            child: None,
+        };
+        b.resume().await;
+        b
+    }
+
+    /// The bootstrap address.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker again on the same data.
+    pub async fn resume(&mut self) {
+        let tansu = std::env::var("TANSU_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                let home = PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                    .join(".cargo/bin/tansu");
+                if home.exists() {
+                    home
+                } else {
+                    PathBuf::from("tansu")
+                }
+            });
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))
+            .expect("log");
+        let child = Command::new(&tansu)
+            .current_dir(&self.dir)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {} ({e}); {START_STACK}", tansu.display()));
+        self.child = Some(child);
+        let addr = self.address();
+        wait_for(
+            Duration::from_secs(30),
+            "the private broker to listen",
+            || {
+                let addr = addr.clone();
+                async move { tokio::net::TcpStream::connect(&addr).await.ok().map(|_| ()) }
+            },
+        )
+        .await;
+    }
+
+    /// Kills the broker; its data stays.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

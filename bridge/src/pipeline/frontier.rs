@@ -34,12 +34,18 @@ pub struct Frontier {
 impl Frontier {
     /// A frontier that starts at `confirmed`.
     pub fn new(confirmed: u64) -> Self {
-        Frontier { confirmed, ..Default::default() }
+        Frontier {
+            confirmed,
+            ..Default::default()
+        }
     }
 
     /// Opens the next transaction and returns its id.
     pub fn begin(&mut self) -> u64 {
-        self.txns.push_back(Txn { pending: 0, end_lsn: None });
+        self.txns.push_back(Txn {
+            pending: 0,
+            end_lsn: None,
+        });
         self.base + self.txns.len() as u64 - 1
     }
 
@@ -83,7 +89,11 @@ impl Frontier {
         if self.failed.is_some() {
             return;
         }
-        while let Some(Txn { pending: 0, end_lsn: Some(end) }) = self.txns.front() {
+        while let Some(Txn {
+            pending: 0,
+            end_lsn: Some(end),
+        }) = self.txns.front()
+        {
             self.confirmed = self.confirmed.max(*end);
             self.txns.pop_front();
             self.base += 1;

@@ -36,7 +36,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 /// Runs one session until `shutdown` turns true (returns `Ok`) or something fails.
-pub async fn run_session(config: &Config, shutdown: &mut watch::Receiver<bool>) -> Result<(), BridgeError> {
+pub async fn run_session(
+    config: &Config,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), BridgeError> {
     let client = setup::connect(&config.postgres).await?;
     setup::prepare(&client, config).await?;
     let partitions = topics::ensure_topics(config).await?;
@@ -45,10 +48,17 @@ pub async fn run_session(config: &Config, shutdown: &mut watch::Receiver<bool>) 
         .await
         .map_err(BridgeError::postgres("reading the database name"))?
         .get(0);
-    let start = setup::confirmed_flush_lsn(&client, &config.slot).await?.unwrap_or(0);
+    let start = setup::confirmed_flush_lsn(&client, &config.slot)
+        .await?
+        .unwrap_or(0);
     let frontier = Arc::new(Mutex::new(Frontier::new(start)));
     let sink = Sink::new(config, frontier)?;
-    let mut tables = Tables::new(config.tables.clone(), partitions, config.topic_prefix.clone(), db);
+    let mut tables = Tables::new(
+        config.tables.clone(),
+        partitions,
+        config.topic_prefix.clone(),
+        db,
+    );
     let mut repl = stream::start(config).await?;
     info!(slot = %config.slot, start_lsn = %Lsn(start), "streaming");
 
@@ -114,7 +124,10 @@ pub async fn run_session(config: &Config, shutdown: &mut watch::Receiver<bool>) 
         }
     }
 
-    info!(in_flight = sink.frontier().in_flight(), "stopping: draining in-flight records");
+    info!(
+        in_flight = sink.frontier().in_flight(),
+        "stopping: draining in-flight records"
+    );
     let drained = sink.drain(DRAIN_TIMEOUT).await;
     let confirmed = sink.frontier().confirmed();
     repl.update_applied_lsn(Lsn(confirmed));

@@ -63,7 +63,12 @@ fn decode_err(msg: impl Into<String>) -> BridgeError {
 
 impl Tables {
     /// An empty set for the configured tables; `partitions` maps topic to partition count.
-    pub fn new(configured: Vec<TableName>, partitions: HashMap<String, i32>, prefix: String, db: String) -> Self {
+    pub fn new(
+        configured: Vec<TableName>,
+        partitions: HashMap<String, i32>,
+        prefix: String,
+        db: String,
+    ) -> Self {
         Tables {
             by_id: HashMap::new(),
             ignored: HashSet::new(),
@@ -77,7 +82,10 @@ impl Tables {
 
     /// Takes in a Relation message, reading the key order and column types from the catalog.
     pub async fn learn(&mut self, client: &Client, rel: Relation) -> Result<(), BridgeError> {
-        let name = TableName { schema: rel.schema.clone(), table: rel.table.clone() };
+        let name = TableName {
+            schema: rel.schema.clone(),
+            table: rel.table.clone(),
+        };
         if !self.configured.contains(&name) {
             if self.ignored.insert(rel.id) {
                 warn!(table = %name, "the publication carries a table that is not configured; its changes are skipped");
@@ -93,46 +101,81 @@ impl Tables {
             .iter()
             .map(|k| {
                 columns.iter().position(|(n, _)| n == k).ok_or_else(|| {
-                    decode_err(format!("primary-key column {k} of {name} is missing from the relation message"))
+                    decode_err(format!(
+                        "primary-key column {k} of {name} is missing from the relation message"
+                    ))
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
         if key.is_empty() {
             return Err(BridgeError::Setup {
                 problem: format!("table {name} has no primary key any more"),
-                fix: format!("add one back: ALTER TABLE {} ADD PRIMARY KEY (...)", name.quoted()),
+                fix: format!(
+                    "add one back: ALTER TABLE {} ADD PRIMARY KEY (...)",
+                    name.quoted()
+                ),
             });
         }
         let topic = name.topic(&self.prefix);
         let partitions = *self.partitions.get(&topic).unwrap_or(&1);
         info!(table = %name, columns = columns.len(), "relation");
-        self.by_id.insert(rel.id, Table { name, topic: topic.into(), partitions, columns, key });
+        self.by_id.insert(
+            rel.id,
+            Table {
+                name,
+                topic: topic.into(),
+                partitions,
+                columns,
+                key,
+            },
+        );
         Ok(())
     }
 
     /// The records for one change at `lsn` of transaction `txn`.
-    pub fn records(&self, msg: Message, lsn: u64, txn: &TxnInfo) -> Result<Vec<Record>, BridgeError> {
+    pub fn records(
+        &self,
+        msg: Message,
+        lsn: u64,
+        txn: &TxnInfo,
+    ) -> Result<Vec<Record>, BridgeError> {
         let rel = match &msg {
-            Message::Insert { rel, .. } | Message::Update { rel, .. } | Message::Delete { rel, .. } => *rel,
+            Message::Insert { rel, .. }
+            | Message::Update { rel, .. }
+            | Message::Delete { rel, .. } => *rel,
             Message::Truncate { rels } => return self.truncates(rels, lsn, txn),
             Message::Relation(_) | Message::Ignored(_) => return Ok(Vec::new()),
         };
         if self.ignored.contains(&rel) {
             return Ok(Vec::new());
         }
-        let t = self
-            .by_id
-            .get(&rel)
-            .ok_or_else(|| decode_err(format!("change for relation {rel} before its Relation message")))?;
-        let w = Writer { t, lsn, txn, db: &self.db };
+        let t = self.by_id.get(&rel).ok_or_else(|| {
+            decode_err(format!(
+                "change for relation {rel} before its Relation message"
+            ))
+        })?;
+        let w = Writer {
+            t,
+            lsn,
+            txn,
+            db: &self.db,
+        };
         Ok(match msg {
             Message::Insert { new, .. } => vec![w.change(Op::Create, None, &new)?],
-            Message::Update { old: Some(old), new, .. } if t.key_of(&old.tuple)? != t.key_of(&new)? => {
+            Message::Update {
+                old: Some(old),
+                new,
+                ..
+            } if t.key_of(&old.tuple)? != t.key_of(&new)? => {
                 let mut out = w.delete(&old)?;
                 out.push(w.change(Op::Create, None, &new)?);
                 out
             }
-            Message::Update { old: Some(OldTuple { full: true, tuple }), new, .. } => {
+            Message::Update {
+                old: Some(OldTuple { full: true, tuple }),
+                new,
+                ..
+            } => {
                 vec![w.change(Op::Update, Some(t.row(&tuple)?.0), &new)?]
             }
             Message::Update { new, .. } => vec![w.change(Op::Update, None, &new)?],
@@ -144,7 +187,12 @@ impl Tables {
     fn truncates(&self, rels: &[u32], lsn: u64, txn: &TxnInfo) -> Result<Vec<Record>, BridgeError> {
         let mut out = Vec::new();
         for t in rels.iter().filter_map(|r| self.by_id.get(r)) {
-            let w = Writer { t, lsn, txn, db: &self.db };
+            let w = Writer {
+                t,
+                lsn,
+                txn,
+                db: &self.db,
+            };
             let value = w.envelope(Op::Truncate, None, None, Vec::new())?;
             out.extend((0..t.partitions).map(|p| Record {
                 topic: t.topic.clone(),
@@ -163,7 +211,12 @@ impl Table {
     /// old tuple. Unchanged TOAST columns are left out and named.
     fn row(&self, tuple: &Tuple) -> Result<(Row, Vec<String>), BridgeError> {
         if tuple.len() > self.columns.len() {
-            return Err(decode_err(format!("{} sent {} columns, expected {}", self.name, tuple.len(), self.columns.len())));
+            return Err(decode_err(format!(
+                "{} sent {} columns, expected {}",
+                self.name,
+                tuple.len(),
+                self.columns.len()
+            )));
         }
         let mut row = Row::new();
         let mut unchanged = Vec::new();
@@ -176,7 +229,9 @@ impl Table {
                 Datum::Text(bytes) => {
                     let text = std::str::from_utf8(bytes)
                         .map_err(|_| decode_err(format!("{}.{name} is not UTF-8", self.name)))?;
-                    let value = kind.decode(text).map_err(|e| decode_err(format!("{}.{name}: {e}", self.name)))?;
+                    let value = kind
+                        .decode(text)
+                        .map_err(|e| decode_err(format!("{}.{name}: {e}", self.name)))?;
                     row.insert(name.clone(), value);
                 }
             }
@@ -190,12 +245,17 @@ impl Table {
             let (name, kind) = &self.columns[i];
             let value = match tuple.get(i) {
                 Some(Datum::Text(b)) => {
-                    let text = std::str::from_utf8(b).map_err(|_| decode_err(format!("{}.{name} is not UTF-8", self.name)))?;
-                    kind.decode(text).map_err(|e| decode_err(format!("{}.{name}: {e}", self.name)))?
+                    let text = std::str::from_utf8(b)
+                        .map_err(|_| decode_err(format!("{}.{name} is not UTF-8", self.name)))?;
+                    kind.decode(text)
+                        .map_err(|e| decode_err(format!("{}.{name}: {e}", self.name)))?
                 }
                 Some(Datum::Null) | None => Value::Null,
                 Some(Datum::UnchangedToast) => {
-                    return Err(decode_err(format!("key column {}.{name} arrived as unchanged TOAST", self.name)))
+                    return Err(decode_err(format!(
+                        "key column {}.{name} arrived as unchanged TOAST",
+                        self.name
+                    )))
                 }
             };
             key.insert(name.clone(), value);
@@ -213,7 +273,13 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    fn envelope(&self, op: Op, before: Option<Row>, after: Option<Row>, unchanged_toast: Vec<String>) -> Result<Vec<u8>, BridgeError> {
+    fn envelope(
+        &self,
+        op: Op,
+        before: Option<Row>,
+        after: Option<Row>,
+        unchanged_toast: Vec<String>,
+    ) -> Result<Vec<u8>, BridgeError> {
         let env = Envelope {
             before,
             after,
@@ -237,7 +303,13 @@ impl Writer<'_> {
     }
 
     fn record(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Record {
-        Record { topic: self.t.topic.clone(), partition: None, key, value, timestamp_ms: self.txn.commit_ms }
+        Record {
+            topic: self.t.topic.clone(),
+            partition: None,
+            key,
+            value,
+            timestamp_ms: self.txn.commit_ms,
+        }
     }
 
     fn change(&self, op: Op, before: Option<Row>, new: &Tuple) -> Result<Record, BridgeError> {
@@ -254,11 +326,18 @@ impl Writer<'_> {
         let before = if old.full {
             old_row
         } else {
-            let key_names: Vec<&String> = self.t.key.iter().map(|&i| &self.t.columns[i].0).collect();
-            old_row.into_iter().filter(|(name, _)| key_names.contains(&name)).collect()
+            let key_names: Vec<&String> =
+                self.t.key.iter().map(|&i| &self.t.columns[i].0).collect();
+            old_row
+                .into_iter()
+                .filter(|(name, _)| key_names.contains(&name))
+                .collect()
         };
         let value = self.envelope(Op::Delete, Some(before), None, Vec::new())?;
-        Ok(vec![self.record(key.clone(), Some(value)), self.record(key, None)])
+        Ok(vec![
+            self.record(key.clone(), Some(value)),
+            self.record(key, None),
+        ])
     }
 }
 

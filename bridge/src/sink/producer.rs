@@ -20,8 +20,12 @@ use crate::error::BridgeError;
 use crate::pipeline::frontier::Frontier;
 
 /// Producer properties the bridge sets itself, because its guarantees depend on them.
-pub const TYPED_PRODUCER_PROPERTIES: &[&str] =
-    &["bootstrap.servers", "acks", "enable.idempotence", "partitioner"];
+pub const TYPED_PRODUCER_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "acks",
+    "enable.idempotence",
+    "partitioner",
+];
 
 /// A record ready to produce.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,14 +48,34 @@ pub struct DeliveryContext {
     acked: Arc<Notify>,
 }
 
-impl ClientContext for DeliveryContext {}
+/// librdkafka reports each broker failure several times (a log line plus global
+/// errors); the bridge's own error after `message.timeout.ms` is what matters, so
+/// these go to the log at `warn` (errors) and `debug` (everything else).
+impl ClientContext for DeliveryContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel::*;
+        match level {
+            Emerg | Alert | Critical | Error => {
+                tracing::warn!(facility = fac, "librdkafka: {log_message}")
+            }
+            _ => tracing::debug!(facility = fac, "librdkafka: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(error = %error, reason, "librdkafka error");
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, txn: usize) {
         let outcome = result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string());
-        let mut f = self.frontier.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut f = self
+            .frontier
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f.delivered(txn as u64, outcome);
         drop(f);
         self.acked.notify_one();
@@ -88,11 +112,22 @@ impl Sink {
         for (k, v) in client_config(config).config_map() {
             cc.set(k, v);
         }
-        cc.set("acks", "all").set("enable.idempotence", "true").set("partitioner", "murmur2_random");
+        cc.set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("partitioner", "murmur2_random");
         let acked = Arc::new(Notify::new());
-        let context = DeliveryContext { frontier: frontier.clone(), acked: acked.clone() };
-        let producer = cc.create_with_context(context).map_err(BridgeError::kafka("creating the producer"))?;
-        Ok(Sink { producer, frontier, acked })
+        let context = DeliveryContext {
+            frontier: frontier.clone(),
+            acked: acked.clone(),
+        };
+        let producer = cc
+            .create_with_context(context)
+            .map_err(BridgeError::kafka("creating the producer"))?;
+        Ok(Sink {
+            producer,
+            frontier,
+            acked,
+        })
     }
 
     /// Produces one record of transaction `txn`, waiting while the queue is full.
@@ -114,7 +149,8 @@ impl Sink {
                     if let Some(e) = self.failure() {
                         return Err(e);
                     }
-                    let _ = tokio::time::timeout(Duration::from_millis(100), self.acked.notified()).await;
+                    let _ = tokio::time::timeout(Duration::from_millis(100), self.acked.notified())
+                        .await;
                 }
                 Err((e, _)) => {
                     self.lock().delivered(txn, Err(e.to_string()));
@@ -138,7 +174,9 @@ impl Sink {
 
     /// The first failed delivery, as an error.
     pub fn failure(&self) -> Option<BridgeError> {
-        self.lock().failure().map(|e| BridgeError::Delivery(e.to_owned()))
+        self.lock()
+            .failure()
+            .map(|e| BridgeError::Delivery(e.to_owned()))
     }
 
     /// The frontier this sink reports to.
@@ -147,7 +185,9 @@ impl Sink {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Frontier> {
-        self.frontier.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.frontier
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The underlying librdkafka client, for metadata.

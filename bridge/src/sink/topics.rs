@@ -22,26 +22,44 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Creates missing topics and returns each topic's partition count.
 pub async fn ensure_topics(config: &Config) -> Result<HashMap<String, i32>, BridgeError> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(config).create().map_err(BridgeError::kafka("creating the admin client"))?;
-    let names: Vec<String> = config.tables.iter().map(|t| t.topic(&config.topic_prefix)).collect();
+    let admin: AdminClient<DefaultClientContext> = client_config(config)
+        .create()
+        .map_err(BridgeError::kafka("creating the admin client"))?;
+    let names: Vec<String> = config
+        .tables
+        .iter()
+        .map(|t| t.topic(&config.topic_prefix))
+        .collect();
     let metadata = admin
         .inner()
         .fetch_metadata(None, METADATA_TIMEOUT)
-        .map_err(BridgeError::kafka(format!("reaching the brokers at {}", config.kafka)))?;
-    let existing: HashMap<&str, usize> =
-        metadata.topics().iter().map(|t| (t.name(), t.partitions().len())).collect();
+        .map_err(BridgeError::kafka(format!(
+            "reaching the brokers at {}",
+            config.kafka
+        )))?;
+    let existing: HashMap<&str, usize> = metadata
+        .topics()
+        .iter()
+        .map(|t| (t.name(), t.partitions().len()))
+        .collect();
     let new: Vec<NewTopic<'_>> = names
         .iter()
         .filter(|n| existing.get(n.as_str()).is_none_or(|&p| p == 0))
         .map(|n| {
-            NewTopic::new(n, config.partitions, TopicReplication::Fixed(config.replication_factor))
-                .set("cleanup.policy", "compact")
+            NewTopic::new(
+                n,
+                config.partitions,
+                TopicReplication::Fixed(config.replication_factor),
+            )
+            .set("cleanup.policy", "compact")
         })
         .collect();
     if !new.is_empty() {
         let opts = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
-        let results = admin.create_topics(&new, &opts).await.map_err(BridgeError::kafka("creating topics"))?;
+        let results = admin
+            .create_topics(&new, &opts)
+            .await
+            .map_err(BridgeError::kafka("creating topics"))?;
         for result in results {
             match result {
                 Ok(name) => info!(topic = %name, partitions = config.partitions, "created topic"),
@@ -64,7 +82,9 @@ pub async fn ensure_topics(config: &Config) -> Result<HashMap<String, i32>, Brid
         if count == 0 {
             return Err(BridgeError::Kafka {
                 context: format!("topic {name} has no partitions after creation"),
-                source: rdkafka::error::KafkaError::AdminOp(RDKafkaErrorCode::UnknownTopicOrPartition),
+                source: rdkafka::error::KafkaError::AdminOp(
+                    RDKafkaErrorCode::UnknownTopicOrPartition,
+                ),
             });
         }
         partitions.insert(name, count as i32);

@@ -18,7 +18,11 @@ pub enum Message {
     /// A new row.
     Insert { rel: u32, new: Tuple },
     /// A changed row; `old` is the old key (`K`) or full old row (`O`) when sent.
-    Update { rel: u32, old: Option<OldTuple>, new: Tuple },
+    Update {
+        rel: u32,
+        old: Option<OldTuple>,
+        new: Tuple,
+    },
     /// A deleted row: its key (`K`) or full old row (`O`).
     Delete { rel: u32, old: OldTuple },
     /// TRUNCATE of one or more tables.
@@ -88,7 +92,10 @@ struct Reader {
 
 impl Reader {
     fn fail<T>(&self, reason: &'static str) -> Result<T, DecodeError> {
-        Err(DecodeError { tag: self.tag as char, reason })
+        Err(DecodeError {
+            tag: self.tag as char,
+            reason,
+        })
     }
     fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
         if self.buf.len() < n {
@@ -137,9 +144,15 @@ impl Reader {
 /// Decodes one pgoutput message (an XLogData payload).
 pub fn decode(payload: Bytes) -> Result<Message, DecodeError> {
     let Some(&tag) = payload.first() else {
-        return Err(DecodeError { tag: '?', reason: "empty message" });
+        return Err(DecodeError {
+            tag: '?',
+            reason: "empty message",
+        });
     };
-    let mut r = Reader { buf: payload.slice(1..), tag };
+    let mut r = Reader {
+        buf: payload.slice(1..),
+        tag,
+    };
     Ok(match tag {
         b'R' => {
             let id = r.u32()?;
@@ -155,39 +168,62 @@ pub fn decode(payload: Bytes) -> Result<Message, DecodeError> {
                 let _typmod = r.u32()?;
                 columns.push(RelColumn { name, type_oid });
             }
-            Message::Relation(Relation { id, schema, table, columns })
+            Message::Relation(Relation {
+                id,
+                schema,
+                table,
+                columns,
+            })
         }
         b'I' => {
             let rel = r.u32()?;
             if r.u8()? != b'N' {
                 return r.fail("insert without new tuple");
             }
-            Message::Insert { rel, new: r.tuple()? }
+            Message::Insert {
+                rel,
+                new: r.tuple()?,
+            }
         }
         b'U' => {
             let rel = r.u32()?;
             let mut old = None;
             let mut kind = r.u8()?;
             if kind == b'K' || kind == b'O' {
-                old = Some(OldTuple { full: kind == b'O', tuple: r.tuple()? });
+                old = Some(OldTuple {
+                    full: kind == b'O',
+                    tuple: r.tuple()?,
+                });
                 kind = r.u8()?;
             }
             if kind != b'N' {
                 return r.fail("update without new tuple");
             }
-            Message::Update { rel, old, new: r.tuple()? }
+            Message::Update {
+                rel,
+                old,
+                new: r.tuple()?,
+            }
         }
         b'D' => {
             let rel = r.u32()?;
             match r.u8()? {
-                kind @ (b'K' | b'O') => Message::Delete { rel, old: OldTuple { full: kind == b'O', tuple: r.tuple()? } },
+                kind @ (b'K' | b'O') => Message::Delete {
+                    rel,
+                    old: OldTuple {
+                        full: kind == b'O',
+                        tuple: r.tuple()?,
+                    },
+                },
                 _ => return r.fail("delete without old tuple"),
             }
         }
         b'T' => {
             let n = r.u32()?;
             let _options = r.u8()?;
-            Message::Truncate { rels: (0..n).map(|_| r.u32()).collect::<Result<_, _>>()? }
+            Message::Truncate {
+                rels: (0..n).map(|_| r.u32()).collect::<Result<_, _>>()?,
+            }
         }
         other => Message::Ignored(other),
     })
@@ -218,9 +254,20 @@ mod tests {
         rel.extend(b"note\0");
         rel.extend(25u32.to_be_bytes());
         rel.extend((-1i32).to_be_bytes());
-        let Message::Relation(r) = decode(Bytes::from(rel)).unwrap() else { panic!() };
-        assert_eq!((r.schema.as_str(), r.table.as_str(), r.columns.len()), ("public", "accounts", 2));
-        assert_eq!(r.columns[1], RelColumn { name: "note".into(), type_oid: 25 });
+        let Message::Relation(r) = decode(Bytes::from(rel)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (r.schema.as_str(), r.table.as_str(), r.columns.len()),
+            ("public", "accounts", 2)
+        );
+        assert_eq!(
+            r.columns[1],
+            RelColumn {
+                name: "note".into(),
+                type_oid: 25
+            }
+        );
 
         let mut upd = vec![b'U'];
         upd.extend(16384u32.to_be_bytes());
@@ -237,7 +284,10 @@ mod tests {
             msg,
             Message::Update {
                 rel: 16384,
-                old: Some(OldTuple { full: false, tuple: vec![Datum::Text(Bytes::from_static(b"1")), Datum::Null] }),
+                old: Some(OldTuple {
+                    full: false,
+                    tuple: vec![Datum::Text(Bytes::from_static(b"1")), Datum::Null]
+                }),
                 new: vec![Datum::Text(Bytes::from_static(b"2")), Datum::UnchangedToast],
             }
         );
@@ -247,7 +297,10 @@ mod tests {
         tr.push(0);
         tr.extend(1u32.to_be_bytes());
         tr.extend(2u32.to_be_bytes());
-        assert_eq!(decode(Bytes::from(tr)).unwrap(), Message::Truncate { rels: vec![1, 2] });
+        assert_eq!(
+            decode(Bytes::from(tr)).unwrap(),
+            Message::Truncate { rels: vec![1, 2] }
+        );
     }
 
     #[test]
@@ -255,6 +308,9 @@ mod tests {
         for bad in [&b"I\0\0"[..], b"R\0\0\0\x01public", b"D\0\0\0\x01X", b""] {
             assert!(decode(Bytes::copy_from_slice(bad)).is_err());
         }
-        assert_eq!(decode(Bytes::from_static(b"Yxyz")).unwrap(), Message::Ignored(b'Y'));
+        assert_eq!(
+            decode(Bytes::from_static(b"Yxyz")).unwrap(),
+            Message::Ignored(b'Y')
+        );
     }
 }

@@ -18,10 +18,11 @@ use crate::error::BridgeError;
 
 /// Opens an ordinary SQL connection with the codec's session settings.
 pub async fn connect(url: &PgUrl) -> Result<Client, BridgeError> {
-    let mut pg: tokio_postgres::Config = url.expose().parse().map_err(BridgeError::postgres(format!(
-        "invalid connection settings in {url}"
-    )))?;
-    pg.options(SESSION_OPTIONS).application_name("tidemark-bridge");
+    let mut pg: tokio_postgres::Config = url.expose().parse().map_err(BridgeError::postgres(
+        format!("invalid connection settings in {url}"),
+    ))?;
+    pg.options(SESSION_OPTIONS)
+        .application_name("tidemark-bridge");
     let (client, connection) = pg
         .connect(NoTls)
         .await
@@ -35,7 +36,10 @@ pub async fn connect(url: &PgUrl) -> Result<Client, BridgeError> {
 }
 
 fn setup(problem: impl Into<String>, fix: impl Into<String>) -> BridgeError {
-    BridgeError::Setup { problem: problem.into(), fix: fix.into() }
+    BridgeError::Setup {
+        problem: problem.into(),
+        fix: fix.into(),
+    }
 }
 
 /// Verifies the server and tables, then creates the publication and slot if missing.
@@ -72,7 +76,10 @@ async fn check_table(client: &Client, table: &TableName) -> Result<(), BridgeErr
     if primary_key(client, oid).await?.is_empty() {
         return Err(setup(
             format!("table {table} has no primary key, so its changes cannot be keyed"),
-            format!("add one: ALTER TABLE {} ADD PRIMARY KEY (...)", table.quoted()),
+            format!(
+                "add one: ALTER TABLE {} ADD PRIMARY KEY (...)",
+                table.quoted()
+            ),
         ));
     }
     Ok(())
@@ -85,23 +92,54 @@ async fn ensure_publication(client: &Client, config: &Config) -> Result<(), Brid
         .await
         .map_err(BridgeError::postgres("looking up the publication"))?
         .is_some();
-    let list = |tables: &[&TableName]| tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+    let list = |tables: &[&TableName]| {
+        tables
+            .iter()
+            .map(|t| t.quoted())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     if !exists {
         let tables: Vec<&TableName> = config.tables.iter().collect();
-        let sql = format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(name), list(&tables));
-        client.batch_execute(&sql).await.map_err(BridgeError::postgres(format!("creating publication {name}")))?;
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_ident(name),
+            list(&tables)
+        );
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(BridgeError::postgres(format!(
+                "creating publication {name}"
+            )))?;
         info!(publication = %name, tables = %list(&tables), "created publication");
         return Ok(());
     }
     let rows = client
-        .query("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1", &[name])
+        .query(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1",
+            &[name],
+        )
         .await
         .map_err(BridgeError::postgres("listing the publication's tables"))?;
-    let published: Vec<TableName> =
-        rows.iter().map(|r| TableName { schema: r.get(0), table: r.get(1) }).collect();
-    let missing: Vec<&TableName> = config.tables.iter().filter(|t| !published.contains(t)).collect();
+    let published: Vec<TableName> = rows
+        .iter()
+        .map(|r| TableName {
+            schema: r.get(0),
+            table: r.get(1),
+        })
+        .collect();
+    let missing: Vec<&TableName> = config
+        .tables
+        .iter()
+        .filter(|t| !published.contains(t))
+        .collect();
     if !missing.is_empty() {
-        let sql = format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(name), list(&missing));
+        let sql = format!(
+            "ALTER PUBLICATION {} ADD TABLE {}",
+            quote_ident(name),
+            list(&missing)
+        );
         client.batch_execute(&sql).await.map_err(|e| match e.as_db_error() {
             Some(db) => setup(
                 format!("publication {name} lacks {} and cannot be extended: {}", list(&missing), db.message()),
@@ -116,7 +154,10 @@ async fn ensure_publication(client: &Client, config: &Config) -> Result<(), Brid
 
 async fn ensure_slot(client: &Client, slot: &str) -> Result<(), BridgeError> {
     let row = client
-        .query_opt("SELECT plugin, slot_type FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .query_opt(
+            "SELECT plugin, slot_type FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
         .await
         .map_err(BridgeError::postgres("looking up the replication slot"))?;
     match row {
@@ -131,9 +172,14 @@ async fn ensure_slot(client: &Client, slot: &str) -> Result<(), BridgeError> {
         }
         None => {
             client
-                .query_one("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+                .query_one(
+                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&slot],
+                )
                 .await
-                .map_err(BridgeError::postgres(format!("creating replication slot {slot}")))?;
+                .map_err(BridgeError::postgres(format!(
+                    "creating replication slot {slot}"
+                )))?;
             info!(slot, "created replication slot");
         }
     }
@@ -149,26 +195,45 @@ pub async fn confirmed_flush_lsn(client: &Client, slot: &str) -> Result<Option<u
         )
         .await
         .map_err(BridgeError::postgres("reading the slot's confirmed_flush_lsn"))?;
-    Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)).map(|v| v as u64))
+    Ok(row
+        .and_then(|r| r.get::<_, Option<i64>>(0))
+        .map(|v| v as u64))
 }
 
 /// Moves the slot's confirmed flush LSN forward to `lsn` once the stream has let go of
 /// the slot; used on shutdown so the last confirmation does not wait for a status
 /// update. Retries while the walsender still holds the slot.
 pub async fn advance_slot(client: &Client, slot: &str, lsn: u64) -> Result<(), BridgeError> {
-    if confirmed_flush_lsn(client, slot).await?.is_some_and(|c| c >= lsn) {
+    if confirmed_flush_lsn(client, slot)
+        .await?
+        .is_some_and(|c| c >= lsn)
+    {
         return Ok(());
     }
     let target = format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff);
     let mut attempt = 0;
     loop {
-        match client.execute("SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)", &[&slot, &target]).await {
+        match client
+            .execute(
+                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                &[&slot, &target],
+            )
+            .await
+        {
             Ok(_) => return Ok(()),
-            Err(e) if attempt < 50 && e.as_db_error().is_some_and(|d| d.message().contains("is active")) => {
+            Err(e)
+                if attempt < 50
+                    && e.as_db_error()
+                        .is_some_and(|d| d.message().contains("is active")) =>
+            {
                 attempt += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            Err(e) => return Err(BridgeError::postgres(format!("advancing slot {slot} to {target}"))(e)),
+            Err(e) => {
+                return Err(BridgeError::postgres(format!(
+                    "advancing slot {slot} to {target}"
+                ))(e))
+            }
         }
     }
 }
@@ -188,8 +253,16 @@ pub struct TypeCache(HashMap<u32, ValueKind>);
 
 impl TypeCache {
     /// The kinds of `oids`, querying the catalog for the ones not seen yet.
-    pub async fn kinds(&mut self, client: &Client, oids: &[u32]) -> Result<Vec<ValueKind>, BridgeError> {
-        let unknown: Vec<u32> = oids.iter().copied().filter(|o| !self.0.contains_key(o)).collect();
+    pub async fn kinds(
+        &mut self,
+        client: &Client,
+        oids: &[u32],
+    ) -> Result<Vec<ValueKind>, BridgeError> {
+        let unknown: Vec<u32> = oids
+            .iter()
+            .copied()
+            .filter(|o| !self.0.contains_key(o))
+            .collect();
         if !unknown.is_empty() {
             for row in client
                 .query(TYPE_INFO_SQL, &[&unknown])
@@ -200,6 +273,9 @@ impl TypeCache {
                 self.0.insert(oid, ValueKind::from_type(oid, elem));
             }
         }
-        Ok(oids.iter().map(|o| self.0.get(o).cloned().unwrap_or(ValueKind::Text)).collect())
+        Ok(oids
+            .iter()
+            .map(|o| self.0.get(o).cloned().unwrap_or(ValueKind::Text))
+            .collect())
     }
 }

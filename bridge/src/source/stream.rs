@@ -19,15 +19,26 @@ use crate::error::BridgeError;
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 fn bad_url(problem: impl Into<String>) -> BridgeError {
-    BridgeError::Config { field: "postgres", problem: problem.into() }
+    BridgeError::Config {
+        field: "postgres",
+        problem: problem.into(),
+    }
 }
 
 /// Translates a `postgres://` URL (with `sslmode` and `sslrootcert` query parameters)
 /// into the replication client's settings.
 pub fn replication_config(url: &PgUrl, config: &Config) -> Result<ReplicationConfig, BridgeError> {
     let u = url::Url::parse(url.expose()).map_err(|e| bad_url(format!("not a URL: {e}")))?;
-    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
-    let user = if u.username().is_empty() { "postgres".to_owned() } else { decode(u.username()) };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let user = if u.username().is_empty() {
+        "postgres".to_owned()
+    } else {
+        decode(u.username())
+    };
     let password = u.password().map(decode).unwrap_or_default();
     let database = match u.path().trim_start_matches('/') {
         "" => user.clone(),
@@ -52,14 +63,25 @@ pub fn replication_config(url: &PgUrl, config: &Config) -> Result<ReplicationCon
             _ => {}
         }
     }
-    let host = u.host_str().unwrap_or("localhost").trim_matches(['[', ']']).to_owned();
-    Ok(ReplicationConfig::new(host, user, password, database, config.slot.clone(), config.publication.clone())
-        .with_port(u.port().unwrap_or(5432))
-        .with_tls(tls)
-        .with_options(SESSION_OPTIONS)
-        .with_application_name("tidemark-bridge")
-        .with_status_interval(STATUS_INTERVAL)
-        .with_wakeup_interval(Duration::from_secs(1)))
+    let host = u
+        .host_str()
+        .unwrap_or("localhost")
+        .trim_matches(['[', ']'])
+        .to_owned();
+    Ok(ReplicationConfig::new(
+        host,
+        user,
+        password,
+        database,
+        config.slot.clone(),
+        config.publication.clone(),
+    )
+    .with_port(u.port().unwrap_or(5432))
+    .with_tls(tls)
+    .with_options(SESSION_OPTIONS)
+    .with_application_name("tidemark-bridge")
+    .with_status_interval(STATUS_INTERVAL)
+    .with_wakeup_interval(Duration::from_secs(1)))
 }
 
 /// Starts streaming from the slot's confirmed position.
@@ -86,9 +108,15 @@ mod tests {
             kafka_properties: Default::default(),
         };
         let c = replication_config(&config.postgres, &config).unwrap();
-        assert_eq!((c.host.as_str(), c.port, c.user.as_str()), ("db.example", 6432, "app"));
+        assert_eq!(
+            (c.host.as_str(), c.port, c.user.as_str()),
+            ("db.example", 6432, "app")
+        );
         assert_eq!((c.password.as_str(), c.database.as_str()), ("p@ss", "shop"));
         assert_eq!(c.tls.mode, SslMode::VerifyFull);
-        assert_eq!(c.tls.ca_pem_path.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert_eq!(
+            c.tls.ca_pem_path.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
     }
 }

@@ -1,0 +1,141 @@
+//! A bad setup stops the bridge with an error that names the problem and the fix; an
+//! unreachable broker is retried with backoff and nothing unsent is confirmed.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Runs a bridge that must refuse to start; returns its log.
+async fn refused(args: BridgeArgs) -> String {
+    let pg = pg().await;
+    drop_slot_and_publication(&pg, &args.slot, &args.publication).await;
+    let mut bridge = Bridge::start(&args);
+    let status = bridge.wait_exit(Duration::from_secs(60));
+    assert!(
+        !status.success(),
+        "the bridge must fail, it exited with {status:?}"
+    );
+    bridge.log_text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_without_primary_key_is_refused_with_the_fix() {
+    let pg = pg().await;
+    let name = unique("nopk");
+    let table = format!("{name}_t");
+    pg.batch_execute(&format!("CREATE TABLE {table} (a int, b text)"))
+        .await
+        .unwrap();
+    let log = refused(BridgeArgs::new(&name, &[&format!("public.{table}")])).await;
+    assert!(
+        log.contains(&format!("table public.{table} has no primary key")),
+        "{log}"
+    );
+    assert!(log.contains("ADD PRIMARY KEY"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_table_is_refused_with_the_fix() {
+    let name = unique("unknown");
+    let log = refused(BridgeArgs::new(&name, &["public.no_such_table_here"])).await;
+    assert!(
+        log.contains("table public.no_such_table_here does not exist"),
+        "{log}"
+    );
+    assert!(log.contains("correct --tables"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_level_replica_is_refused_with_the_fix() {
+    let scratch = ScratchPostgres::start(55433, "replica");
+    let name = unique("wal");
+    let mut args = BridgeArgs::new(&name, &["public.t"]);
+    args.postgres = scratch.url.clone();
+    pg_at(&scratch.url)
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut bridge = Bridge::start(&args);
+    let status = bridge.wait_exit(Duration::from_secs(60));
+    assert!(!status.success());
+    let log = bridge.log_text();
+    assert!(log.contains("wal_level=replica"), "{log}");
+    assert!(
+        log.contains("ALTER SYSTEM SET wal_level = 'logical'"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_retried_and_nothing_unsent_is_confirmed() {
+    let pg = pg().await;
+    let mut broker = PrivateBroker::start(19093).await;
+    let name = unique("outage");
+    let table = format!("{name}_t");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, v text)"
+    ))
+    .await
+    .unwrap();
+    let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
+    args.kafka = broker.address();
+    args.extra = vec!["--kafka-property".into(), "message.timeout.ms=3000".into()];
+    let (mut bridge, args) = start_bridge_with(args).await;
+    let topic = args.topic(&format!("public.{table}"));
+
+    pg.batch_execute(&format!(
+        "INSERT INTO {table} SELECT g, 'before' FROM generate_series(1, 100) g"
+    ))
+    .await
+    .unwrap();
+    wait_for_records(&broker.address(), &topic, 100, Duration::from_secs(60)).await;
+
+    broker.stop();
+    let before_outage = current_lsn(&pg).await;
+    pg.batch_execute(&format!(
+        "INSERT INTO {table} SELECT g, 'during' FROM generate_series(101, 200) g"
+    ))
+    .await
+    .unwrap();
+    let after_writes = current_lsn(&pg).await;
+    wait_for(
+        Duration::from_secs(60),
+        "the bridge to report the failure and back off",
+        || async { bridge.log_text().contains("retrying").then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let confirmed = confirmed_flush(&pg, &args.slot).await.expect("slot");
+    assert!(
+        confirmed < after_writes,
+        "the slot confirmed {confirmed} although changes up to {after_writes} never reached Kafka (outage began at {before_outage})"
+    );
+    assert!(
+        bridge.child.try_wait().unwrap().is_none(),
+        "the bridge keeps retrying instead of exiting"
+    );
+
+    broker.resume().await;
+    let recs = wait_for_records(&broker.address(), &topic, 200, Duration::from_secs(120)).await;
+    let ids: std::collections::HashSet<i64> = recs
+        .iter()
+        .filter_map(|r| r.value.as_ref()?["after"]["id"].as_i64())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        200,
+        "the changes made during the outage arrive after it"
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "the slot to confirm past the outage",
+        || async {
+            confirmed_flush(&pg, &args.slot)
+                .await
+                .filter(|&c| c >= after_writes)
+        },
+    )
+    .await;
+    assert!(bridge.sigterm(Duration::from_secs(30)).success());
+}
