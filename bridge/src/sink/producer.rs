@@ -134,7 +134,7 @@ impl Sink {
     pub async fn send(&self, txn: u64, record: &Record) -> Result<(), BridgeError> {
         self.lock().produced(txn);
         loop {
-            let mut r = BaseRecord::with_opaque_to(&*record.topic, txn as usize)
+            let mut r = BaseRecord::with_opaque_to(&record.topic, txn as usize)
                 .key(&record.key)
                 .timestamp(record.timestamp_ms);
             if let Some(p) = record.partition {
