@@ -199,6 +199,16 @@ async fn every_change_becomes_the_documented_envelope() {
         ]
     );
 
+    // The delete and the create of a key change come from one change: same LSN, and
+    // `seq` orders them so a reader's replay check does not drop the create.
+    let (del, create) = (
+        &recs2[1].value.as_ref().unwrap()["source"],
+        &recs2[3].value.as_ref().unwrap()["source"],
+    );
+    assert_eq!(del["lsn"], create["lsn"]);
+    assert!(del.get("seq").is_none());
+    assert_eq!(create["seq"], 1);
+
     let status = bridge.sigterm(Duration::from_secs(60));
     assert!(
         status.success(),

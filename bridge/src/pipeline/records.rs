@@ -157,6 +157,7 @@ impl Tables {
         let w = Writer {
             t,
             lsn,
+            seq: 0,
             txn,
             db: &self.db,
         };
@@ -168,7 +169,8 @@ impl Tables {
                 ..
             } if t.key_of(&old.tuple)? != t.key_of(&new)? => {
                 let mut out = w.delete(&old)?;
-                out.push(w.change(Op::Create, None, &new)?);
+                let second = Writer { seq: 1, ..w };
+                out.push(second.change(Op::Create, None, &new)?);
                 out
             }
             Message::Update {
@@ -190,6 +192,7 @@ impl Tables {
             let w = Writer {
                 t,
                 lsn,
+                seq: 0,
                 txn,
                 db: &self.db,
             };
@@ -265,9 +268,12 @@ impl Table {
 }
 
 /// Builds the records of one change.
+#[derive(Clone, Copy)]
 struct Writer<'a> {
     t: &'a Table,
     lsn: u64,
+    /// See [`Source::seq`].
+    seq: u32,
     txn: &'a TxnInfo,
     db: &'a str,
 }
@@ -294,6 +300,7 @@ impl Writer<'_> {
                 tx_id: Some(u64::from(self.txn.xid)),
                 lsn: Some(self.lsn),
                 commit_lsn: Some(self.txn.commit_lsn),
+                seq: self.seq,
                 ts_ms: self.txn.commit_ms,
                 snapshot: Value::String("false".into()),
             },

@@ -57,6 +57,11 @@ pub struct Source {
     /// The LSN of the commit record of the change's transaction.
     #[serde(default)]
     pub commit_lsn: Option<u64>,
+    /// Orders the records that one change produces: 0 for the first, 1 for the create
+    /// that follows the delete when an update changes the primary key (both carry the
+    /// change's `lsn`). Left out when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u32,
     /// The transaction's commit time, in milliseconds since the epoch.
     #[serde(default)]
     pub ts_ms: i64,
@@ -64,6 +69,15 @@ pub struct Source {
     #[serde(default)]
     pub snapshot: Value,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Where a record stands in the change stream: `(commit_lsn, lsn, seq)`. Records reach
+/// each partition in this order, so a reader drops a record whose position is not
+/// newer than the last one it applied from that partition: that is a replay.
+pub type Position = (u64, u64, u32);
 
 /// One record value: a change to one row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,6 +97,14 @@ pub struct Envelope {
     /// reader keeps the value it already has.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unchanged_toast: Vec<String>,
+}
+
+impl Envelope {
+    /// The record's [`Position`], when it carries `commit_lsn` and `lsn` (tidemark's
+    /// bridge always writes both).
+    pub fn position(&self) -> Option<Position> {
+        Some((self.source.commit_lsn?, self.source.lsn?, self.source.seq))
+    }
 }
 
 /// A table name, `schema.table`.
