@@ -64,6 +64,9 @@ pub struct Cli {
     /// Replication factor of the topics the bridge creates [default: 1].
     #[arg(long, env = "TIDEMARK_REPLICATION_FACTOR")]
     pub replication_factor: Option<i32>,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address, e.g. 0.0.0.0:9187 [default: off].
+    #[arg(long, env = "TIDEMARK_HTTP")]
+    pub http: Option<std::net::SocketAddr>,
     /// A librdkafka producer property, key=value; repeatable (TLS, SASL, tuning). Must not repeat a typed setting.
     #[arg(
         long = "kafka-property",
@@ -85,6 +88,7 @@ struct FileConfig {
     topic_prefix: Option<String>,
     partitions: Option<i32>,
     replication_factor: Option<i32>,
+    http: Option<std::net::SocketAddr>,
     #[serde(default)]
     kafka_properties: BTreeMap<String, String>,
 }
@@ -143,6 +147,8 @@ pub struct Config {
     pub partitions: i32,
     /// Replication factor for new topics.
     pub replication_factor: i32,
+    /// Address of the metrics and health endpoint, if any.
+    pub http: Option<std::net::SocketAddr>,
     /// Extra librdkafka properties.
     pub kafka_properties: BTreeMap<String, String>,
 }
@@ -213,6 +219,7 @@ impl Config {
                 .replication_factor
                 .or(file.replication_factor)
                 .unwrap_or(DEFAULT_REPLICATION_FACTOR),
+            http: cli.http.or(file.http),
             kafka_properties,
         };
         config.validate()?;

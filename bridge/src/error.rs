@@ -56,6 +56,19 @@ pub enum BridgeError {
 }
 
 impl BridgeError {
+    /// A short name of the kind of error, for the `kind` label of the errors metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BridgeError::Config { .. } => "config",
+            BridgeError::Setup { .. } => "setup",
+            BridgeError::Postgres { .. } => "postgres",
+            BridgeError::Replication(_) => "replication",
+            BridgeError::Decode(_) => "decode",
+            BridgeError::Delivery(_) => "delivery",
+            BridgeError::Kafka { .. } => "kafka",
+        }
+    }
+
     /// Whether retrying (with a new session) can fix it.
     pub fn is_transient(&self) -> bool {
         match self {

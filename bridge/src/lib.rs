@@ -10,6 +10,7 @@
 //! | [`source`] | PostgreSQL: setup of publication and slot, the replication stream, pgoutput decoding |
 //! | [`pipeline`] | one session: changes to records, the acknowledgement frontier |
 //! | [`sink`] | Kafka: topics, the producer, delivery reports |
+//! | [`telemetry`] | Prometheus metrics, `/healthz` and `/readyz` |
 //! | [`error`] | transient and definite errors |
 //!
 //! [`run`] is the supervisor: it runs sessions until shutdown, restarting after a
@@ -20,7 +21,9 @@ pub mod error;
 pub mod pipeline;
 pub mod sink;
 pub mod source;
+pub mod telemetry;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -35,16 +38,76 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// backoff again from [`FIRST_BACKOFF`].
 const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 
+/// How often readiness asks the broker for metadata.
+const BROKER_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Runs the bridge until `shutdown` turns true. Returns an error only for a definite
-/// problem that retrying cannot fix; transient ones are retried with backoff.
-pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), BridgeError> {
+/// problem that retrying cannot fix; transient ones are retried with backoff. With
+/// `config.http` set it also serves metrics and health (see [`telemetry`]).
+pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), BridgeError> {
+    let health = Arc::new(telemetry::Health::default());
+    if let Some(addr) = config.http {
+        let prometheus = telemetry::install_prometheus();
+        let listener = telemetry::serve(addr, prometheus, health.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = listener.await {
+                error!(error = %e, %addr, "the metrics and health endpoint failed");
+            }
+        });
+        tokio::spawn(probe_broker(
+            config.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
+    }
+    supervise(&config, &health, shutdown).await
+}
+
+/// Asks the broker for metadata every [`BROKER_PROBE_INTERVAL`], for `/readyz`.
+async fn probe_broker(
+    config: Config,
+    health: Arc<telemetry::Health>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let client: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        match sink::producer::client_config(&config).create() {
+            Ok(c) => c,
+            Err(e) => return error!(error = %e, "cannot create the broker probe"),
+        };
+    let client = Arc::new(client);
+    loop {
+        let c = client.clone();
+        let reachable = tokio::task::spawn_blocking(move || {
+            c.inner()
+                .fetch_metadata(None, BROKER_PROBE_INTERVAL)
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        health.set_broker_reachable(reachable);
+        tokio::select! {
+            _ = tokio::time::sleep(BROKER_PROBE_INTERVAL) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn supervise(
+    config: &Config,
+    health: &telemetry::Health,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), BridgeError> {
     let mut backoff = FIRST_BACKOFF;
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
         let started = Instant::now();
-        match pipeline::run_session(&config, &mut shutdown).await {
+        let result = pipeline::run_session(config, health, &mut shutdown).await;
+        if let Err(e) = &result {
+            metrics::counter!(telemetry::ERRORS, "kind" => e.kind()).increment(1);
+        }
+        match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() => {
                 if started.elapsed() > HEALTHY_SESSION {
@@ -56,6 +119,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
                     _ = shutdown.changed() => return Ok(()),
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+                metrics::counter!(telemetry::RECONNECTS).increment(1);
             }
             Err(e) => {
                 error!(error = %e, "stopping");

@@ -18,6 +18,8 @@ struct Txn {
     pending: u64,
     /// The end LSN of the commit record; `None` while the transaction is still arriving.
     end_lsn: Option<u64>,
+    /// Commit time, milliseconds since the epoch.
+    commit_ms: i64,
 }
 
 /// In-flight transactions and the confirmed LSN; see the module doc.
@@ -27,6 +29,8 @@ pub struct Frontier {
     base: u64,
     txns: VecDeque<Txn>,
     confirmed: u64,
+    /// Commit time of the last transaction the frontier moved over.
+    confirmed_commit_ms: i64,
     in_flight: u64,
     failed: Option<String>,
 }
@@ -40,11 +44,12 @@ impl Frontier {
         }
     }
 
-    /// Opens the next transaction and returns its id.
-    pub fn begin(&mut self) -> u64 {
+    /// Opens the next transaction, committed at `commit_ms`, and returns its id.
+    pub fn begin(&mut self, commit_ms: i64) -> u64 {
         self.txns.push_back(Txn {
             pending: 0,
             end_lsn: None,
+            commit_ms,
         });
         self.base + self.txns.len() as u64 - 1
     }
@@ -92,9 +97,11 @@ impl Frontier {
         while let Some(Txn {
             pending: 0,
             end_lsn: Some(end),
+            commit_ms,
         }) = self.txns.front()
         {
             self.confirmed = self.confirmed.max(*end);
+            self.confirmed_commit_ms = *commit_ms;
             self.txns.pop_front();
             self.base += 1;
         }
@@ -110,6 +117,20 @@ impl Frontier {
     /// The LSN that is safe to confirm to the slot.
     pub fn confirmed(&self) -> u64 {
         self.confirmed
+    }
+
+    /// Seconds between `now_ms` and the commit of the last acknowledged transaction
+    /// (or of the oldest pending one, before any); 0 when nothing is in flight.
+    pub fn lag_seconds(&self, now_ms: i64) -> f64 {
+        let Some(oldest) = self.txns.front() else {
+            return 0.0;
+        };
+        let since = if self.confirmed_commit_ms > 0 {
+            self.confirmed_commit_ms
+        } else {
+            oldest.commit_ms
+        };
+        (now_ms - since).max(0) as f64 / 1000.0
     }
 
     /// Records produced and not yet acknowledged.
@@ -135,11 +156,11 @@ mod tests {
     #[test]
     fn moves_only_over_a_gap_free_run() {
         let mut f = Frontier::new(10);
-        let a = f.begin();
+        let a = f.begin(0);
         f.produced(a);
         f.produced(a);
         f.commit(a, 100);
-        let b = f.begin();
+        let b = f.begin(0);
         f.produced(b);
         f.commit(b, 200);
         // b is acknowledged first: nothing moves, a is still out.
@@ -156,7 +177,7 @@ mod tests {
     #[test]
     fn open_transaction_holds_the_frontier_and_idle_keepalives() {
         let mut f = Frontier::new(0);
-        let a = f.begin();
+        let a = f.begin(0);
         f.produced(a);
         f.delivered(a, Ok(()));
         f.confirm_idle(500);
@@ -172,7 +193,7 @@ mod tests {
     #[test]
     fn a_failed_delivery_stops_the_frontier() {
         let mut f = Frontier::new(0);
-        let a = f.begin();
+        let a = f.begin(0);
         f.produced(a);
         f.produced(a);
         f.commit(a, 100);
@@ -187,7 +208,7 @@ mod tests {
     #[test]
     fn empty_transactions_confirm_at_once() {
         let mut f = Frontier::new(0);
-        let a = f.begin();
+        let a = f.begin(0);
         f.commit(a, 42);
         assert_eq!(f.confirmed(), 42);
     }

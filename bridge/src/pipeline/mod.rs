@@ -17,7 +17,7 @@ pub mod frontier;
 pub mod records;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgwire_replication::{Lsn, ReplicationEvent};
 use tokio::sync::watch;
@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::error::BridgeError;
 use crate::sink::{topics, Sink};
 use crate::source::{pgoutput, setup, stream};
+use crate::telemetry::{self, Health};
 use frontier::Frontier;
 use records::{Tables, TxnInfo};
 
@@ -35,9 +36,56 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
+/// How often the session reads the slot's lag from the server and updates gauges.
+const LAG_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Marks the bridge not streaming when the session ends, however it ends.
+struct NotStreamingOnDrop<'a>(&'a Health);
+
+impl Drop for NotStreamingOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set_streaming(false);
+    }
+}
+
+fn count_record(record: &crate::sink::Record) {
+    let bytes = record.key.len() + record.value.as_ref().map_or(0, Vec::len);
+    metrics::counter!(telemetry::BYTES).increment(bytes as u64);
+    if let Some(op) = record.op {
+        metrics::counter!(telemetry::CHANGES, "table" => record.table.clone(), "op" => op)
+            .increment(1);
+    }
+}
+
+/// Updates the progress gauges; the slot lag comes from the server.
+async fn report_progress(client: &tokio_postgres::Client, slot: &str, sink: &Sink) {
+    let (in_flight, confirmed, lag_seconds) = {
+        let f = sink.frontier();
+        (
+            f.in_flight(),
+            f.confirmed(),
+            f.lag_seconds(records::now_ms()),
+        )
+    };
+    metrics::gauge!(telemetry::IN_FLIGHT).set(in_flight as f64);
+    metrics::gauge!(telemetry::CONFIRMED_LSN).set(confirmed as f64);
+    metrics::gauge!(telemetry::SLOT_LAG_SECONDS).set(lag_seconds);
+    let sql = "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1";
+    match client.query_opt(sql, &[&slot]).await {
+        Ok(Some(row)) => {
+            if let Some(bytes) = row.get::<_, Option<i64>>(0) {
+                metrics::gauge!(telemetry::SLOT_LAG_BYTES).set(bytes as f64);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!(error = %e, "reading the slot lag"),
+    }
+}
+
 /// Runs one session until `shutdown` turns true (returns `Ok`) or something fails.
 pub async fn run_session(
     config: &Config,
+    health: &Health,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), BridgeError> {
     let client = setup::connect(&config.postgres).await?;
@@ -61,10 +109,13 @@ pub async fn run_session(
     );
     let mut repl = stream::start(config).await?;
     info!(slot = %config.slot, start_lsn = %Lsn(start), "streaming");
+    health.set_streaming(true);
+    let _not_streaming = NotStreamingOnDrop(health);
 
     let mut txn: Option<(u64, TxnInfo)> = None;
     let mut reported = start;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut lag_probe = Instant::now() - LAG_PROBE_INTERVAL;
     loop {
         tokio::select! {
             biased;
@@ -83,7 +134,7 @@ pub async fn run_session(
                             commit_lsn: final_lsn.as_u64(),
                             commit_ms: (commit_time_micros + PG_EPOCH_MICROS) / 1000,
                         };
-                        txn = Some((sink.frontier().begin(), info));
+                        txn = Some((sink.frontier().begin(info.commit_ms), info));
                     }
                     ReplicationEvent::XLogData { wal_start, data, .. } => {
                         match pgoutput::decode(data).map_err(|e| BridgeError::Decode(e.to_string()))? {
@@ -93,6 +144,7 @@ pub async fn run_session(
                                     return Err(BridgeError::Decode("change outside a transaction".into()));
                                 };
                                 for record in tables.records(msg, wal_start.as_u64(), info)? {
+                                    count_record(&record);
                                     sink.send(*id, &record).await?;
                                 }
                             }
@@ -117,6 +169,10 @@ pub async fn run_session(
             return Err(e);
         }
         let confirmed = sink.frontier().confirmed();
+        if lag_probe.elapsed() >= LAG_PROBE_INTERVAL {
+            lag_probe = Instant::now();
+            report_progress(&client, &config.slot, &sink).await;
+        }
         if confirmed > reported {
             debug!(lsn = %Lsn(confirmed), "confirm");
             repl.update_applied_lsn(Lsn(confirmed));

@@ -39,6 +39,8 @@ pub struct TxnInfo {
 
 struct Table {
     name: TableName,
+    /// `schema.table`, shared by every record (a metrics label).
+    label: Arc<str>,
     topic: Arc<str>,
     partitions: i32,
     columns: Vec<(String, ValueKind)>,
@@ -122,6 +124,7 @@ impl Tables {
         self.by_id.insert(
             rel.id,
             Table {
+                label: name.to_string().into(),
                 name,
                 topic: topic.into(),
                 partitions,
@@ -198,11 +201,9 @@ impl Tables {
             };
             let value = w.envelope(Op::Truncate, None, None, Vec::new())?;
             out.extend((0..t.partitions).map(|p| Record {
-                topic: t.topic.clone(),
                 partition: Some(p),
-                key: TRUNCATE_KEY.to_vec(),
-                value: Some(value.clone()),
-                timestamp_ms: txn.commit_ms,
+                op: (p == 0).then_some("t"),
+                ..w.record(TRUNCATE_KEY.to_vec(), Some(value.clone()))
             }));
         }
         Ok(out)
@@ -316,13 +317,19 @@ impl Writer<'_> {
             key,
             value,
             timestamp_ms: self.txn.commit_ms,
+            table: self.t.label.clone(),
+            op: None,
         }
     }
 
     fn change(&self, op: Op, before: Option<Row>, new: &Tuple) -> Result<Record, BridgeError> {
         let (after, unchanged) = self.t.row(new)?;
         let value = self.envelope(op, before, Some(after), unchanged)?;
-        Ok(self.record(self.t.key_of(new)?, Some(value)))
+        let code = if op == Op::Create { "c" } else { "u" };
+        Ok(Record {
+            op: Some(code),
+            ..self.record(self.t.key_of(new)?, Some(value))
+        })
     }
 
     /// A delete and its tombstone. `before` holds the key columns only, unless the old
@@ -342,13 +349,17 @@ impl Writer<'_> {
         };
         let value = self.envelope(Op::Delete, Some(before), None, Vec::new())?;
         Ok(vec![
-            self.record(key.clone(), Some(value)),
+            Record {
+                op: Some("d"),
+                ..self.record(key.clone(), Some(value))
+            },
             self.record(key, None),
         ])
     }
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

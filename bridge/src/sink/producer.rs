@@ -40,6 +40,10 @@ pub struct Record {
     pub value: Option<Vec<u8>>,
     /// The transaction's commit time, in milliseconds since the epoch.
     pub timestamp_ms: i64,
+    /// The source table, `schema.table` (a metrics label).
+    pub table: Arc<str>,
+    /// The change's `op` code; `None` for a tombstone.
+    pub op: Option<&'static str>,
 }
 
 /// Routes delivery reports to the frontier.
@@ -71,6 +75,13 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, txn: usize) {
+        if let Ok(msg) = result {
+            if let Some(commit_ms) = rdkafka::Message::timestamp(msg).to_millis() {
+                let seconds =
+                    (crate::pipeline::records::now_ms() - commit_ms).max(0) as f64 / 1000.0;
+                metrics::histogram!(crate::telemetry::ACK_LATENCY).record(seconds);
+            }
+        }
         let outcome = result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string());
         let mut f = self
             .frontier

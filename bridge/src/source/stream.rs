@@ -105,6 +105,7 @@ mod tests {
             topic_prefix: "t".into(),
             partitions: 1,
             replication_factor: 1,
+            http: None,
             kafka_properties: Default::default(),
         };
         let c = replication_config(&config.postgres, &config).unwrap();

@@ -1,0 +1,149 @@
+//! What the bridge reports about itself: Prometheus metrics and health.
+//!
+//! Metrics go through the `metrics` facade, so an application that embeds the bridge
+//! exports them with its own recorder. The binary installs
+//! `metrics-exporter-prometheus` (the facade's reference exporter, maintained with
+//! it) and serves it with a small axum router ([`serve`]): `/metrics` in the
+//! Prometheus text format, `/healthz` (the process answers) and `/readyz` (the
+//! replication stream is streaming and the broker answered a metadata request within
+//! the last probe). axum is the tokio project's own HTTP framework; the bridge needs
+//! three routes, and hand-written HTTP would be more code to get wrong.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Changes written, labelled by `table` and `op` (c, u, d, t).
+pub const CHANGES: &str = "tidemark_changes_total";
+/// Key plus value bytes written to Kafka.
+pub const BYTES: &str = "tidemark_bytes_total";
+/// Records produced and not yet acknowledged by Kafka.
+pub const IN_FLIGHT: &str = "tidemark_in_flight_records";
+/// The LSN confirmed to the slot, as a number.
+pub const CONFIRMED_LSN: &str = "tidemark_confirmed_lsn";
+/// `pg_current_wal_lsn() - confirmed_flush_lsn` of the slot, in bytes.
+pub const SLOT_LAG_BYTES: &str = "tidemark_slot_lag_bytes";
+/// Now minus the commit time of the last acknowledged transaction; 0 when nothing is in flight.
+pub const SLOT_LAG_SECONDS: &str = "tidemark_slot_lag_seconds";
+/// Commit-to-acknowledgement latency of each record.
+pub const ACK_LATENCY: &str = "tidemark_ack_latency_seconds";
+/// Replication sessions restarted after a transient error.
+pub const RECONNECTS: &str = "tidemark_reconnects_total";
+/// Errors, labelled by `kind`.
+pub const ERRORS: &str = "tidemark_errors_total";
+
+/// Whether the bridge is ready: streaming, and the broker reachable.
+#[derive(Debug, Default)]
+pub struct Health {
+    streaming: AtomicBool,
+    broker_reachable: AtomicBool,
+}
+
+impl Health {
+    /// Sets whether a replication session is streaming.
+    pub fn set_streaming(&self, on: bool) {
+        self.streaming.store(on, Ordering::Relaxed);
+    }
+    /// Sets whether the last broker probe succeeded.
+    pub fn set_broker_reachable(&self, on: bool) {
+        self.broker_reachable.store(on, Ordering::Relaxed);
+    }
+    /// Streaming and the broker reachable.
+    pub fn is_ready(&self) -> bool {
+        self.streaming.load(Ordering::Relaxed) && self.broker_reachable.load(Ordering::Relaxed)
+    }
+}
+
+/// Installs the Prometheus recorder as the global `metrics` recorder. Returns `None`
+/// when the process already has a recorder (an application embedding the bridge).
+pub fn install_prometheus() -> Option<PrometheusHandle> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(&[
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])
+        .ok()?
+        .build_recorder();
+    let handle = recorder.handle();
+    match metrics::set_global_recorder(recorder) {
+        Ok(()) => {
+            describe();
+            Some(handle)
+        }
+        Err(_) => {
+            warn!("a metrics recorder is already installed; /metrics stays empty and the host exports the figures");
+            None
+        }
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(CHANGES, "Row changes written to Kafka, by table and op.");
+    describe_counter!(BYTES, Unit::Bytes, "Key and value bytes written to Kafka.");
+    describe_gauge!(
+        IN_FLIGHT,
+        "Records produced and not yet acknowledged by Kafka."
+    );
+    describe_gauge!(CONFIRMED_LSN, "LSN confirmed to the replication slot.");
+    describe_gauge!(
+        SLOT_LAG_BYTES,
+        Unit::Bytes,
+        "pg_current_wal_lsn() minus the slot's confirmed_flush_lsn."
+    );
+    describe_gauge!(
+        SLOT_LAG_SECONDS,
+        Unit::Seconds,
+        "Now minus the commit time of the last acknowledged transaction (0 when idle)."
+    );
+    describe_histogram!(
+        ACK_LATENCY,
+        Unit::Seconds,
+        "Commit to Kafka acknowledgement, per record."
+    );
+    describe_counter!(
+        RECONNECTS,
+        "Replication sessions restarted after a transient error."
+    );
+    describe_counter!(ERRORS, "Errors by kind.");
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    prometheus: Option<PrometheusHandle>,
+    health: Arc<Health>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || async move { prometheus.map(|p| p.render()).unwrap_or_default() }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if health.is_ready() {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: replication is not streaming or the broker is unreachable\n",
+                    )
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+}
