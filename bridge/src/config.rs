@@ -279,9 +279,85 @@ impl Config {
     }
 }
 
+/// The settings reference in Markdown, generated from the flags' definitions: one
+/// row per setting with its flag, environment variable, TOML key and default.
+/// `docs/configuration.md` embeds it, and a test keeps the two in step.
+pub fn reference_table() -> String {
+    use clap::CommandFactory;
+    let mut out = String::from(
+        "| flag | environment | TOML key | default | meaning |\n|---|---|---|---|---|\n",
+    );
+    for arg in Cli::command().get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "help" | "version") {
+            continue;
+        }
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        let (meaning, default) = match help.rsplit_once(" [default: ") {
+            Some((m, d)) => (m.to_owned(), d.trim_end_matches(']').to_owned()),
+            None if long == "postgres" || long == "tables" => (help.clone(), "required".to_owned()),
+            None => (help.clone(), "none".to_owned()),
+        };
+        let toml_key = match long {
+            "config" => "-".to_owned(),
+            "kafka-property" => "`[kafka_properties]` table".to_owned(),
+            other => format!("`{}`", other.replace('-', "_")),
+        };
+        let env = arg
+            .get_env()
+            .map(|e| format!("`{}`", e.to_string_lossy()))
+            .unwrap_or_default();
+        out += &format!(
+            "| `--{long}` | {env} | {toml_key} | {default} | {} |\n",
+            meaning
+                .replace('|', "\\|")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/configuration.md embeds [`reference_table`]; run with
+    /// `TIDEMARK_WRITE_DOCS=1` to rewrite it after changing a flag.
+    #[test]
+    fn configuration_reference_matches_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");
+        let doc = std::fs::read_to_string(path).expect("docs/configuration.md");
+        let (begin, end) = ("<!-- settings:begin -->\n", "<!-- settings:end -->");
+        let (head, rest) = doc.split_once(begin).expect("begin marker");
+        let (_, tail) = rest.split_once(end).expect("end marker");
+        let fresh = format!("{head}{begin}{}{end}{tail}", reference_table());
+        if std::env::var_os("TIDEMARK_WRITE_DOCS").is_some() {
+            std::fs::write(path, &fresh).expect("write docs/configuration.md");
+        }
+        let table = reference_table();
+        for (flag, default) in [
+            ("kafka", DEFAULT_KAFKA.to_string()),
+            ("slot", DEFAULT_SLOT.to_string()),
+            ("publication", DEFAULT_PUBLICATION.to_string()),
+            ("topic-prefix", DEFAULT_TOPIC_PREFIX.to_string()),
+            ("partitions", DEFAULT_PARTITIONS.to_string()),
+            ("replication-factor", DEFAULT_REPLICATION_FACTOR.to_string()),
+        ] {
+            let row = table
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{flag}` ")))
+                .expect("row");
+            assert!(
+                row.contains(&format!("| {default} |")),
+                "--{flag}'s help names a default other than {default}"
+            );
+        }
+        assert!(
+            doc == fresh,
+            "docs/configuration.md is out of date; regenerate with TIDEMARK_WRITE_DOCS=1 cargo test -p tidemark-bridge configuration_reference"
+        );
+    }
 
     fn cli(args: &[&str]) -> Cli {
         Cli::parse_from(std::iter::once("tidemark-bridge").chain(args.iter().copied()))
