@@ -139,3 +139,36 @@ async fn an_unreachable_broker_is_retried_and_nothing_unsent_is_confirmed() {
     .await;
     assert!(bridge.sigterm(Duration::from_secs(30)).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_never_reach_logs_or_errors() {
+    let secret = "S3cret-pw-in-url";
+    // Unreachable server: the connection error is retried and logged.
+    let name = unique("secret");
+    let mut args = BridgeArgs::new(&name, &["public.t"]);
+    args.postgres = format!("postgres://postgres:{secret}@127.0.0.1:1/test");
+    let mut bridge = Bridge::start(&args);
+    wait_for(
+        Duration::from_secs(30),
+        "a retried connection error",
+        || async { bridge.log_text().contains("retrying").then_some(()) },
+    )
+    .await;
+    bridge.kill9();
+    let log = bridge.log_text();
+    assert!(
+        log.contains("postgres://postgres:***@127.0.0.1:1/test"),
+        "{log}"
+    );
+    assert!(!log.contains(secret), "the password leaked:\n{log}");
+
+    // A reachable server (trust auth ignores the password) and a definite error.
+    let mut args = BridgeArgs::new(&unique("secret"), &["public.no_such_table_here"]);
+    args.postgres = pg_url().replacen("postgres@", &format!("postgres:{secret}@"), 1);
+    assert!(
+        args.postgres.contains(secret),
+        "the test URL carries the password"
+    );
+    let log = refused(args).await;
+    assert!(!log.contains(secret), "the password leaked:\n{log}");
+}
