@@ -163,6 +163,9 @@ async fn no_change_is_lost_across_two_crashes() {
     assert!(status.success(), "{status:?}");
 }
 
+/// Rows the SIGTERM test writes.
+const ROWS: i64 = 100_000;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_confirms_and_exits_zero() {
     let pg = pg().await;
@@ -174,17 +177,26 @@ async fn sigterm_drains_confirms_and_exits_zero() {
     .await
     .unwrap();
     let (mut bridge, args) = start_bridge(&name, &[&format!("public.{table}")]).await;
+    let topic = args.topic(&format!("public.{table}"));
 
-    // A backlog of 300 transactions of 100 rows, then SIGTERM while it streams.
-    for batch in 0..300i64 {
-        pg.batch_execute(&format!(
-            "INSERT INTO {table} SELECT g, 0, repeat('y', 200) FROM generate_series({}, {}) g",
-            batch * 100 + 1,
-            batch * 100 + 100
-        ))
-        .await
-        .unwrap();
-    }
+    // Half the rows as a backlog, SIGTERM while the bridge works through it, then
+    // the other half while it is stopped.
+    let write = |from: i64, to: i64| {
+        let table = table.clone();
+        async move {
+            let pg = crate::support::pg().await;
+            for batch in (from..to).step_by(100) {
+                pg.batch_execute(&format!(
+                    "INSERT INTO {table} SELECT g, 0, repeat('y', 200) FROM generate_series({}, {}) g",
+                    batch + 1,
+                    batch + 100
+                ))
+                .await
+                .unwrap();
+            }
+        }
+    };
+    write(0, ROWS / 2).await;
     let status = bridge.sigterm(Duration::from_secs(60));
     assert!(
         status.success(),
@@ -197,14 +209,18 @@ async fn sigterm_drains_confirms_and_exits_zero() {
         bridge.log_text()
     );
     let confirmed = confirmed_flush(&pg, &args.slot).await.expect("slot exists");
+    write(ROWS / 2, ROWS).await;
 
-    let topic = args.topic(&format!("public.{table}"));
     let first_run = tokio::task::spawn_blocking({
         let topic = topic.clone();
         move || read_topic(&kafka(), &topic)
     })
     .await
     .unwrap();
+    assert!(
+        first_run.len() < ROWS as usize,
+        "SIGTERM landed while changes were still arriving"
+    );
     let first_commits: HashSet<u64> = first_run.iter().map(|r| position(r).0).collect();
     let beyond: Vec<&u64> = first_commits.iter().filter(|&&c| c >= confirmed).collect();
     assert!(
@@ -215,9 +231,9 @@ async fn sigterm_drains_confirms_and_exits_zero() {
     // A new bridge replays from the confirmed LSN: nothing is missing, and nothing
     // confirmed before the stop is sent again.
     let mut bridge = Bridge::start(&args);
-    let recs = wait_for_records(&kafka(), &topic, 30_000, Duration::from_secs(180)).await;
+    let recs = wait_for_records(&kafka(), &topic, ROWS as usize, Duration::from_secs(180)).await;
     let ids: HashSet<i64> = recs.iter().filter_map(change_of).map(|c| c.0).collect();
-    assert_eq!(ids.len(), 30_000, "every row reached Kafka");
+    assert_eq!(ids.len(), ROWS as usize, "every row reached Kafka");
     let mut seen = HashSet::new();
     for rec in &recs {
         let key = (position(rec), rec.key.clone());
