@@ -1,0 +1,388 @@
+//! The settings of a cache and how it starts.
+//!
+//! [`Builder`] collects the settings, [`Builder::validate`] checks them all before
+//! anything connects (each error names the builder method to fix), and
+//! [`Builder::build`] or [`Builder::start`] starts the background task that warm-starts
+//! and follows the topic.
+
+use std::marker::PhantomData;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use std::hash::Hash;
+use tokio::sync::watch;
+
+use crate::cache::{Cache, Shared, TaskGuard};
+use crate::error::{Error, Result};
+use crate::wire::{TableName, SESSION_OPTIONS};
+
+/// The default margin subtracted from the snapshot time before seeking the topic.
+/// It covers transactions whose commit time is earlier than the snapshot but which
+/// became visible only after it (a commit waiting for a synchronous standby).
+pub const DEFAULT_SAFETY_WINDOW: Duration = Duration::from_secs(10);
+
+/// The default topic prefix; topics are `<prefix>.<schema>.<table>`.
+pub const DEFAULT_TOPIC_PREFIX: &str = "tidemark";
+
+/// The default number of changes a subscriber may fall behind before it lags.
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
+
+/// Consumer properties the cache sets itself, because its guarantees depend on them;
+/// setting one through [`Builder::kafka_property`] is an error.
+pub const TYPED_CONSUMER_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+];
+
+/// How the cache makes the bulk load and the stream meet without a gap or a double.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Exact, for topics written by tidemark's bridge: filter the stream by the load
+    /// snapshot's transaction visibility (DESIGN.md section 1).
+    #[default]
+    Snapshot,
+    /// For topics another tool wrote (no transaction ids): `m = max(ts_column)` in the
+    /// load transaction, replay from `m − safety window`, re-query rows with
+    /// `ts_column >= m`, and keep per key the row with the largest `ts_column`. Exact
+    /// only when `ts_column` increases with commit order per key; see the crate docs.
+    Watermark {
+        /// The column that orders versions of a row (a timestamp or a number).
+        ts_column: String,
+    },
+}
+
+/// Settings, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub postgres: tokio_postgres::Config,
+    /// Host, port and database, for messages (never the password).
+    pub postgres_target: String,
+    pub kafka: String,
+    pub kafka_properties: Vec<(String, String)>,
+    pub table: TableName,
+    pub topic: String,
+    pub strategy: Strategy,
+    pub safety_window: Duration,
+    pub owner_column: Option<String>,
+    pub channel_capacity: usize,
+}
+
+/// Collects the settings of a [`Cache`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tidemark_client::Error> {
+/// #[derive(serde::Deserialize)]
+/// struct Account { id: i64, owner: String, balance: String }
+///
+/// let accounts: tidemark_client::Cache<i64, Account> = tidemark_client::Cache::builder()
+///     .postgres("postgres://app@db/app")
+///     .kafka("broker:9092")
+///     .table("public.accounts")
+///     .build()
+///     .await?;
+/// let balance = accounts.get(&42).map(|a| a.balance.clone());
+/// # Ok(()) }
+/// ```
+pub struct Builder<K, V> {
+    postgres: Option<String>,
+    kafka: Option<String>,
+    kafka_properties: Vec<(String, String)>,
+    table: Option<String>,
+    topic: Option<String>,
+    topic_prefix: String,
+    strategy: Strategy,
+    safety_window: Duration,
+    owner_column: Option<String>,
+    channel_capacity: usize,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Default for Builder<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K, V> Builder<K, V> {
+    /// A builder with the defaults.
+    pub fn new() -> Self {
+        Builder {
+            postgres: None,
+            kafka: None,
+            kafka_properties: Vec::new(),
+            table: None,
+            topic: None,
+            topic_prefix: DEFAULT_TOPIC_PREFIX.into(),
+            strategy: Strategy::default(),
+            safety_window: DEFAULT_SAFETY_WINDOW,
+            owner_column: None,
+            channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            _types: PhantomData,
+        }
+    }
+
+    /// The PostgreSQL URL (`postgres://user:password@host:port/db?...`); libpq-style
+    /// settings (`connect_timeout`, `application_name`, `options`, ...) go in its
+    /// query string. Required.
+    pub fn postgres(mut self, url: impl Into<String>) -> Self {
+        self.postgres = Some(url.into());
+        self
+    }
+
+    /// The Kafka bootstrap servers (`host:port,host:port`). Required.
+    pub fn kafka(mut self, brokers: impl Into<String>) -> Self {
+        self.kafka = Some(brokers.into());
+        self
+    }
+
+    /// A librdkafka consumer property passed through unchanged, e.g.
+    /// `security.protocol`, `ssl.ca.location`, `sasl.mechanism`. The properties in
+    /// [`TYPED_CONSUMER_PROPERTIES`] are the cache's own and may not be set.
+    pub fn kafka_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.kafka_properties.push((key.into(), value.into()));
+        self
+    }
+
+    /// The table, `schema.table` (or `table` in `public`), as the catalog spells it.
+    /// Required.
+    pub fn table(mut self, name: impl Into<String>) -> Self {
+        self.table = Some(name.into());
+        self
+    }
+
+    /// The topic, when it does not follow the naming rule `<prefix>.<schema>.<table>`.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topic = Some(topic.into());
+        self
+    }
+
+    /// The topic prefix the bridge was configured with ([`DEFAULT_TOPIC_PREFIX`]).
+    pub fn topic_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.topic_prefix = prefix.into();
+        self
+    }
+
+    /// How the load and the stream meet ([`Strategy::Snapshot`] by default).
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// How far before the snapshot time the replay starts ([`DEFAULT_SAFETY_WINDOW`]).
+    /// Longer is always safe, only slower.
+    pub fn safety_window(mut self, window: Duration) -> Self {
+        self.safety_window = window;
+        self
+    }
+
+    /// A text or uuid column in which the application stores the
+    /// [`Cache::instance_id`] of the instance that wrote the row; changes whose row
+    /// carries this instance's id arrive as [`crate::Origin::OwnWrite`].
+    pub fn owner_column(mut self, column: impl Into<String>) -> Self {
+        self.owner_column = Some(column.into());
+        self
+    }
+
+    /// How many changes a subscriber may fall behind ([`DEFAULT_CHANNEL_CAPACITY`]).
+    pub fn channel_capacity(mut self, capacity: usize) -> Self {
+        self.channel_capacity = capacity;
+        self
+    }
+
+    /// Checks the settings without connecting to anything.
+    pub(crate) fn validate(&self) -> Result<Config> {
+        let bad = |field, problem: &str| Error::Config {
+            field,
+            problem: problem.to_owned(),
+        };
+        let url = self
+            .postgres
+            .as_deref()
+            .ok_or_else(|| bad("postgres", "is required"))?;
+        let mut postgres = tokio_postgres::Config::from_str(url)
+            .map_err(|e| bad("postgres", &format!("is not a PostgreSQL URL ({e})")))?;
+        let options = match postgres.get_options() {
+            Some(o) if !o.trim().is_empty() => format!("{o} {SESSION_OPTIONS}"),
+            _ => SESSION_OPTIONS.to_owned(),
+        };
+        postgres.options(options);
+        if postgres.get_application_name().is_none() {
+            postgres.application_name("tidemark-client");
+        }
+        let postgres_target = describe(&postgres);
+        let kafka = self
+            .kafka
+            .as_deref()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| bad("kafka", "is required (host:port of the brokers)"))?
+            .to_owned();
+        for (k, _) in &self.kafka_properties {
+            if TYPED_CONSUMER_PROPERTIES.contains(&k.as_str()) {
+                return Err(bad(
+                    "kafka_property",
+                    &format!("{k} is set by the cache itself and cannot be overridden"),
+                ));
+            }
+        }
+        let name = self
+            .table
+            .as_deref()
+            .ok_or_else(|| bad("table", "is required"))?;
+        let table = TableName::parse(name)
+            .ok_or_else(|| bad("table", &format!("{name:?} is not schema.table")))?;
+        let topic = match &self.topic {
+            Some(t) if t.trim().is_empty() => return Err(bad("topic", "is empty")),
+            Some(t) => t.trim().to_owned(),
+            None if self.topic_prefix.trim().is_empty() => {
+                return Err(bad("topic_prefix", "is empty"))
+            }
+            None => table.topic(self.topic_prefix.trim()),
+        };
+        if let Strategy::Watermark { ts_column } = &self.strategy {
+            if ts_column.trim().is_empty() {
+                return Err(bad("strategy", "the watermark strategy needs a ts column"));
+            }
+        }
+        if self
+            .owner_column
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            return Err(bad("owner_column", "is empty"));
+        }
+        if self.safety_window > Duration::from_secs(24 * 3600) {
+            return Err(bad(
+                "safety_window",
+                "is longer than a day; a few seconds is enough",
+            ));
+        }
+        Ok(Config {
+            postgres,
+            postgres_target,
+            kafka,
+            kafka_properties: self.kafka_properties.clone(),
+            table,
+            topic,
+            strategy: self.strategy.clone(),
+            safety_window: self.safety_window,
+            owner_column: self.owner_column.clone(),
+            channel_capacity: self.channel_capacity,
+        })
+    }
+}
+
+impl<K, V> Builder<K, V>
+where
+    K: DeserializeOwned + Hash + Eq + Clone + Send + Sync + 'static,
+    V: DeserializeOwned + Send + Sync + 'static,
+{
+    /// Starts the cache in the background and returns at once; the map fills while
+    /// the warm start runs. Await [`Cache::ready`] to know when it has caught up.
+    /// Must be called inside a Tokio runtime.
+    pub fn start(self) -> Result<Cache<K, V>> {
+        let config = Arc::new(self.validate()?);
+        let shared = Arc::new(Shared::new(
+            uuid::Uuid::now_v7(),
+            config.table.to_string(),
+            config.topic.clone(),
+            config.channel_capacity,
+        ));
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(crate::run::run(config, shared.clone(), stopped));
+        Ok(Cache {
+            shared,
+            guard: Arc::new(TaskGuard {
+                stop,
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    /// Starts the cache and returns once it is warm and caught up.
+    pub async fn build(self) -> Result<Cache<K, V>> {
+        let cache = self.start()?;
+        cache.ready().await?;
+        Ok(cache)
+    }
+}
+
+/// `host:port/db` of a PostgreSQL config, for messages.
+fn describe(c: &tokio_postgres::Config) -> String {
+    let host = c
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", c.get_dbname().unwrap_or("?"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Builder<i64, serde_json::Value> {
+        Builder::new()
+            .postgres("postgres://app:secret@db:6432/shop?options=-c%20statement_timeout%3D0")
+            .kafka("k:9092")
+            .table("public.accounts")
+    }
+
+    fn field(b: Builder<i64, serde_json::Value>) -> &'static str {
+        match b.validate() {
+            Err(Error::Config { field, .. }) => field,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validates_and_derives_the_topic() {
+        let c = base().validate().unwrap();
+        assert_eq!(c.topic, "tidemark.public.accounts");
+        assert_eq!(c.postgres_target, "db:6432/shop");
+        assert_eq!(
+            c.postgres.get_options(),
+            Some("-c statement_timeout=0 -c DateStyle=ISO -c TimeZone=UTC -c bytea_output=hex")
+        );
+        assert_eq!(c.safety_window, DEFAULT_SAFETY_WINDOW);
+        assert_eq!(
+            base().topic_prefix("app").validate().unwrap().topic,
+            "app.public.accounts"
+        );
+        assert_eq!(base().topic("x").validate().unwrap().topic, "x");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        assert_eq!(field(Builder::new().kafka("k").table("t")), "postgres");
+        assert_eq!(field(base().postgres("not a url ://")), "postgres");
+        assert_eq!(field(base().kafka(" ")), "kafka");
+        assert_eq!(field(base().table("a.b.c")), "table");
+        assert_eq!(field(base().topic("")), "topic");
+        assert_eq!(
+            field(base().kafka_property("group.id", "g")),
+            "kafka_property"
+        );
+        assert_eq!(
+            field(base().strategy(Strategy::Watermark {
+                ts_column: "".into()
+            })),
+            "strategy"
+        );
+        assert_eq!(field(base().owner_column(" ")), "owner_column");
+        let msg = base()
+            .kafka_property("auto.offset.reset", "earliest")
+            .validate();
+        assert!(!format!("{msg:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,367 @@
+//! The application's handle: concurrent reads of the map, change notifications,
+//! progress figures, and the lifetime of the background task.
+//!
+//! The map is a [`DashMap`] (lock-striped), so any number of threads read while the
+//! background task applies changes. Values are handed out as `Arc<V>`, so a reader
+//! never holds a shard lock after `get` returns. The background task is owned by the
+//! handle: [`Cache::shutdown`] stops it and waits, and dropping the last clone of the
+//! handle stops it too.
+
+use std::borrow::Borrow;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use serde::de::DeserializeOwned;
+use tokio::sync::{broadcast, watch};
+use uuid::Uuid;
+
+use crate::apply::Entry;
+use crate::builder::Builder;
+use crate::error::{Error, Result};
+
+/// Where an applied change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// The row was read by a warm start's bulk load from PostgreSQL.
+    BulkLoad,
+    /// The change was read from the Kafka topic (or, for the watermark strategy, from
+    /// the re-query after the load).
+    Stream,
+    /// Like [`Origin::Stream`], but the row's owner column holds this instance's
+    /// [`Cache::instance_id`]: the application's own write coming back.
+    OwnWrite,
+}
+
+/// One change, delivered to subscribers after it was applied to the map.
+#[derive(Debug)]
+pub struct Change<K, V> {
+    /// The key that changed.
+    pub key: K,
+    /// The new value; `None` when the key was removed (delete or truncate).
+    pub value: Option<Arc<V>>,
+    /// Where the change came from.
+    pub origin: Origin,
+    /// The Kafka partition that owns the key.
+    pub partition: i32,
+}
+
+impl<K: Clone, V> Clone for Change<K, V> {
+    fn clone(&self) -> Self {
+        Change {
+            key: self.key.clone(),
+            value: self.value.clone(),
+            origin: self.origin,
+            partition: self.partition,
+        }
+    }
+}
+
+/// Counters and figures of a cache, for dashboards and health checks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Rows in the map now.
+    pub rows: usize,
+    /// Rows read by bulk loads (all warm starts together).
+    pub loaded_rows: u64,
+    /// Changes applied from the stream (and the watermark re-query).
+    pub applied: u64,
+    /// Records skipped because the loaded snapshot already contained them.
+    pub skipped_in_snapshot: u64,
+    /// Records skipped because they replayed a position already applied.
+    pub duplicates: u64,
+    /// Changes skipped by the watermark strategy's last-writer-wins rule.
+    pub stale: u64,
+    /// Records that could not be used (not JSON, wrong shape, another table).
+    pub bad_records: u64,
+    /// Warm starts so far (1 after a normal start).
+    pub warm_starts: u64,
+    /// Records on the topic not yet consumed, summed over partitions, as of the last
+    /// watermark refresh (every few seconds).
+    pub lag_records: i64,
+    /// Time since the commit of the last change applied from the stream; `None`
+    /// before the first one.
+    pub since_last_commit: Option<Duration>,
+    /// Whether the cache has caught up since its last warm start.
+    pub ready: bool,
+}
+
+/// The consumer's position on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionPosition {
+    /// The partition.
+    pub partition: i32,
+    /// The offset of the next record to consume.
+    pub next_offset: i64,
+    /// The partition's high watermark at the last refresh.
+    pub high_watermark: i64,
+    /// The high watermark sampled after the last load, which readiness waits for.
+    pub ready_at: i64,
+}
+
+/// Counters updated by the background task.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub loaded_rows: AtomicU64,
+    pub applied: AtomicU64,
+    pub skipped_in_snapshot: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub stale: AtomicU64,
+    pub bad_records: AtomicU64,
+    pub warm_starts: AtomicU64,
+    /// Commit time (ms since the epoch) of the last change applied from the stream.
+    pub last_commit_ms: AtomicI64,
+}
+
+/// Whether the cache is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Status {
+    Starting,
+    Ready,
+    /// Catching up again after a new warm start.
+    Rewarming,
+    Failed(String),
+}
+
+/// The state the handle and the background task share.
+pub(crate) struct Shared<K, V> {
+    pub map: DashMap<K, Entry<V>>,
+    pub changes: broadcast::Sender<Change<K, V>>,
+    pub counters: Counters,
+    pub positions: Mutex<Vec<PartitionPosition>>,
+    pub instance_id: Uuid,
+    pub status: watch::Sender<Status>,
+    /// The error that ended the start, for the first caller of `ready()`.
+    pub failure: Mutex<Option<Error>>,
+    pub table: String,
+    pub topic: String,
+}
+
+impl<K: Hash + Eq + Clone, V> Shared<K, V> {
+    pub fn new(instance_id: Uuid, table: String, topic: String, capacity: usize) -> Self {
+        Shared {
+            map: DashMap::new(),
+            changes: broadcast::channel(capacity.max(1)).0,
+            counters: Counters::default(),
+            positions: Mutex::new(Vec::new()),
+            instance_id,
+            status: watch::channel(Status::Starting).0,
+            failure: Mutex::new(None),
+            table,
+            topic,
+        }
+    }
+
+    /// Tells subscribers, if there are any (so an unwatched cache clones nothing).
+    pub fn notify(&self, change: impl FnOnce() -> Change<K, V>) {
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(change());
+        }
+    }
+
+    pub fn fail(&self, error: Error) {
+        let message = error.to_string();
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+        self.status.send_replace(Status::Failed(message));
+    }
+}
+
+/// Stops the background task when the last handle goes away.
+pub(crate) struct TaskGuard {
+    pub stop: watch::Sender<bool>,
+    pub task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// An in-process copy of one PostgreSQL table, kept current from its Kafka topic.
+///
+/// Build one with [`Cache::builder`]. Clones share the same map and task. `K` is
+/// deserialised from the key object (`{"id": 42}`; a single-column key also
+/// deserialises from the bare value, so `Cache<i64, _>` works), `V` from the whole
+/// row as a JSON object, with values encoded as [`crate::wire::codec`] describes.
+pub struct Cache<K, V> {
+    pub(crate) shared: Arc<Shared<K, V>>,
+    pub(crate) guard: Arc<TaskGuard>,
+}
+
+impl<K, V> Clone for Cache<K, V> {
+    fn clone(&self) -> Self {
+        Cache {
+            shared: self.shared.clone(),
+            guard: self.guard.clone(),
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> std::fmt::Debug for Cache<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("table", &self.shared.table)
+            .field("topic", &self.shared.topic)
+            .field("instance_id", &self.shared.instance_id)
+            .field("rows", &self.shared.map.len())
+            .finish()
+    }
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: DeserializeOwned + Hash + Eq + Clone + Send + Sync + 'static,
+    V: DeserializeOwned + Send + Sync + 'static,
+{
+    /// A builder for a cache; see [`Builder`] for the settings.
+    pub fn builder() -> Builder<K, V> {
+        Builder::new()
+    }
+
+    /// The value of `key`, if the table has that row.
+    pub fn get<Q>(&self, key: &Q) -> Option<Arc<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shared.map.get(key).map(|e| e.value.clone())
+    }
+
+    /// Whether the table has a row with `key`.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shared.map.contains_key(key)
+    }
+
+    /// The number of rows.
+    pub fn len(&self) -> usize {
+        self.shared.map.len()
+    }
+
+    /// Whether the cache holds no rows.
+    pub fn is_empty(&self) -> bool {
+        self.shared.map.is_empty()
+    }
+
+    /// Iterates over the rows. Each shard is locked for reading while the iterator
+    /// is in it, so changes applied meanwhile may or may not be seen.
+    pub fn iter(&self) -> impl Iterator<Item = (K, Arc<V>)> + '_ {
+        self.shared
+            .map
+            .iter()
+            .map(|e| (e.key().clone(), e.value().value.clone()))
+    }
+
+    /// A copy of all rows.
+    pub fn entries(&self) -> Vec<(K, Arc<V>)> {
+        self.iter().collect()
+    }
+
+    /// Change notifications, delivered after each change is applied. A receiver that
+    /// falls more than the builder's `channel_capacity` behind gets
+    /// [`broadcast::error::RecvError::Lagged`] and should re-read the map.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change<K, V>> {
+        self.shared.changes.subscribe()
+    }
+
+    /// This instance's id, a UUIDv7 (time-ordered). Stamp it into the owner column of
+    /// the rows this instance writes, and their changes arrive as
+    /// [`Origin::OwnWrite`].
+    pub fn instance_id(&self) -> Uuid {
+        self.shared.instance_id
+    }
+
+    /// The table, `schema.table`.
+    pub fn table(&self) -> &str {
+        &self.shared.table
+    }
+
+    /// The topic the cache follows.
+    pub fn topic(&self) -> &str {
+        &self.shared.topic
+    }
+
+    /// Whether the cache has caught up since its last warm start.
+    pub fn is_ready(&self) -> bool {
+        *self.shared.status.borrow() == Status::Ready
+    }
+
+    /// Waits until the cache is warm and caught up: every partition consumed up to
+    /// the high watermark sampled after the load. Returns the start's error if the
+    /// first warm start failed.
+    pub async fn ready(&self) -> Result<()> {
+        let mut rx = self.shared.status.subscribe();
+        let status = rx
+            .wait_for(|s| matches!(s, Status::Ready | Status::Failed(_)))
+            .await
+            .map(|s| s.clone())
+            .map_err(|_| Error::Stopped("the cache task ended".into()))?;
+        match status {
+            Status::Failed(message) => {
+                let error = self
+                    .shared
+                    .failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                Err(error.unwrap_or(Error::Stopped(message)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counters and lag figures.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        let positions = self.positions();
+        let last = c.last_commit_ms.load(Ordering::Relaxed);
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        Stats {
+            rows: self.shared.map.len(),
+            loaded_rows: c.loaded_rows.load(Ordering::Relaxed),
+            applied: c.applied.load(Ordering::Relaxed),
+            skipped_in_snapshot: c.skipped_in_snapshot.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            stale: c.stale.load(Ordering::Relaxed),
+            bad_records: c.bad_records.load(Ordering::Relaxed),
+            warm_starts: c.warm_starts.load(Ordering::Relaxed),
+            lag_records: positions
+                .iter()
+                .map(|p| (p.high_watermark - p.next_offset).max(0))
+                .sum(),
+            since_last_commit: (last > 0)
+                .then(|| Duration::from_millis((now_ms - last).max(0) as u64)),
+            ready: self.is_ready(),
+        }
+    }
+
+    /// The consumer's position on each partition.
+    pub fn positions(&self) -> Vec<PartitionPosition> {
+        self.shared
+            .positions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stops the background task and waits for it to end. The map stays readable
+    /// (through other clones) but no longer changes.
+    pub async fn shutdown(self) {
+        self.guard.stop.send_replace(true);
+        let task = self
+            .guard
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}

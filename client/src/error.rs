@@ -1,0 +1,127 @@
+//! The errors a cache can report, each saying what went wrong and what to do.
+//!
+//! Two kinds matter to a caller. Errors at start (bad settings, PostgreSQL or the
+//! topic unreachable, a table without a primary key, a type that does not fit the
+//! rows) come back from [`crate::Builder::build`] or [`crate::Cache::ready`]. Once
+//! running, the cache handles trouble itself: bad records are counted and skipped, a
+//! broker outage is waited out, and lost offsets trigger a new warm start; those
+//! appear in the logs and [`crate::Stats`], not as errors.
+
+/// What went wrong with a cache.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A builder setting is missing or wrong.
+    #[error("setting `{field}`: {problem}")]
+    Config {
+        /// The builder method that takes the setting.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// PostgreSQL could not be reached.
+    #[error(
+        "PostgreSQL is not reachable at {target}: {source}; check the URL and that the server runs"
+    )]
+    PostgresUnreachable {
+        /// Host, port and database (no password).
+        target: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// A PostgreSQL statement failed.
+    #[error("PostgreSQL failed while {during}: {source}")]
+    Postgres {
+        /// What the cache was doing.
+        during: &'static str,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// The table cannot be cached as it is.
+    #[error("table {table}: {problem}; {fix}")]
+    Table {
+        /// `schema.table`.
+        table: String,
+        /// What is wrong.
+        problem: String,
+        /// What to do about it.
+        fix: String,
+    },
+
+    /// The Kafka topic does not exist.
+    #[error("topic {topic} does not exist on {brokers}; start the bridge for this table (it creates the topic) or set `topic` to the right name")]
+    TopicMissing {
+        /// The topic.
+        topic: String,
+        /// The bootstrap servers asked.
+        brokers: String,
+    },
+
+    /// A Kafka request failed.
+    #[error(
+        "Kafka failed while {during}: {source}; check the brokers and the librdkafka properties"
+    )]
+    Kafka {
+        /// What the cache was doing.
+        during: &'static str,
+        /// librdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+
+    /// A loaded row or key does not fit the cache's key or value type.
+    #[error("a {what} of {table} does not fit the {what} type: {source}; make the Rust type match the table's columns (see the crate docs for how values are encoded)")]
+    Deserialize {
+        /// `key` or `row`.
+        what: &'static str,
+        /// `schema.table`.
+        table: String,
+        /// serde's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A value from PostgreSQL could not be decoded.
+    #[error("cannot decode a row of {table}: {problem}")]
+    Decode {
+        /// `schema.table`.
+        table: String,
+        /// What was wrong.
+        problem: String,
+    },
+
+    /// The cache stopped (shut down, or its task ended) before it became ready.
+    #[error("the cache stopped before it was ready: {0}")]
+    Stopped(String),
+}
+
+impl Error {
+    pub(crate) fn postgres(during: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        move |source| Error::Postgres { during, source }
+    }
+
+    pub(crate) fn kafka(during: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+        move |source| Error::Kafka { during, source }
+    }
+
+    /// Whether trying again later may succeed (lost connections, broker trouble), as
+    /// opposed to a problem with the settings, the table or the types.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::PostgresUnreachable { .. } | Error::Kafka { .. } | Error::Stopped(_) => true,
+            Error::Postgres { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+            Error::Config { .. }
+            | Error::Table { .. }
+            | Error::TopicMissing { .. }
+            | Error::Deserialize { .. }
+            | Error::Decode { .. } => false,
+        }
+    }
+}
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,502 @@
+//! The consumer loop: reads every partition from the warm start's offsets and
+//! applies each change that the loaded snapshot does not already contain.
+//!
+//! For each record, in order:
+//! 1. A tombstone (null value) is ignored: its delete came just before it.
+//! 2. A record that is not an envelope of this table is counted, logged with its
+//!    partition and offset, and skipped.
+//! 3. De-duplication: the bridge replays from its slot after a crash, so a
+//!    partition may repeat records. Records reach a partition in commit order, so a
+//!    record whose `(commit_lsn, lsn)` is below the last one seen there is a replay.
+//!    One change can write two records to one partition (a primary-key update
+//!    becomes a delete of the old key and a create of the new one, at the same
+//!    position), so at the last position the keys already seen are remembered too.
+//! 4. Snapshot filter (snapshot strategy): a record whose transaction is visible in
+//!    the load snapshot is already in the map and is skipped. Once a record's
+//!    `commit_lsn` is at or past the insert LSN read after the load, the partition's
+//!    later records all committed after the snapshot and the filter is switched off.
+//! 5. Apply: upsert (merging unchanged TOAST columns from the cached row, or from a
+//!    re-read of the row), delete, or truncate of the keys this partition owns.
+//!
+//! The cache is ready when every partition has reached the high watermark sampled
+//! after the load. An offset that is no longer on the broker (retention) ends the
+//! loop with [`End::Rewarm`]: the cache warm-starts again rather than diverge. A
+//! broker outage is waited out: librdkafka reconnects and resumes at its position.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer as _;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use tokio::sync::watch;
+use tokio_postgres::Client;
+use tracing::{debug, info, warn};
+
+use crate::apply::{merge_toast, typed_key, Applier, Rejected};
+use crate::cache::{Origin, PartitionPosition, Status};
+use crate::seek::{blocking, Consumer, Start};
+use crate::snapshot::Snapshot;
+use crate::table::TableInfo;
+use crate::wire::{Envelope, Op, Row};
+
+/// How often positions, lag and readiness are refreshed while records flow.
+const TICK: Duration = Duration::from_secs(2);
+
+/// Why the loop ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The cache was shut down.
+    Stopped,
+    /// The cache must warm-start again; the reason is for the log.
+    Rewarm(String),
+}
+
+/// The snapshot filter of one partition.
+#[derive(Debug, Clone)]
+pub(crate) struct Filter {
+    pub snapshot: Arc<Snapshot>,
+    pub insert_lsn: u64,
+}
+
+/// Per-partition de-duplication and snapshot filter.
+#[derive(Debug, Default)]
+pub(crate) struct PartitionState {
+    /// `None` once switched off (or for the watermark strategy).
+    filter: Option<Filter>,
+    last: Option<(u64, u64)>,
+    /// Keys seen at position `last`.
+    keys_at_last: Vec<Vec<u8>>,
+}
+
+impl PartitionState {
+    pub fn new(filter: Option<Filter>) -> Self {
+        PartitionState {
+            filter,
+            last: None,
+            keys_at_last: Vec::new(),
+        }
+    }
+
+    /// Whether the record at `(commit_lsn, lsn)` with `key` was seen before on
+    /// this partition; remembers it if not.
+    pub fn is_duplicate(&mut self, pos: (u64, u64), key: &[u8]) -> bool {
+        match self.last {
+            Some(last) if pos < last => true,
+            Some(last) if pos == last => {
+                if self.keys_at_last.iter().any(|k| k == key) {
+                    true
+                } else {
+                    self.keys_at_last.push(key.to_vec());
+                    false
+                }
+            }
+            _ => {
+                self.last = Some(pos);
+                self.keys_at_last.clear();
+                self.keys_at_last.push(key.to_vec());
+                false
+            }
+        }
+    }
+
+    /// Whether the record's transaction is already in the loaded snapshot. Errs when
+    /// the filter is on and the record has no transaction id.
+    pub fn in_snapshot(
+        &mut self,
+        commit_lsn: Option<u64>,
+        xid: Option<u64>,
+    ) -> Result<bool, &'static str> {
+        let Some(filter) = &self.filter else {
+            return Ok(false);
+        };
+        if commit_lsn.is_some_and(|c| c >= filter.insert_lsn) {
+            self.filter = None;
+            return Ok(false);
+        }
+        match xid {
+            Some(x) => Ok(filter.snapshot.visible(x as u32)),
+            None => Err("the record has no source.txId, which the snapshot strategy needs; use the watermark strategy for topics another tool writes"),
+        }
+    }
+
+    /// Whether the filter is still on.
+    pub fn filtering(&self) -> bool {
+        self.filter.is_some()
+    }
+}
+
+/// A record, copied out of librdkafka's buffer so the loop can await while using it.
+struct Record {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    /// The envelope; `Ok(None)` for a tombstone.
+    value: Result<Option<Envelope>, String>,
+}
+
+impl Record {
+    fn read<M: Message>(m: &M) -> Self {
+        Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: match m.payload() {
+                None => Ok(None),
+                Some(bytes) => serde_json::from_slice::<Envelope>(bytes)
+                    .map(Some)
+                    .map_err(|e| format!("not a change envelope: {e}")),
+            },
+        }
+    }
+}
+
+/// The consumer loop of one warm start.
+pub(crate) struct Follower<K, V> {
+    pub consumer: Arc<Consumer>,
+    pub topic: String,
+    pub table: TableInfo,
+    pub applier: Applier<K, V>,
+    /// For re-reading rows whose unchanged TOAST values the cache does not have.
+    pub pg: Client,
+    pub states: Vec<PartitionState>,
+    pub starts: Vec<Start>,
+    /// The next offset to consume, per partition.
+    pub next: Vec<i64>,
+    /// Partitions that reported end-of-partition since the warm start.
+    pub at_end: Vec<bool>,
+    pub high: Vec<i64>,
+    pub ready: bool,
+    pub started: Instant,
+}
+
+impl<K, V> Follower<K, V>
+where
+    K: serde::de::DeserializeOwned + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    V: serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    /// Consumes until stopped or until a warm start is needed.
+    pub async fn run(mut self, stop: &mut watch::Receiver<bool>) -> End {
+        let consumer = self.consumer.clone();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.check_ready();
+        loop {
+            let record = tokio::select! {
+                biased;
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return End::Stopped;
+                    }
+                    continue;
+                }
+                _ = tick.tick() => {
+                    self.refresh().await;
+                    continue;
+                }
+                received = consumer.recv() => match received {
+                    Ok(m) => Record::read(&m),
+                    Err(e) => match self.on_error(e) {
+                        Some(end) => return end,
+                        None => continue,
+                    },
+                },
+            };
+            if let Some(end) = self.handle(record).await {
+                return end;
+            }
+            self.check_ready();
+        }
+    }
+
+    /// Handles a consumer error; `Some` when the loop must end.
+    fn on_error(&mut self, e: KafkaError) -> Option<End> {
+        match &e {
+            KafkaError::PartitionEOF(p) => {
+                if let Some(flag) = self.at_end.get_mut(*p as usize) {
+                    *flag = true;
+                }
+                self.check_ready();
+                None
+            }
+            KafkaError::MessageConsumption(
+                RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset,
+            ) => Some(End::Rewarm(format!(
+                "the offsets the cache needs are gone from the broker ({e})"
+            ))),
+            _ => {
+                debug!(error = %e, "consumer error; librdkafka retries");
+                None
+            }
+        }
+    }
+
+    /// Applies one record; `Some` when the loop must end.
+    async fn handle(&mut self, rec: Record) -> Option<End> {
+        let p = rec.partition as usize;
+        if p >= self.states.len() {
+            self.bad(
+                &rec,
+                "partition outside the topic's partition count at start",
+            );
+            return None;
+        }
+        self.next[p] = self.next[p].max(rec.offset + 1);
+        let env = match &rec.value {
+            Ok(None) => return None,
+            Ok(Some(env)) => env,
+            Err(problem) => {
+                self.bad(&rec, problem);
+                return None;
+            }
+        };
+        let name = &self.table.name;
+        if env.source.schema != name.schema || env.source.table != name.table {
+            let problem = format!(
+                "belongs to table {}.{}, not {name}",
+                env.source.schema, env.source.table
+            );
+            self.bad(&rec, &problem);
+            return None;
+        }
+        let counters = &self.applier.shared.counters;
+        let state = &mut self.states[p];
+        if let (Some(c), Some(l)) = (env.source.commit_lsn, env.source.lsn) {
+            if state.is_duplicate((c, l), rec.key.as_deref().unwrap_or_default()) {
+                counters.duplicates.fetch_add(1, Relaxed);
+                return None;
+            }
+        }
+        match state.in_snapshot(env.source.commit_lsn, env.source.tx_id) {
+            Ok(true) => {
+                counters.skipped_in_snapshot.fetch_add(1, Relaxed);
+                return None;
+            }
+            Ok(false) => {}
+            Err(problem) => {
+                self.bad(&rec, problem);
+                return None;
+            }
+        }
+        let commit_ms = env.source.ts_ms;
+        if env.op == Op::Truncate {
+            let n = self.applier.truncate(rec.partition, Origin::Stream);
+            info!(table = %name, partition = rec.partition, keys = n, "truncate applied");
+            self.applier.count_applied(commit_ms);
+            return None;
+        }
+        let key_row = match rec.key.as_deref().map(serde_json::from_slice::<Row>) {
+            Some(Ok(k)) => k,
+            Some(Err(e)) => {
+                self.bad(&rec, &format!("the key is not a JSON object: {e}"));
+                return None;
+            }
+            None => {
+                self.bad(&rec, "the record has no key");
+                return None;
+            }
+        };
+        let key = match typed_key::<K>(&key_row) {
+            Ok(k) => k,
+            Err(e) => {
+                self.bad(&rec, &format!("the key does not fit the key type: {e}"));
+                return None;
+            }
+        };
+        let outcome = match env.op {
+            Op::Delete => self
+                .applier
+                .delete(key, env.before.as_ref(), Origin::Stream),
+            Op::Create | Op::Update | Op::Read => {
+                let Some(mut after) = env.after.clone() else {
+                    self.bad(&rec, "a create or update without an after row");
+                    return None;
+                };
+                if !env.unchanged_toast.is_empty() {
+                    let cached = self.applier.cached_toast(&key);
+                    let missing = merge_toast(&mut after, &env.unchanged_toast, cached.as_ref());
+                    if !missing.is_empty() {
+                        match self.table.reread(&self.pg, &key_row).await {
+                            Ok(Some(current)) => {
+                                for col in missing {
+                                    let v = current.get(&col).cloned().unwrap_or_default();
+                                    after.insert(col, v);
+                                }
+                            }
+                            Ok(None) => {
+                                // The row is gone; its delete is later on this partition.
+                                debug!(
+                                    partition = rec.partition,
+                                    offset = rec.offset,
+                                    "row to re-read is gone"
+                                );
+                                return None;
+                            }
+                            Err(e) => {
+                                return Some(End::Rewarm(format!(
+                                    "cannot re-read a row for its unchanged TOAST columns: {e}"
+                                )))
+                            }
+                        }
+                    }
+                }
+                let origin = self.applier.origin_of(&after);
+                self.applier.upsert(key, after, rec.partition, origin)
+            }
+            Op::Truncate => unreachable!("handled above"),
+        };
+        match outcome {
+            Ok(()) => self.applier.count_applied(commit_ms),
+            Err(Rejected::Stale) => {
+                counters.stale.fetch_add(1, Relaxed);
+            }
+            Err(Rejected::Type { what, error }) => {
+                self.bad(
+                    &rec,
+                    &format!("the {what} does not fit the {what} type: {error}"),
+                );
+            }
+        }
+        None
+    }
+
+    fn bad(&self, rec: &Record, problem: &str) {
+        self.applier
+            .shared
+            .counters
+            .bad_records
+            .fetch_add(1, Relaxed);
+        warn!(
+            topic = %self.topic,
+            partition = rec.partition,
+            offset = rec.offset,
+            problem,
+            "bad record skipped"
+        );
+    }
+
+    /// Marks the cache ready once every partition reached its target.
+    fn check_ready(&mut self) {
+        if self.ready {
+            return;
+        }
+        let caught_up = self.starts.iter().all(|s| {
+            self.at_end[s.partition as usize] || self.next[s.partition as usize] >= s.high
+        });
+        if caught_up {
+            self.ready = true;
+            self.publish_positions();
+            info!(
+                table = %self.table.name,
+                rows = self.applier.shared.map.len(),
+                seconds = self.started.elapsed().as_secs_f64(),
+                "cache ready"
+            );
+            self.applier.shared.status.send_replace(Status::Ready);
+        }
+    }
+
+    /// Refreshes the high watermarks (for lag figures) and publishes positions.
+    async fn refresh(&mut self) {
+        let topic = self.topic.clone();
+        let n = self.starts.len() as i32;
+        let highs = blocking(&self.consumer, move |c| {
+            Ok((0..n)
+                .map(|p| {
+                    c.fetch_watermarks(&topic, p, Duration::from_secs(2))
+                        .map(|(_, h)| h)
+                        .ok()
+                })
+                .collect::<Vec<_>>())
+        })
+        .await
+        .unwrap_or_default();
+        for (p, h) in highs.into_iter().enumerate() {
+            if let (Some(h), Some(slot)) = (h, self.high.get_mut(p)) {
+                *slot = h;
+            }
+        }
+        self.publish_positions();
+        let filtering = self.states.iter().filter(|s| s.filtering()).count();
+        debug!(table = %self.table.name, filtering, "positions refreshed");
+    }
+
+    fn publish_positions(&self) {
+        let positions = self
+            .starts
+            .iter()
+            .map(|s| {
+                let p = s.partition as usize;
+                PartitionPosition {
+                    partition: s.partition,
+                    next_offset: self.next[p],
+                    high_watermark: self.high[p].max(self.next[p]),
+                    ready_at: s.high,
+                }
+            })
+            .collect();
+        *self
+            .applier
+            .shared
+            .positions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = positions;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filtered() -> PartitionState {
+        PartitionState::new(Some(Filter {
+            snapshot: Arc::new(Snapshot::parse("100:105:102").unwrap()),
+            insert_lsn: 1000,
+        }))
+    }
+
+    #[test]
+    fn replays_are_duplicates() {
+        let mut s = PartitionState::new(None);
+        assert!(!s.is_duplicate((10, 5), b"a"));
+        assert!(!s.is_duplicate((10, 6), b"b"));
+        assert!(s.is_duplicate((10, 5), b"a"));
+        assert!(s.is_duplicate((10, 6), b"b"));
+        assert!(!s.is_duplicate((20, 1), b"a"));
+        assert!(s.is_duplicate((10, 6), b"b"));
+    }
+
+    #[test]
+    fn a_primary_key_change_at_one_position_is_not_a_duplicate() {
+        let mut s = PartitionState::new(None);
+        assert!(!s.is_duplicate((10, 5), b"{\"id\":1}")); // delete old key
+        assert!(!s.is_duplicate((10, 5), b"{\"id\":2}")); // create new key
+        assert!(s.is_duplicate((10, 5), b"{\"id\":1}")); // replayed
+        assert!(s.is_duplicate((10, 5), b"{\"id\":2}"));
+        assert!(!s.is_duplicate((11, 1), b"{\"id\":1}"));
+    }
+
+    #[test]
+    fn snapshot_filter_until_the_insert_lsn() {
+        let mut s = filtered();
+        assert_eq!(s.in_snapshot(Some(500), Some(99)), Ok(true));
+        assert_eq!(s.in_snapshot(Some(501), Some(102)), Ok(false)); // was running
+        assert_eq!(s.in_snapshot(Some(502), Some(103)), Ok(true));
+        assert_eq!(s.in_snapshot(Some(503), Some(105)), Ok(false));
+        assert!(s.in_snapshot(Some(504), None).is_err());
+        assert!(s.filtering());
+        // At the insert LSN the filter switches off for good, whatever the xid says.
+        assert_eq!(s.in_snapshot(Some(1000), Some(101)), Ok(false));
+        assert!(!s.filtering());
+        assert_eq!(s.in_snapshot(Some(1001), Some(99)), Ok(false));
+        assert_eq!(s.in_snapshot(None, None), Ok(false));
+    }
+
+    #[test]
+    fn no_filter_applies_everything() {
+        let mut s = PartitionState::new(None);
+        assert_eq!(s.in_snapshot(None, None), Ok(false));
+        assert_eq!(s.in_snapshot(Some(1), Some(1)), Ok(false));
+    }
+}

@@ -1,0 +1,197 @@
+//! The background task: warm start, follow, and warm start again when needed.
+//!
+//! A warm start connects to PostgreSQL, reads the table's shape, checks the topic,
+//! bulk-loads the table (`load`), removes rows an earlier warm start left that the
+//! new snapshot no longer has, fixes each partition's start offset and ready target
+//! (`seek`), and, for the watermark strategy, re-queries the newest rows. Then the
+//! follower (`follow`) runs until the cache is shut down or its offsets are lost.
+//!
+//! If the first warm start fails, the task ends and [`crate::Cache::ready`] returns
+//! the error: a cache that never started should say why. Once a cache has served,
+//! a failed warm start is retried with backoff while the old rows stay readable.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::apply::{Applier, Ts};
+use crate::builder::{Config, Strategy};
+use crate::cache::{PartitionPosition, Shared, Status};
+use crate::error::{Error, Result};
+use crate::follow::{End, Filter, Follower, PartitionState};
+use crate::table::TableInfo;
+use crate::{load, seek};
+
+/// The longest pause between failed warm starts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Runs the cache until `stop` turns true or its last handle is dropped.
+pub(crate) async fn run<K, V>(
+    config: Arc<Config>,
+    shared: Arc<Shared<K, V>>,
+    mut stop: watch::Receiver<bool>,
+) where
+    K: serde::de::DeserializeOwned + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    V: serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let mut generation = 0;
+    let mut served = false;
+    let mut failures = 0u32;
+    loop {
+        generation += 1;
+        let started = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
+            r = warm_start(&config, &shared, generation) => r,
+        };
+        match started {
+            Ok(follower) => {
+                served = true;
+                failures = 0;
+                match follower.run(&mut stop).await {
+                    End::Stopped => return,
+                    End::Rewarm(reason) => {
+                        warn!(table = %config.table, reason, "warming up again");
+                        shared.status.send_replace(Status::Rewarming);
+                    }
+                }
+            }
+            Err(e) if !served => {
+                error!(table = %config.table, error = %e, "the cache could not start");
+                shared.fail(e);
+                return;
+            }
+            Err(e) => {
+                failures += 1;
+                let pause = Duration::from_secs(1u64 << failures.min(5)).min(MAX_BACKOFF);
+                warn!(table = %config.table, error = %e, retry_in_secs = pause.as_secs(), "warm start failed");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+}
+
+/// One warm start, up to the point where the follower takes over.
+async fn warm_start<K, V>(
+    config: &Config,
+    shared: &Arc<Shared<K, V>>,
+    generation: u64,
+) -> Result<Follower<K, V>>
+where
+    K: serde::de::DeserializeOwned + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    V: serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let started = Instant::now();
+    let mut pg = load::connect(config).await?;
+    let table = TableInfo::read(&pg, &config.table).await?;
+    let ts_column = match &config.strategy {
+        Strategy::Snapshot => None,
+        Strategy::Watermark { ts_column } => Some(ts_column.clone()),
+    };
+    for (setting, col) in [
+        ("owner_column", &config.owner_column),
+        ("strategy", &ts_column),
+    ] {
+        if let Some(col) = col {
+            if table.column(col).is_none() {
+                return Err(Error::Table {
+                    table: table.name.to_string(),
+                    problem: format!("it has no column {col}"),
+                    fix: format!("set `{setting}` to a column of the table"),
+                });
+            }
+        }
+    }
+    let consumer = seek::consumer(config, shared.instance_id)?;
+    let partitions = seek::partitions(&consumer, config).await?;
+    let applier = Applier {
+        shared: shared.clone(),
+        toastable: table.toastable().map(str::to_owned).collect(),
+        owner: config
+            .owner_column
+            .clone()
+            .map(|c| (c, shared.instance_id.to_string())),
+        ts_column: ts_column.clone(),
+        generation,
+    };
+    let loaded = load::load(&mut pg, &table, &applier, partitions, ts_column.as_deref()).await?;
+    shared.counters.loaded_rows.fetch_add(loaded.rows, Relaxed);
+    shared.counters.warm_starts.fetch_add(1, Relaxed);
+    let removed = applier.sweep();
+    if removed > 0 {
+        info!(table = %table.name, removed, "rows gone since the previous warm start removed");
+    }
+    let window = config.safety_window.as_millis() as i64;
+    let seek_ms = match &ts_column {
+        None => loaded.snapshot_ms,
+        Some(_) => loaded
+            .max_ts
+            .as_deref()
+            .and_then(|m| Ts::from_value(&serde_json::Value::String(m.to_owned())))
+            .and_then(|t| t.as_millis())
+            .unwrap_or(loaded.snapshot_ms)
+            .min(loaded.snapshot_ms),
+    } - window;
+    let starts = seek::seek(&consumer, &config.topic, partitions, seek_ms).await?;
+    if let Some(col) = &ts_column {
+        load::requery(
+            &pg,
+            &table,
+            &applier,
+            partitions,
+            col,
+            loaded.max_ts.as_deref(),
+        )
+        .await?;
+    }
+    seek::assign(&consumer, &config.topic, &starts)?;
+    let replay: i64 = starts.iter().map(|s| s.high - s.offset).sum();
+    info!(
+        table = %table.name,
+        topic = %config.topic,
+        rows = loaded.rows,
+        insert_lsn = loaded.insert_lsn,
+        partitions,
+        records_to_replay = replay,
+        "following the topic"
+    );
+    let snapshot = Arc::new(loaded.snapshot);
+    let states = (0..partitions)
+        .map(|_| {
+            PartitionState::new(ts_column.is_none().then(|| Filter {
+                snapshot: snapshot.clone(),
+                insert_lsn: loaded.insert_lsn,
+            }))
+        })
+        .collect();
+    let n = partitions as usize;
+    *shared.positions.lock().unwrap_or_else(|p| p.into_inner()) = starts
+        .iter()
+        .map(|s| PartitionPosition {
+            partition: s.partition,
+            next_offset: s.offset,
+            high_watermark: s.high,
+            ready_at: s.high,
+        })
+        .collect();
+    Ok(Follower {
+        consumer,
+        topic: config.topic.clone(),
+        table,
+        applier,
+        pg,
+        states,
+        next: starts.iter().map(|s| s.offset).collect(),
+        at_end: vec![false; n],
+        high: starts.iter().map(|s| s.high).collect(),
+        starts,
+        ready: false,
+        started,
+    })
+}

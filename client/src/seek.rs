@@ -1,0 +1,193 @@
+//! Where on the topic a warm start joins the stream, and the consumer that reads it.
+//!
+//! Every instance reads every partition by manual assignment: no consumer group, no
+//! committed offsets, so hundreds of instances never rebalance one another. Each
+//! partition starts at `offsetsForTimes(seek time)`, the first record whose
+//! timestamp (the commit time) is at or after the seek time, clamped into the
+//! partition's `[low, high]` watermarks. Starting earlier than needed is always
+//! safe: the follower skips what the snapshot already holds. Some brokers (tansu)
+//! answer offset 0 instead of "end" for a time after every record; that only makes
+//! the replay longer.
+//!
+//! The high watermarks are sampled here, after the load: the cache is ready once
+//! every partition has been consumed up to them.
+//!
+//! librdkafka's calls here block, so they run on Tokio's blocking pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{Consumer as _, ConsumerContext, StreamConsumer};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+
+use crate::builder::Config;
+use crate::error::{Error, Result};
+
+/// How long one metadata, offset or watermark request may take.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends librdkafka's own log lines to `tracing`: errors at `warn` (the cache
+/// retries by itself), the rest at `debug`.
+pub(crate) struct LogContext;
+
+impl ClientContext for LogContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use RDKafkaLogLevel::*;
+        match level {
+            Emerg | Alert | Critical | Error => {
+                tracing::warn!(facility = fac, "librdkafka: {log_message}")
+            }
+            _ => tracing::debug!(facility = fac, "librdkafka: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(error = %error, reason, "librdkafka error");
+    }
+}
+
+impl ConsumerContext for LogContext {}
+
+/// The cache's consumer.
+pub(crate) type Consumer = StreamConsumer<LogContext>;
+
+/// Where one partition starts and when it is caught up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Start {
+    pub partition: i32,
+    /// The first offset to read.
+    pub offset: i64,
+    /// The high watermark sampled after the load.
+    pub high: i64,
+}
+
+/// Creates the consumer: manual assignment only, nothing committed, and an error
+/// (not a silent jump) when an offset is out of range.
+pub(crate) fn consumer(config: &Config, instance_id: uuid::Uuid) -> Result<Arc<Consumer>> {
+    let mut cc = ClientConfig::new();
+    cc.set("client.id", format!("tidemark-client-{instance_id}"))
+        .set("fetch.wait.max.ms", "100")
+        .set("log_level", "6");
+    for (k, v) in &config.kafka_properties {
+        cc.set(k, v);
+    }
+    cc.set("bootstrap.servers", &config.kafka)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "error");
+    let consumer: Consumer = cc
+        .create_with_context(LogContext)
+        .map_err(Error::kafka("creating the consumer"))?;
+    Ok(Arc::new(consumer))
+}
+
+/// Runs a blocking librdkafka call on the blocking pool.
+pub(crate) async fn blocking<T, F>(consumer: &Arc<Consumer>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Consumer) -> Result<T> + Send + 'static,
+{
+    let c = consumer.clone();
+    tokio::task::spawn_blocking(move || f(&c))
+        .await
+        .map_err(|e| Error::Stopped(format!("a Kafka request panicked: {e}")))?
+}
+
+/// The topic's partition count; a typed error when the topic does not exist.
+pub(crate) async fn partitions(consumer: &Arc<Consumer>, config: &Config) -> Result<i32> {
+    let topic = config.topic.clone();
+    let brokers = config.kafka.clone();
+    blocking(consumer, move |c| {
+        let md = c
+            .fetch_metadata(Some(&topic), REQUEST_TIMEOUT)
+            .map_err(Error::kafka("reading the topic's metadata"))?;
+        let n = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if n == 0 {
+            return Err(Error::TopicMissing { topic, brokers });
+        }
+        Ok(n as i32)
+    })
+    .await
+}
+
+/// The start of every partition for a replay from `time_ms`, with the high
+/// watermarks sampled now.
+pub(crate) async fn seek(
+    consumer: &Arc<Consumer>,
+    topic: &str,
+    partitions: i32,
+    time_ms: i64,
+) -> Result<Vec<Start>> {
+    let topic = topic.to_owned();
+    blocking(consumer, move |c| {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(&topic, p, Offset::Offset(time_ms))
+                .map_err(Error::kafka("building the offset request"))?;
+        }
+        let answers = c
+            .offsets_for_times(tpl, REQUEST_TIMEOUT)
+            .map_err(Error::kafka("looking up offsets for the snapshot time"))?;
+        let mut starts = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            let (low, high) = c
+                .fetch_watermarks(&topic, p, REQUEST_TIMEOUT)
+                .map_err(Error::kafka("reading the high watermarks"))?;
+            let answer = answers
+                .find_partition(&topic, p)
+                .filter(|e| e.error().is_ok())
+                .map(|e| e.offset());
+            starts.push(Start {
+                partition: p,
+                offset: start_offset(answer, low, high),
+                high,
+            });
+        }
+        Ok(starts)
+    })
+    .await
+}
+
+/// The start offset from an offsetsForTimes answer and the watermarks: "end" or a
+/// time after every record starts at `high`; an unusable answer starts at `low`
+/// (longer, but safe).
+pub(crate) fn start_offset(answer: Option<Offset>, low: i64, high: i64) -> i64 {
+    match answer {
+        Some(Offset::Offset(o)) => o.clamp(low, high.max(low)),
+        Some(Offset::End) => high,
+        _ => low,
+    }
+}
+
+/// Assigns every partition at its start offset.
+pub(crate) fn assign(consumer: &Consumer, topic: &str, starts: &[Start]) -> Result<()> {
+    let mut tpl = TopicPartitionList::new();
+    for s in starts {
+        tpl.add_partition_offset(topic, s.partition, Offset::Offset(s.offset))
+            .map_err(Error::kafka("building the assignment"))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(Error::kafka("assigning the partitions"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_offsets() {
+        assert_eq!(start_offset(Some(Offset::Offset(5)), 2, 9), 5);
+        assert_eq!(start_offset(Some(Offset::Offset(0)), 2, 9), 2);
+        assert_eq!(start_offset(Some(Offset::Offset(12)), 2, 9), 9);
+        assert_eq!(start_offset(Some(Offset::End), 2, 9), 9);
+        assert_eq!(start_offset(Some(Offset::Invalid), 2, 9), 2);
+        assert_eq!(start_offset(None, 0, 0), 0);
+    }
+}

@@ -1,0 +1,298 @@
+//! What the cache knows about its table: the columns, their codec kinds, the primary
+//! key, and how to turn PostgreSQL's COPY text into the same JSON rows and keys the
+//! bridge writes.
+//!
+//! The bridge decodes pgoutput text with [`crate::wire::codec`]; this module decodes
+//! `COPY ... TO STDOUT` text with the same codec, after undoing COPY's escaping, so a
+//! row reads identically from both paths. Keys are built in primary-key order
+//! ([`PRIMARY_KEY_SQL`]) so equal keys are equal bytes, which the partition
+//! computation relies on.
+
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result};
+use crate::wire::codec::{unescape_copy_field, TYPE_INFO_SQL};
+use crate::wire::envelope::{quote_ident, PRIMARY_KEY_SQL};
+use crate::wire::{Row, TableName, ValueKind};
+
+/// The columns of a table, in `attnum` order, with whether each can be TOASTed.
+const COLUMNS_SQL: &str = "SELECT c.oid, a.attname::text, a.atttypid, \
+       format_type(a.atttypid, a.atttypmod), (a.attlen = -1 AND a.attstorage <> 'p') \
+     FROM pg_catalog.pg_class c \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+     WHERE n.nspname = $1 AND c.relname = $2 \
+     ORDER BY a.attnum";
+
+/// One column of the table.
+#[derive(Debug, Clone)]
+pub(crate) struct Column {
+    pub name: String,
+    pub kind: ValueKind,
+    /// The SQL type as `format_type` spells it, for casts in the re-read query.
+    pub sql_type: String,
+    /// Variable-length and not `PLAIN` storage: pgoutput may leave it out as
+    /// "unchanged TOAST", so the cache keeps its value next to the typed row.
+    pub toastable: bool,
+}
+
+/// The table's shape, read from the catalog.
+#[derive(Debug, Clone)]
+pub(crate) struct TableInfo {
+    pub name: TableName,
+    pub columns: Vec<Column>,
+    /// Indexes into `columns` of the primary key, in key order.
+    pub key: Vec<usize>,
+}
+
+impl TableInfo {
+    /// Reads the table's columns, types and primary key.
+    pub async fn read(client: &Client, name: &TableName) -> Result<Self> {
+        let rows = client
+            .query(COLUMNS_SQL, &[&name.schema, &name.table])
+            .await
+            .map_err(Error::postgres("reading the table's columns"))?;
+        let Some(first) = rows.first() else {
+            return Err(Error::Table {
+                table: name.to_string(),
+                problem: "it does not exist".into(),
+                fix: "create it, or check the spelling (schema.table, as in the catalog)".into(),
+            });
+        };
+        let oid: u32 = first.get(0);
+        let type_oids: Vec<u32> = rows.iter().map(|r| r.get(2)).collect();
+        let mut elems = std::collections::HashMap::new();
+        for r in client
+            .query(TYPE_INFO_SQL, &[&type_oids])
+            .await
+            .map_err(Error::postgres("resolving column types"))?
+        {
+            elems.insert(r.get::<_, u32>(0), r.get::<_, u32>(1));
+        }
+        let columns: Vec<Column> = rows
+            .iter()
+            .map(|r| {
+                let type_oid: u32 = r.get(2);
+                Column {
+                    name: r.get(1),
+                    kind: ValueKind::from_type(
+                        type_oid,
+                        elems.get(&type_oid).copied().unwrap_or(0),
+                    ),
+                    sql_type: r.get(3),
+                    toastable: r.get(4),
+                }
+            })
+            .collect();
+        let key_names: Vec<String> = client
+            .query(PRIMARY_KEY_SQL, &[&oid])
+            .await
+            .map_err(Error::postgres("reading the primary key"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if key_names.is_empty() {
+            return Err(Error::Table {
+                table: name.to_string(),
+                problem: "it has no primary key".into(),
+                fix: format!(
+                    "add one (ALTER TABLE {} ADD PRIMARY KEY (...)); the cache and the topic are keyed by it",
+                    name.quoted()
+                ),
+            });
+        }
+        let key = key_names
+            .iter()
+            .filter_map(|k| columns.iter().position(|c| &c.name == k))
+            .collect();
+        Ok(TableInfo {
+            name: name.clone(),
+            columns,
+            key,
+        })
+    }
+
+    /// The index of the column `name`.
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// The statement that streams the whole table.
+    pub fn copy_sql(&self) -> String {
+        format!(
+            "COPY {} ({}) TO STDOUT",
+            self.name.quoted(),
+            self.column_list()
+        )
+    }
+
+    fn column_list(&self) -> String {
+        let names: Vec<String> = self.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        names.join(", ")
+    }
+
+    /// Decodes one COPY text line (without its newline) into a row.
+    pub fn decode_copy_line(&self, line: &[u8]) -> Result<Row, String> {
+        let mut row = Row::with_capacity(self.columns.len());
+        let mut fields = line.split(|&b| b == b'\t');
+        for col in &self.columns {
+            let field = fields
+                .next()
+                .ok_or_else(|| format!("the line has fewer than {} fields", self.columns.len()))?;
+            let text = unescape_copy_field(field)
+                .map_err(|e| format!("column {} is not UTF-8: {e}", col.name))?;
+            let value = col
+                .kind
+                .decode_opt(text.as_deref())
+                .map_err(|e| format!("column {}: {e}", col.name))?;
+            row.insert(col.name.clone(), value);
+        }
+        if fields.next().is_some() {
+            return Err(format!(
+                "the line has more than {} fields",
+                self.columns.len()
+            ));
+        }
+        Ok(row)
+    }
+
+    /// The key object of a row, primary-key columns in key order.
+    pub fn key_of(&self, row: &Row) -> Row {
+        self.key
+            .iter()
+            .map(|&i| {
+                let name = &self.columns[i].name;
+                (name.clone(), row.get(name).cloned().unwrap_or(Value::Null))
+            })
+            .collect()
+    }
+
+    /// The names of the columns whose values may be left out as unchanged TOAST.
+    pub fn toastable(&self) -> impl Iterator<Item = &str> {
+        self.columns
+            .iter()
+            .filter(|c| c.toastable)
+            .map(|c| c.name.as_str())
+    }
+
+    /// The statement that re-reads the row with `key`, or `None` when a key value
+    /// cannot be written back as a literal.
+    pub fn reread_sql(&self, key: &Row) -> Option<String> {
+        let mut conds = Vec::with_capacity(self.key.len());
+        for &i in &self.key {
+            let col = &self.columns[i];
+            let literal = match (key.get(&col.name)?, &col.kind) {
+                (Value::String(s), ValueKind::Bytea) => {
+                    format!("decode({}, 'base64')", quote_literal(s))
+                }
+                (Value::String(s), _) => format!("{}::{}", quote_literal(s), col.sql_type),
+                (Value::Null, _) => return None,
+                (other, _) => format!("{}::{}", quote_literal(&other.to_string()), col.sql_type),
+            };
+            conds.push(format!("{} = {literal}", quote_ident(&col.name)));
+        }
+        Some(format!(
+            "COPY (SELECT {} FROM {} WHERE {}) TO STDOUT",
+            self.column_list(),
+            self.name.quoted(),
+            conds.join(" AND ")
+        ))
+    }
+
+    /// Re-reads the current row with `key` from PostgreSQL, through COPY and the codec
+    /// like the bulk load. `None` when the row no longer exists.
+    pub async fn reread(&self, client: &Client, key: &Row) -> Result<Option<Row>> {
+        use futures::TryStreamExt;
+        let sql = self.reread_sql(key).ok_or_else(|| Error::Decode {
+            table: self.name.to_string(),
+            problem: format!("key {key:?} cannot be looked up"),
+        })?;
+        let stream = client
+            .copy_out(sql.as_str())
+            .await
+            .map_err(Error::postgres("re-reading a row"))?;
+        let chunks: Vec<bytes::Bytes> = stream
+            .try_collect()
+            .await
+            .map_err(Error::postgres("re-reading a row"))?;
+        let data: Vec<u8> = chunks.concat();
+        match data.split(|&b| b == b'\n').find(|l| !l.is_empty()) {
+            None => Ok(None),
+            Some(line) => self
+                .decode_copy_line(line)
+                .map(Some)
+                .map_err(|problem| Error::Decode {
+                    table: self.name.to_string(),
+                    problem,
+                }),
+        }
+    }
+}
+
+/// An SQL string literal (standard_conforming_strings, PostgreSQL's default).
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// `public.t (id int8 PK, name text, doc jsonb, tags text[])`.
+    pub(crate) fn sample() -> TableInfo {
+        let col = |name: &str, kind, sql_type: &str, toastable| Column {
+            name: name.into(),
+            kind,
+            sql_type: sql_type.into(),
+            toastable,
+        };
+        TableInfo {
+            name: TableName::parse("public.t").unwrap(),
+            columns: vec![
+                col("id", ValueKind::from_type(20, 0), "bigint", false),
+                col("name", ValueKind::from_type(25, 0), "text", true),
+                col("doc", ValueKind::from_type(3802, 0), "jsonb", true),
+                col("tags", ValueKind::from_type(1009, 25), "text[]", true),
+            ],
+            key: vec![0],
+        }
+    }
+
+    #[test]
+    fn decodes_copy_lines_like_the_stream() {
+        let t = sample();
+        let row = t
+            .decode_copy_line(b"42\tA\\tda\\n\t{\"a\": [1, \"x\"]}\t{x,\"y z\",NULL}")
+            .unwrap();
+        assert_eq!(
+            serde_json::Value::Object(row.clone()),
+            json!({"id": 42, "name": "A\tda\n", "doc": {"a": [1, "x"]}, "tags": ["x", "y z", null]})
+        );
+        assert_eq!(
+            serde_json::to_string(&t.key_of(&row)).unwrap(),
+            r#"{"id":42}"#
+        );
+        let nulls = t.decode_copy_line(b"1\t\\N\t\\N\t\\N").unwrap();
+        assert_eq!(nulls["name"], Value::Null);
+        assert!(t.decode_copy_line(b"1\tx").is_err());
+        assert!(t.decode_copy_line(b"1\tx\t{}\t{}\textra").is_err());
+        assert!(t.decode_copy_line(b"x\ty\t{}\t{}").is_err());
+        assert_eq!(t.toastable().collect::<Vec<_>>(), ["name", "doc", "tags"]);
+    }
+
+    #[test]
+    fn reread_sql_quotes_literals() {
+        let mut t = sample();
+        t.key = vec![0, 1];
+        let key: Row = serde_json::from_value(json!({"id": 7, "name": "O'Neil"})).unwrap();
+        assert_eq!(
+            t.reread_sql(&key).unwrap(),
+            "COPY (SELECT \"id\", \"name\", \"doc\", \"tags\" FROM \"public\".\"t\" \
+             WHERE \"id\" = '7'::bigint AND \"name\" = 'O''Neil'::text) TO STDOUT"
+        );
+        let null_key: Row = serde_json::from_value(json!({"id": null, "name": "x"})).unwrap();
+        assert!(t.reread_sql(&null_key).is_none());
+    }
+}
