@@ -5,6 +5,7 @@
 #   scripts/dev-stack.sh up            install what is missing, start both (idempotent)
 #   scripts/dev-stack.sh broker-stop   stop the broker (tests use this to cut Kafka off)
 #   scripts/dev-stack.sh broker-start  start the broker again, keeping its data
+#   scripts/dev-stack.sh broker-reset  stop the broker, delete its data, start it empty
 #   scripts/dev-stack.sh status        say what runs
 #
 # Everything it installs or starts is idempotent: running it twice changes nothing.
@@ -117,8 +118,9 @@ case "${1:-up}" in
   up) ensure_postgres; broker_start ;;
   broker-start) broker_start ;;
   broker-stop) broker_stop ;;
+  broker-reset) broker_stop; rm -f "$TANSU_DIR"/tansu.db*; broker_start ;;
   status)
     pg_up && echo "postgres: up ($(psql_admin "show wal_level"))" || echo "postgres: down"
     broker_up && echo "broker: up" || echo "broker: down" ;;
-  *) echo "usage: $0 [up|broker-start|broker-stop|status]" >&2; exit 2 ;;
+  *) echo "usage: $0 [up|broker-start|broker-stop|broker-reset|status]" >&2; exit 2 ;;
 esac

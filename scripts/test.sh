@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 scripts/dev-stack.sh up
+# The broker holds only test data; start it empty so every run sees the same broker.
+scripts/dev-stack.sh broker-reset
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

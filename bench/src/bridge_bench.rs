@@ -1,0 +1,311 @@
+//! Bridge throughput (rows/s from a WAL backlog to Kafka acknowledgements) beside
+//! its two bounds, and commit-to-Kafka latency at a steady rate.
+//!
+//! Throughput: both slots (the bridge's and a reference slot) are created before the
+//! workload is written, so the bridge and `pg_recvlogical` decode exactly the same
+//! WAL. The bridge's time runs from its "streaming" log line until the topic's high
+//! watermarks hold every record (a record is in the high watermark only once the
+//! broker has acknowledged it). The broker bound produces the same number of records
+//! of the bridge's own record size with a plain idempotent rdkafka producer.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::future::try_join_all;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::env::{
+    current_lsn, drop_slot, lsn_text, median, quantile, time_command, BoxError, BridgeProcess, Env,
+};
+
+/// One throughput shape.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub row_bytes: usize,
+    pub txn_rows: usize,
+    pub total_rows: usize,
+}
+
+/// Rows per second of the bridge and of its two references, medians over `repeat` runs.
+#[derive(Debug)]
+pub struct Throughput {
+    pub bridge: f64,
+    pub decode_bound: f64,
+    pub broker_bound: f64,
+}
+
+async fn write_workload(env: &Env, table: &str, shape: Shape) -> Result<(), BoxError> {
+    let pg = env.pg().await?;
+    let pad = format!(
+        "substr(repeat(md5(random()::text), {}), 1, {})",
+        shape.row_bytes / 32 + 1,
+        shape.row_bytes
+    );
+    if shape.txn_rows == 1 {
+        // Single-row transactions, pipelined over one connection.
+        let stmt = pg
+            .prepare(&format!("INSERT INTO {table} VALUES ($1, {pad})"))
+            .await?;
+        let ids: Vec<i64> = (0..shape.total_rows as i64).collect();
+        for chunk in ids.chunks(200) {
+            try_join_all(chunk.iter().map(|id| {
+                let (pg, stmt) = (&pg, &stmt);
+                async move { pg.execute(stmt, &[id]).await }
+            }))
+            .await?;
+        }
+    } else {
+        for start in (0..shape.total_rows).step_by(shape.txn_rows) {
+            pg.batch_execute(&format!(
+                "INSERT INTO {table} SELECT g, {pad} FROM generate_series({start}, {}) g",
+                start + shape.txn_rows - 1
+            ))
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn one_run(env: &Env, shape: Shape, run: usize) -> Result<(f64, f64, f64), BoxError> {
+    let name = format!(
+        "benchtp{}x{}r{run}_{}",
+        shape.row_bytes,
+        shape.txn_rows,
+        rand::random::<u16>()
+    );
+    let table = format!("{name}_t");
+    let pg = env.pg().await?;
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int8 PRIMARY KEY, pad text NOT NULL)"
+    ))
+    .await?;
+    // First start: publication, slot and topic exist, positioned before the workload.
+    BridgeProcess::start(env, &name, &format!("public.{table}"), 1)
+        .await?
+        .stop()?;
+    let ref_slot = format!("{name}_ref");
+    pg.execute(
+        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+        &[&ref_slot],
+    )
+    .await?;
+
+    write_workload(env, &table, shape).await?;
+    let end = current_lsn(&pg).await?;
+
+    // (a) pg_recvlogical on the same WAL.
+    let decode = time_command(
+        Command::new("pg_recvlogical")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-S",
+                &ref_slot,
+                "--start",
+                "--no-loop",
+            ])
+            .args([
+                "-E",
+                &lsn_text(end),
+                "-o",
+                "proto_version=1",
+                "-o",
+                &format!("publication_names={name}_pub"),
+            ])
+            .args(["-f", "/dev/null"]),
+    )?;
+
+    // The bridge on the same WAL.
+    let topic = format!("{name}.public.{table}");
+    let consumer = env.consumer()?;
+    let bridge = BridgeProcess::start(env, &name, &format!("public.{table}"), 1).await?;
+    let t = Instant::now();
+    while env.records_in(&consumer, &topic) < shape.total_rows as i64 {
+        if t.elapsed() > Duration::from_secs(600) {
+            return Err("the bridge did not finish within 10 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let bridge_time = t.elapsed();
+    bridge.stop()?;
+
+    // (b) the broker: the same number of records of the bridge's record size.
+    let value = sample_value(env, &topic)?;
+    let broker_topic = format!("{name}.producer");
+    env.create_topic(&broker_topic, 1).await?;
+    let broker_time = produce(env, &broker_topic, shape.total_rows, &value).await?;
+
+    drop_slot(&pg, &ref_slot).await;
+    drop_slot(&pg, &format!("{name}_slot")).await;
+    pg.batch_execute(&format!("DROP PUBLICATION {name}_pub; DROP TABLE {table}"))
+        .await?;
+    let rps = |d: Duration| shape.total_rows as f64 / d.as_secs_f64();
+    Ok((rps(bridge_time), rps(decode), rps(broker_time)))
+}
+
+/// The value of the first record of `topic`: the bridge's record size for the broker bound.
+fn sample_value(env: &Env, topic: &str) -> Result<Vec<u8>, BoxError> {
+    let consumer = env.consumer()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            return Ok(m.payload().unwrap_or_default().to_vec());
+        }
+    }
+    Err(format!("no record on {topic}").into())
+}
+
+/// Produces `n` records like the bridge does (idempotent, acks=all, lz4, linger 5 ms)
+/// and returns the time until all are acknowledged.
+async fn produce(env: &Env, topic: &str, n: usize, value: &[u8]) -> Result<Duration, BoxError> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "100000")
+        .create()?;
+    let t = Instant::now();
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for i in 0..n {
+        let k = format!("{{\"id\":{i}}}");
+        let rec = FutureRecord::to(topic).key(&k).payload(value);
+        pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
+        if pending.len() >= 50_000 {
+            use futures::StreamExt;
+            while let Some(r) = pending.next().await {
+                r?.map_err(|(e, _)| e)?;
+                if pending.len() < 25_000 {
+                    break;
+                }
+            }
+        }
+    }
+    use futures::StreamExt;
+    while let Some(r) = pending.next().await {
+        r?.map_err(|(e, _)| e)?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(t.elapsed())
+}
+
+/// Throughput for one shape, medians of `repeat` runs.
+pub async fn throughput(env: &Env, shape: Shape, repeat: usize) -> Result<Throughput, BoxError> {
+    let (mut b, mut d, mut k) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..repeat {
+        let (bridge, decode, broker) = one_run(env, shape, run).await?;
+        eprintln!(
+            "  throughput {}B x {}: bridge {bridge:.0}/s, pg_recvlogical {decode:.0}/s, producer {broker:.0}/s",
+            shape.row_bytes, shape.txn_rows
+        );
+        b.push(bridge);
+        d.push(decode);
+        k.push(broker);
+    }
+    Ok(Throughput {
+        bridge: median(b),
+        decode_bound: median(d),
+        broker_bound: median(k),
+    })
+}
+
+/// Commit-to-consumer latency percentiles, in milliseconds.
+#[derive(Debug)]
+pub struct Latency {
+    pub achieved: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// Runs the bridge under `rate` single-row transactions per second for `seconds`,
+/// and measures commit time (the record timestamp) to arrival at a consumer that
+/// polls with `fetch.wait.max.ms=5`: an upper bound on commit-to-acknowledgement.
+pub async fn latency(env: &Env, rate: u64, seconds: u64) -> Result<Latency, BoxError> {
+    let name = format!("benchlat{rate}_{}", rand::random::<u16>());
+    let table = format!("{name}_t");
+    let pg = env.pg().await?;
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int8 PRIMARY KEY, pad text NOT NULL)"
+    ))
+    .await?;
+    let bridge = BridgeProcess::start(env, &name, &format!("public.{table}"), 1).await?;
+    let topic = format!("{name}.public.{table}");
+    let consumer = env.consumer()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+
+    // Writers: 4 connections, each at rate/4, paced by the clock.
+    let writers = 4u64;
+    let total = rate * seconds;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (env, table) = (env.clone(), table.clone());
+        tasks.push(tokio::spawn(async move {
+            let pg = env.pg().await?;
+            let stmt = pg
+                .prepare(&format!(
+                    "INSERT INTO {table} VALUES ($1, md5(random()::text))"
+                ))
+                .await?;
+            let per = rate / writers;
+            let start = Instant::now();
+            let mut i = 0u64;
+            while i < per * seconds {
+                let due = Duration::from_secs_f64(i as f64 / per as f64);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+                pg.execute(&stmt, &[&((i * writers + w) as i64)]).await?;
+                i += 1;
+            }
+            Ok::<f64, BoxError>(start.elapsed().as_secs_f64())
+        }));
+    }
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut lat = Vec::with_capacity(total as usize);
+        let deadline = Instant::now() + Duration::from_secs(seconds + 60);
+        while (lat.len() as u64) < total && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                if let Some(ts) = m.timestamp().to_millis() {
+                    lat.push((now_ms_f64() - ts as f64).max(0.0));
+                }
+            }
+        }
+        lat
+    });
+    let mut elapsed = 0.0f64;
+    for t in tasks {
+        elapsed = elapsed.max(t.await??);
+    }
+    let mut lat = reader.await?;
+    bridge.stop()?;
+    drop_slot(&pg, &format!("{name}_slot")).await;
+    pg.batch_execute(&format!("DROP PUBLICATION {name}_pub; DROP TABLE {table}"))
+        .await?;
+    lat.sort_by(|a, b| a.total_cmp(b));
+    Ok(Latency {
+        achieved: total as f64 / elapsed,
+        p50: quantile(&lat, 0.5),
+        p99: quantile(&lat, 0.99),
+        max: lat.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+fn now_ms_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}

@@ -1,0 +1,212 @@
+//! The services a benchmark runs against, and small helpers around them: the
+//! database, the bridge process, topics, and timing.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use tokio_postgres::{Client, NoTls};
+
+/// Where the benchmarks find the services.
+#[derive(Clone, Debug)]
+pub struct Env {
+    pub postgres: String,
+    pub kafka: String,
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Env {
+    /// A new connection with `synchronous_commit=off` (the benchmarks measure
+    /// tidemark, not the disk's fsync).
+    pub async fn pg(&self) -> Result<Client, BoxError> {
+        let (client, conn) = tokio_postgres::connect(&self.postgres, NoTls)
+            .await
+            .map_err(|e| {
+                format!(
+                    "PostgreSQL at {} ({e}); run scripts/dev-stack.sh up",
+                    self.postgres
+                )
+            })?;
+        tokio::spawn(conn);
+        client.batch_execute("SET synchronous_commit = off").await?;
+        Ok(client)
+    }
+
+    /// A consumer for watermarks and reading.
+    pub fn consumer(&self) -> Result<BaseConsumer, BoxError> {
+        Ok(ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka)
+            .set("group.id", "tidemark-bench-unused")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "5")
+            .create()?)
+    }
+
+    /// Sum of the high watermarks of `topic`'s partitions (0 if it does not exist).
+    pub fn records_in(&self, consumer: &BaseConsumer, topic: &str) -> i64 {
+        let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) else {
+            return 0;
+        };
+        md.topics()
+            .iter()
+            .flat_map(|t| t.partitions())
+            .filter_map(|p| {
+                consumer
+                    .fetch_watermarks(topic, p.id(), Duration::from_secs(5))
+                    .ok()
+            })
+            .map(|(_, high)| high)
+            .sum()
+    }
+
+    /// Creates a topic (compacted, like the bridge's).
+    pub async fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), BoxError> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka)
+            .create()?;
+        let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "compact");
+        admin.create_topics(&[t], &AdminOptions::new()).await?;
+        Ok(())
+    }
+}
+
+/// Drops a slot and publication if they exist.
+pub async fn drop_slot(pg: &Client, slot: &str) {
+    let _ = pg
+        .execute(
+            "SELECT pg_drop_replication_slot($1) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await;
+}
+
+/// The server's current WAL LSN.
+pub async fn current_lsn(pg: &Client) -> Result<u64, BoxError> {
+    Ok(pg
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::int8", &[])
+        .await?
+        .get::<_, i64>(0) as u64)
+}
+
+/// An LSN in PostgreSQL's text form.
+pub fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// A bridge process.
+pub struct BridgeProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl BridgeProcess {
+    /// Starts the release bridge binary next to this one and waits until it streams.
+    pub async fn start(
+        env: &Env,
+        name: &str,
+        table: &str,
+        partitions: u32,
+    ) -> Result<Self, BoxError> {
+        let exe = std::env::current_exe()?;
+        let bin = exe.with_file_name("tidemark-bridge");
+        if !bin.exists() {
+            return Err(format!(
+                "{} is missing: build it with cargo build --release -p tidemark-bridge",
+                bin.display()
+            )
+            .into());
+        }
+        let log = std::env::temp_dir().join(format!(
+            "tidemark-bench-{name}-{}.log",
+            rand::random::<u32>()
+        ));
+        let child = Command::new(bin)
+            .args([
+                "--postgres",
+                &env.postgres,
+                "--kafka",
+                &env.kafka,
+                "--tables",
+                table,
+            ])
+            .args([
+                "--slot",
+                &format!("{name}_slot"),
+                "--publication",
+                &format!("{name}_pub"),
+            ])
+            .args([
+                "--topic-prefix",
+                name,
+                "--partitions",
+                &partitions.to_string(),
+            ])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        let b = BridgeProcess { child, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !b.log_text().contains("streaming") {
+            if Instant::now() > deadline {
+                return Err(format!("the bridge did not start: {}", b.log_text()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(b)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(mut self) -> Result<(), BoxError> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Median of a few measurements.
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs[xs.len() / 2]
+}
+
+/// The value at quantile `q` (0..=1) of sorted `xs`.
+pub fn quantile(xs: &[f64], q: f64) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs[((xs.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Runs `cmd` and returns its wall time.
+pub fn time_command(cmd: &mut Command) -> Result<Duration, BoxError> {
+    let t = Instant::now();
+    let status = cmd.stdout(Stdio::null()).status()?;
+    if !status.success() {
+        return Err(format!("{cmd:?} failed: {status}").into());
+    }
+    Ok(t.elapsed())
+}

@@ -1,0 +1,238 @@
+//! `tidemark-bench`: measures each figure beside its reference in the same run,
+//! repeats it, prints a table and writes `BENCHMARKS.md`. Run it with
+//! `scripts/bench.sh` on an otherwise idle machine; timings never go into tests.
+
+mod bridge_bench;
+mod cache_bench;
+mod env;
+
+use std::fmt::Write as _;
+
+use clap::Parser;
+
+use bridge_bench::Shape;
+use env::{BoxError, Env};
+
+/// Benchmarks of the bridge and the cache, each beside its reference.
+#[derive(Parser, Debug)]
+struct Args {
+    /// PostgreSQL URL.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    postgres: String,
+    /// Kafka bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    kafka: String,
+    /// Runs per figure; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Sections to run: throughput, latency, warmstart, fanout (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "throughput,latency,warmstart,fanout"
+    )]
+    only: Vec<String>,
+    /// Rows of the warm-start table.
+    #[arg(long, default_value_t = 1_000_000)]
+    warm_rows: usize,
+    /// Where to write the report.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    out: String,
+}
+
+/// One line of the result table.
+struct Row {
+    what: String,
+    figure: String,
+    reference: String,
+    ratio: String,
+    target: String,
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib >> 20);
+    let pg = std::process::Command::new("psql")
+        .args(["--version"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "{cpu}, {cores} cores, {mem_gib} GiB RAM; {pg}; broker: tansu 0.6.0 (SQLite engine); PostgreSQL, broker, \
+         bridge, caches and load generators all on this one machine"
+    )
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let env = Env {
+        postgres: args.postgres.clone(),
+        kafka: args.kafka.clone(),
+    };
+    let want = |s: &str| args.only.iter().any(|o| o == s);
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+
+    if want("throughput") {
+        for shape in [
+            Shape {
+                row_bytes: 100,
+                txn_rows: 1,
+                total_rows: 20_000,
+            },
+            Shape {
+                row_bytes: 100,
+                txn_rows: 100,
+                total_rows: 200_000,
+            },
+            Shape {
+                row_bytes: 1000,
+                txn_rows: 1,
+                total_rows: 20_000,
+            },
+            Shape {
+                row_bytes: 1000,
+                txn_rows: 100,
+                total_rows: 100_000,
+            },
+        ] {
+            eprintln!("throughput: {shape:?}");
+            let t = bridge_bench::throughput(&env, shape, args.repeat).await?;
+            let bound = t.decode_bound.min(t.broker_bound);
+            rows.push(Row {
+                what: format!(
+                    "bridge throughput, {} B rows, {}-row txns",
+                    shape.row_bytes, shape.txn_rows
+                ),
+                figure: format!("{:.0} rows/s", t.bridge),
+                reference: format!(
+                    "pg_recvlogical {:.0} rows/s; producer {:.0} rows/s",
+                    t.decode_bound, t.broker_bound
+                ),
+                ratio: format!("{:.2} × min", t.bridge / bound),
+                target: format!(
+                    "≥ 0.8 × min: {}",
+                    if t.bridge >= 0.8 * bound {
+                        "met"
+                    } else {
+                        "NOT met"
+                    }
+                ),
+            });
+        }
+    }
+    if want("latency") {
+        for rate in [1_000u64, 5_000] {
+            eprintln!("latency at {rate} txn/s");
+            let l = bridge_bench::latency(&env, rate, 15).await?;
+            rows.push(Row {
+                what: format!(
+                    "commit → consumer latency at {rate} txn/s (achieved {:.0}/s)",
+                    l.achieved
+                ),
+                figure: format!(
+                    "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    l.p50, l.p99, l.max
+                ),
+                reference: "-".into(),
+                ratio: "-".into(),
+                target: if rate == 5_000 {
+                    format!(
+                        "p99 ≤ 50 ms: {}",
+                        if l.p99 <= 50.0 { "met" } else { "NOT met" }
+                    )
+                } else {
+                    "-".into()
+                },
+            });
+        }
+        notes.push(
+            "Latency is measured from the commit time the record carries (PostgreSQL's commit timestamp, \
+             millisecond resolution) to the moment a consumer polling with `fetch.wait.max.ms=5` receives the \
+             record, so it bounds commit → acknowledgement from above."
+                .to_owned(),
+        );
+    }
+    if want("warmstart") {
+        let w = cache_bench::warm_start(&env, args.warm_rows, args.repeat).await?;
+        rows.extend(
+            w.rows
+                .into_iter()
+                .map(|(what, figure, reference, ratio, target)| Row {
+                    what,
+                    figure,
+                    reference,
+                    ratio,
+                    target,
+                }),
+        );
+        notes.extend(w.notes);
+    }
+    if want("fanout") {
+        let f = cache_bench::fan_out(&env, 50).await?;
+        rows.extend(
+            f.rows
+                .into_iter()
+                .map(|(what, figure, reference, ratio, target)| Row {
+                    what,
+                    figure,
+                    reference,
+                    ratio,
+                    target,
+                }),
+        );
+        notes.extend(f.notes);
+    }
+
+    let mut table = String::from(
+        "| benchmark | figure | reference (same run) | ratio | target |\n|---|---|---|---|---|\n",
+    );
+    for r in &rows {
+        let _ = writeln!(
+            table,
+            "| {} | {} | {} | {} | {} |",
+            r.what, r.figure, r.reference, r.ratio, r.target
+        );
+    }
+    println!("\n{table}");
+    let mut doc = format!(
+        "# Benchmarks\n\nMeasured by `scripts/bench.sh` (the `tidemark-bench` crate) on {date}.\n\n\
+         **Machine:** {machine}.\n\nEach figure is the median of {repeat} runs unless it says otherwise, measured \
+         beside its reference in the same run. The machine is shared and noisy: read the ratios, not the \
+         absolute numbers.\n\n{table}\n",
+        date = std::process::Command::new("date").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default(),
+        machine = machine(),
+        repeat = args.repeat,
+    );
+    if !notes.is_empty() {
+        doc += "## Notes\n\n";
+        for n in notes {
+            let _ = writeln!(doc, "* {n}");
+        }
+    }
+    std::fs::write(&args.out, doc)?;
+    eprintln!("wrote {}", args.out);
+    Ok(())
+}
