@@ -44,6 +44,9 @@ use crate::wire::{Envelope, Op, Row};
 /// How often positions, lag and readiness are refreshed while records flow.
 const TICK: Duration = Duration::from_secs(2);
 
+/// How often a persisting consumer error is logged at `warn`.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
+
 /// Why the loop ended.
 #[derive(Debug)]
 pub(crate) enum End {
@@ -169,6 +172,8 @@ pub(crate) struct Follower<K, V> {
     pub high: Vec<i64>,
     pub ready: bool,
     pub started: Instant,
+    /// When a consumer error was last logged at `warn`.
+    pub last_error_log: Option<Instant>,
 }
 
 impl<K, V> Follower<K, V>
@@ -226,7 +231,16 @@ where
                 "the offsets the cache needs are gone from the broker ({e})"
             ))),
             _ => {
-                debug!(error = %e, "consumer error; librdkafka retries");
+                // librdkafka retries by itself; say so now and then, not per retry.
+                if self
+                    .last_error_log
+                    .is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY)
+                {
+                    self.last_error_log = Some(Instant::now());
+                    warn!(topic = %self.topic, error = %e, "consumer error; retrying");
+                } else {
+                    debug!(error = %e, "consumer error; retrying");
+                }
                 None
             }
         }

@@ -138,7 +138,8 @@ where
             .unwrap_or(loaded.snapshot_ms)
             .min(loaded.snapshot_ms),
     } - window;
-    let starts = seek::seek(&consumer, &config.topic, partitions, seek_ms).await?;
+    let probe_config = seek::client_config(config, shared.instance_id);
+    let starts = seek::seek(&consumer, probe_config, &config.topic, partitions, seek_ms).await?;
     if let Some(col) = &ts_column {
         load::requery(
             &pg,
@@ -193,5 +194,6 @@ where
         starts,
         ready: false,
         started,
+        last_error_log: None,
     })
 }
