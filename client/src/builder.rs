@@ -70,6 +70,8 @@ pub(crate) struct Config {
     pub safety_window: Duration,
     pub owner_column: Option<String>,
     pub channel_capacity: usize,
+    /// Off only in tests that show why the filter is needed.
+    pub xid_filter: bool,
 }
 
 /// Collects the settings of a [`Cache`].
@@ -99,6 +101,7 @@ pub struct Builder<K, V> {
     safety_window: Duration,
     owner_column: Option<String>,
     channel_capacity: usize,
+    xid_filter: bool,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -122,6 +125,7 @@ impl<K, V> Builder<K, V> {
             safety_window: DEFAULT_SAFETY_WINDOW,
             owner_column: None,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            xid_filter: true,
             _types: PhantomData,
         }
     }
@@ -191,6 +195,15 @@ impl<K, V> Builder<K, V> {
     /// How many changes a subscriber may fall behind ([`DEFAULT_CHANNEL_CAPACITY`]).
     pub fn channel_capacity(mut self, capacity: usize) -> Self {
         self.channel_capacity = capacity;
+        self
+    }
+
+    /// Switches the snapshot strategy's xid filter off, so every replayed record is
+    /// applied, including those the load already contains. The cache is then wrong;
+    /// this exists only so tests can show that the filter is what keeps it right.
+    #[doc(hidden)]
+    pub fn disable_xid_filter_for_tests(mut self) -> Self {
+        self.xid_filter = false;
         self
     }
 
@@ -273,6 +286,7 @@ impl<K, V> Builder<K, V> {
             safety_window: self.safety_window,
             owner_column: self.owner_column.clone(),
             channel_capacity: self.channel_capacity,
+            xid_filter: self.xid_filter,
         })
     }
 }

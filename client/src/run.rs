@@ -165,7 +165,7 @@ where
     let snapshot = Arc::new(loaded.snapshot);
     let states = (0..partitions)
         .map(|_| {
-            PartitionState::new(ts_column.is_none().then(|| Filter {
+            PartitionState::new((ts_column.is_none() && config.xid_filter).then(|| Filter {
                 snapshot: snapshot.clone(),
                 insert_lsn: loaded.insert_lsn,
             }))
