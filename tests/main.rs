@@ -9,3 +9,4 @@ mod bridge_ops;
 mod bridge_setup;
 mod bridge_stream;
 mod bridge_wire;
+mod client_race;

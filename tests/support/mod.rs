@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod race;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -1,0 +1,430 @@
+//! The race harness: writers hammer a table while caches warm-start at random
+//! moments; afterwards every cache must equal the table, and no subscriber may have
+//! seen a key go back to an older version.
+//!
+//! Versions: every write first bumps `<table>_vers.v` for its key (`UPDATE ...
+//! RETURNING v`) and stores that number in the row. The version row stays locked
+//! until commit, so the versions of one key increase in commit order, across deletes
+//! and re-inserts too. A subscriber that sees a version not strictly above the last
+//! one it saw for the key has seen a key go back, or a change applied twice.
+//!
+//! The writers include transactions that stay open for seconds (across warm starts)
+//! and pairs of transactions that commit in the opposite order to their xids.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+use tidemark_client::{Cache, Strategy};
+
+use super::*;
+
+/// A row of the race table, as the cache holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RaceRow {
+    pub id: i64,
+    pub v: i64,
+    pub owner: Option<String>,
+    pub pad: String,
+    pub ts: String,
+}
+
+/// The cache's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+pub struct RaceKey {
+    pub id: i64,
+}
+
+/// How a race runs.
+#[derive(Clone)]
+pub struct RaceConfig {
+    pub keys: i64,
+    pub writers: usize,
+    pub caches: usize,
+    pub duration: Duration,
+    pub strategy: Strategy,
+    /// Kill -9 the bridge this many times during the run.
+    pub bridge_crashes: usize,
+    /// Builds the caches with the xid filter switched off (to prove the test catches it).
+    pub disable_xid_filter: bool,
+}
+
+impl Default for RaceConfig {
+    fn default() -> Self {
+        RaceConfig {
+            keys: 10_000,
+            writers: 4,
+            caches: 20,
+            duration: Duration::from_secs(25),
+            strategy: Strategy::Snapshot,
+            bridge_crashes: 0,
+            disable_xid_filter: false,
+        }
+    }
+}
+
+/// What a race found.
+#[derive(Debug, Default)]
+pub struct RaceOutcome {
+    /// Commits by the writers.
+    pub commits: u64,
+    /// Times a subscriber saw a key's version not strictly above the last one.
+    pub backwards: u64,
+    /// An example of each kind of problem, for the failure message.
+    pub examples: Vec<String>,
+    /// Caches whose contents differ from the table at the end.
+    pub diverged: usize,
+    /// Rows differing, summed over caches.
+    pub differing_rows: usize,
+    /// Summed cache statistics.
+    pub skipped_in_snapshot: u64,
+    pub duplicates: u64,
+    pub applied: u64,
+}
+
+/// Creates the race table and its version table.
+pub async fn create_tables(pg: &Client, table: &str, keys: i64) {
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int8 PRIMARY KEY, v int8 NOT NULL, owner text, pad text NOT NULL,
+                               ts timestamptz NOT NULL DEFAULT clock_timestamp());
+         CREATE TABLE {table}_vers (id int8 PRIMARY KEY, v int8 NOT NULL);
+         INSERT INTO {table}_vers SELECT g, 1 FROM generate_series(0, {keys} - 1) g;
+         INSERT INTO {table} SELECT g, 1, NULL, 'initial', clock_timestamp() FROM generate_series(0, {keys} - 1, 2) g;"
+    ))
+    .await
+    .expect("create race tables");
+}
+
+/// One write to key `k` inside an open transaction: bump the version, then upsert or delete.
+fn write_sql(table: &str, k: i64, delete: bool, owner: &str) -> String {
+    let bump = format!("UPDATE {table}_vers SET v = v + 1 WHERE id = {k}");
+    if delete {
+        format!("{bump}; DELETE FROM {table} WHERE id = {k};")
+    } else {
+        format!(
+            "{bump}; INSERT INTO {table} (id, v, owner, pad, ts)
+               SELECT {k}, v, '{owner}', md5(random()::text), clock_timestamp() FROM {table}_vers WHERE id = {k}
+             ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v, owner = EXCLUDED.owner, pad = EXCLUDED.pad, ts = EXCLUDED.ts;"
+        )
+    }
+}
+
+async fn writer(
+    table: String,
+    keys: i64,
+    stop: Arc<AtomicBool>,
+    commits: Arc<AtomicU64>,
+    seed: u64,
+) {
+    let pg = pg().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let k = rng.gen_range(0..keys);
+        let sql = format!(
+            "BEGIN; {} COMMIT;",
+            write_sql(&table, k, rng.gen_range(0..5) == 0, "writer")
+        );
+        if pg.batch_execute(&sql).await.is_ok() {
+            commits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let _ = pg.batch_execute("ROLLBACK").await;
+        }
+    }
+}
+
+/// Transactions that stay open for 1.5 to 3 s, across warm starts.
+async fn long_writer(
+    table: String,
+    keys: i64,
+    stop: Arc<AtomicBool>,
+    commits: Arc<AtomicU64>,
+    seed: u64,
+) {
+    let pg = pg().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let mut ks: Vec<i64> = (0..5).map(|_| rng.gen_range(0..keys)).collect();
+        ks.sort_unstable();
+        ks.dedup();
+        let mut sql = String::from("BEGIN;");
+        for &k in &ks {
+            sql += &write_sql(&table, k, rng.gen_range(0..4) == 0, "long");
+        }
+        pg.batch_execute(&sql).await.expect("long transaction");
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(1500..3000))).await;
+        pg.batch_execute("COMMIT")
+            .await
+            .expect("commit long transaction");
+        commits.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Pairs of transactions that commit in the opposite order to their xids.
+async fn reversed_pairs(
+    table: String,
+    keys: i64,
+    stop: Arc<AtomicBool>,
+    commits: Arc<AtomicU64>,
+    seed: u64,
+) {
+    let (a, b) = (pg().await, pg().await);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let k1 = rng.gen_range(0..keys / 2) * 2;
+        let k2 = k1 + 1;
+        a.batch_execute(&format!(
+            "BEGIN; {}",
+            write_sql(&table, k1, false, "pair-a")
+        ))
+        .await
+        .expect("pair a");
+        let xa: i64 = a
+            .query_one("SELECT pg_current_xact_id()::text::int8", &[])
+            .await
+            .unwrap()
+            .get(0);
+        b.batch_execute(&format!(
+            "BEGIN; {}",
+            write_sql(&table, k2, false, "pair-b")
+        ))
+        .await
+        .expect("pair b");
+        let xb: i64 = b
+            .query_one("SELECT pg_current_xact_id()::text::int8", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(xb > xa);
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(5..100))).await;
+        b.batch_execute("COMMIT").await.expect("commit b");
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(5..100))).await;
+        a.batch_execute("COMMIT").await.expect("commit a");
+        commits.fetch_add(2, Ordering::Relaxed);
+    }
+}
+
+/// The table as a map, for comparing with a cache.
+pub async fn table_contents(pg: &Client, table: &str) -> BTreeMap<i64, RaceRow> {
+    pg.query(&format!("SELECT id, v, owner, pad, to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') FROM {table}"), &[])
+        .await
+        .expect("read table")
+        .iter()
+        .map(|r| {
+            let row = RaceRow { id: r.get(0), v: r.get(1), owner: r.get(2), pad: r.get(3), ts: r.get(4) };
+            (row.id, row)
+        })
+        .collect()
+}
+
+/// Normalises the RFC 3339 `ts` a cache holds to `table_contents`' form:
+/// `2026-11-26T07:16:50.123Z` to `2026-11-26T07:16:50.123000`.
+fn normal_ts(ts: &str) -> String {
+    let t = ts.trim_end_matches('Z');
+    let (base, frac) = t.split_once('.').unwrap_or((t, ""));
+    format!("{base}.{:0<6}", &frac[..frac.len().min(6)])
+}
+
+fn cache_contents(cache: &Cache<RaceKey, RaceRow>) -> BTreeMap<i64, RaceRow> {
+    cache
+        .entries()
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k.id,
+                RaceRow {
+                    ts: normal_ts(&v.ts),
+                    ..(*v).clone()
+                },
+            )
+        })
+        .collect()
+}
+
+/// Runs a race; `args` names the bridge whose topic the caches read.
+pub async fn run(
+    name: &str,
+    table: &str,
+    args: &BridgeArgs,
+    bridge: &mut Bridge,
+    cfg: RaceConfig,
+) -> RaceOutcome {
+    let pg = pg().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let commits = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for i in 0..cfg.writers {
+        writers.push(tokio::spawn(writer(
+            table.into(),
+            cfg.keys,
+            stop.clone(),
+            commits.clone(),
+            i as u64,
+        )));
+    }
+    writers.push(tokio::spawn(long_writer(
+        table.into(),
+        cfg.keys,
+        stop.clone(),
+        commits.clone(),
+        100,
+    )));
+    writers.push(tokio::spawn(reversed_pairs(
+        table.into(),
+        cfg.keys,
+        stop.clone(),
+        commits.clone(),
+        200,
+    )));
+
+    // Caches start at random moments while the writers run; a subscriber on each
+    // checks that versions only go up.
+    let backwards = Arc::new(AtomicU64::new(0));
+    let examples = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let started = Instant::now();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut starts: Vec<Duration> = (0..cfg.caches)
+        .map(|_| Duration::from_millis(rng.gen_range(500..cfg.duration.as_millis() as u64 - 2_000)))
+        .collect();
+    starts.sort();
+    let crash_times: Vec<Duration> = (1..=cfg.bridge_crashes)
+        .map(|i| cfg.duration * i as u32 / (cfg.bridge_crashes as u32 + 1))
+        .collect();
+    let mut crashes = crash_times.iter().peekable();
+    let mut caches = Vec::new();
+    for (i, at) in starts.into_iter().enumerate() {
+        while let Some(&&crash_at) = crashes.peek() {
+            if crash_at > at {
+                break;
+            }
+            tokio::time::sleep(crash_at.saturating_sub(started.elapsed())).await;
+            bridge.kill9();
+            eprintln!(
+                "race {name}: killed the bridge with SIGKILL at {:?}",
+                started.elapsed()
+            );
+            *bridge = Bridge::start(args);
+            crashes.next();
+        }
+        tokio::time::sleep(at.saturating_sub(started.elapsed())).await;
+        let mut builder = Cache::<RaceKey, RaceRow>::builder()
+            .postgres(pg_url())
+            .kafka(args.kafka.clone())
+            .table(format!("public.{table}"))
+            .topic_prefix(args.prefix.clone())
+            .strategy(cfg.strategy.clone())
+            .owner_column("owner")
+            .channel_capacity(1 << 20);
+        if cfg.disable_xid_filter {
+            builder = builder.disable_xid_filter_for_tests();
+        }
+        let cache = builder.start().unwrap_or_else(|e| panic!("cache {i}: {e}"));
+        let mut changes = cache.subscribe();
+        let (backwards, examples) = (backwards.clone(), examples.clone());
+        tokio::spawn(async move {
+            let mut last: HashMap<i64, i64> = HashMap::new();
+            loop {
+                match changes.recv().await {
+                    Ok(change) => {
+                        let Some(row) = &change.value else { continue };
+                        let prev = last.insert(change.key.id, row.v);
+                        if prev.is_some_and(|p| row.v <= p) {
+                            backwards.fetch_add(1, Ordering::Relaxed);
+                            let mut ex = examples.lock().unwrap();
+                            if ex.len() < 5 {
+                                ex.push(format!(
+                                    "cache {i}: key {} went from version {} to {} ({:?})",
+                                    change.key.id,
+                                    prev.unwrap_or_default(),
+                                    row.v,
+                                    change.origin
+                                ));
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        panic!("cache {i}: the subscriber lagged by {n} changes; raise channel_capacity")
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        caches.push(cache);
+    }
+    for &crash_at in crashes {
+        tokio::time::sleep(crash_at.saturating_sub(started.elapsed())).await;
+        bridge.kill9();
+        eprintln!(
+            "race {name}: killed the bridge with SIGKILL at {:?}",
+            started.elapsed()
+        );
+        *bridge = Bridge::start(args);
+    }
+    tokio::time::sleep(cfg.duration.saturating_sub(started.elapsed())).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    for (i, c) in caches.iter().enumerate() {
+        tokio::time::timeout(Duration::from_secs(120), c.ready())
+            .await
+            .unwrap_or_else(|_| panic!("cache {i} not ready after 120 s"))
+            .unwrap_or_else(|e| panic!("cache {i} failed: {e}"));
+    }
+
+    // The bridge drains, then every cache must reach the table's contents.
+    let end = current_lsn(&pg).await;
+    wait_for(
+        Duration::from_secs(120),
+        "the bridge to confirm the writers' last commit",
+        || async { confirmed_flush(&pg, &args.slot).await.filter(|&c| c >= end) },
+    )
+    .await;
+    let expected = table_contents(&pg, table).await;
+    let mut outcome = RaceOutcome {
+        commits: commits.load(Ordering::Relaxed),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pending: Vec<usize> = (0..caches.len()).collect();
+    while !pending.is_empty() && Instant::now() < deadline {
+        pending.retain(|&i| cache_contents(&caches[i]) != expected);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for &i in &pending {
+        let got = cache_contents(&caches[i]);
+        let differing = expected
+            .keys()
+            .chain(got.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|k| expected.get(k) != got.get(k))
+            .collect::<Vec<_>>();
+        if let Some(k) = differing.first() {
+            outcome.examples.push(format!(
+                "cache {i}: {} rows differ, e.g. key {k}: table {:?}, cache {:?}",
+                differing.len(),
+                expected.get(k),
+                got.get(k)
+            ));
+        }
+        outcome.differing_rows += differing.len();
+    }
+    outcome.diverged = pending.len();
+    outcome.backwards = backwards.load(Ordering::Relaxed);
+    outcome
+        .examples
+        .extend(examples.lock().unwrap().iter().cloned());
+    for c in &caches {
+        let s = c.stats();
+        outcome.skipped_in_snapshot += s.skipped_in_snapshot;
+        outcome.duplicates += s.duplicates;
+        outcome.applied += s.applied;
+    }
+    for c in caches {
+        c.shutdown().await;
+    }
+    outcome
+}
