@@ -10,3 +10,4 @@ mod bridge_setup;
 mod bridge_stream;
 mod bridge_wire;
 mod client_race;
+mod client_robust;

@@ -6,11 +6,10 @@
 //! 2. A record that is not an envelope of this table is counted, logged with its
 //!    partition and offset, and skipped.
 //! 3. De-duplication: the bridge replays from its slot after a crash, so a
-//!    partition may repeat records. Records reach a partition in commit order, so a
-//!    record whose `(commit_lsn, lsn)` is below the last one seen there is a replay.
-//!    One change can write two records to one partition (a primary-key update
-//!    becomes a delete of the old key and a create of the new one, at the same
-//!    position), so at the last position the keys already seen are remembered too.
+//!    partition may repeat records. Records reach a partition in the order of their
+//!    [`Envelope::position`] `(commit_lsn, lsn, seq)`, which strictly increases (the
+//!    delete and create of a primary-key change share an LSN and differ in `seq`),
+//!    so a record whose position is not above the last one applied there is a replay.
 //! 4. Snapshot filter (snapshot strategy): a record whose transaction is visible in
 //!    the load snapshot is already in the map and is skipped. Once a record's
 //!    `commit_lsn` is at or past the insert LSN read after the load, the partition's
@@ -39,6 +38,7 @@ use crate::cache::{Origin, PartitionPosition, Status};
 use crate::seek::{blocking, Consumer, Start};
 use crate::snapshot::Snapshot;
 use crate::table::TableInfo;
+use crate::wire::envelope::Position;
 use crate::wire::{Envelope, Op, Row};
 
 /// How often positions, lag and readiness are refreshed while records flow.
@@ -68,40 +68,22 @@ pub(crate) struct Filter {
 pub(crate) struct PartitionState {
     /// `None` once switched off (or for the watermark strategy).
     filter: Option<Filter>,
-    last: Option<(u64, u64)>,
-    /// Keys seen at position `last`.
-    keys_at_last: Vec<Vec<u8>>,
+    last: Option<Position>,
 }
 
 impl PartitionState {
     pub fn new(filter: Option<Filter>) -> Self {
-        PartitionState {
-            filter,
-            last: None,
-            keys_at_last: Vec::new(),
-        }
+        PartitionState { filter, last: None }
     }
 
-    /// Whether the record at `(commit_lsn, lsn)` with `key` was seen before on
-    /// this partition; remembers it if not.
-    pub fn is_duplicate(&mut self, pos: (u64, u64), key: &[u8]) -> bool {
-        match self.last {
-            Some(last) if pos < last => true,
-            Some(last) if pos == last => {
-                if self.keys_at_last.iter().any(|k| k == key) {
-                    true
-                } else {
-                    self.keys_at_last.push(key.to_vec());
-                    false
-                }
-            }
-            _ => {
-                self.last = Some(pos);
-                self.keys_at_last.clear();
-                self.keys_at_last.push(key.to_vec());
-                false
-            }
+    /// Whether the record at `pos` replays one already seen on this partition;
+    /// remembers it if not.
+    pub fn is_duplicate(&mut self, pos: Position) -> bool {
+        if self.last.is_some_and(|last| pos <= last) {
+            return true;
         }
+        self.last = Some(pos);
+        false
     }
 
     /// Whether the record's transaction is already in the loaded snapshot. Errs when
@@ -276,8 +258,8 @@ where
         }
         let counters = &self.applier.shared.counters;
         let state = &mut self.states[p];
-        if let (Some(c), Some(l)) = (env.source.commit_lsn, env.source.lsn) {
-            if state.is_duplicate((c, l), rec.key.as_deref().unwrap_or_default()) {
+        if let Some(pos) = env.position() {
+            if state.is_duplicate(pos) {
                 counters.duplicates.fetch_add(1, Relaxed);
                 return None;
             }
@@ -473,22 +455,22 @@ mod tests {
     #[test]
     fn replays_are_duplicates() {
         let mut s = PartitionState::new(None);
-        assert!(!s.is_duplicate((10, 5), b"a"));
-        assert!(!s.is_duplicate((10, 6), b"b"));
-        assert!(s.is_duplicate((10, 5), b"a"));
-        assert!(s.is_duplicate((10, 6), b"b"));
-        assert!(!s.is_duplicate((20, 1), b"a"));
-        assert!(s.is_duplicate((10, 6), b"b"));
+        assert!(!s.is_duplicate((10, 5, 0)));
+        assert!(!s.is_duplicate((10, 6, 0)));
+        assert!(s.is_duplicate((10, 5, 0)));
+        assert!(s.is_duplicate((10, 6, 0)));
+        assert!(!s.is_duplicate((20, 1, 0)));
+        assert!(s.is_duplicate((10, 6, 0)));
     }
 
     #[test]
-    fn a_primary_key_change_at_one_position_is_not_a_duplicate() {
+    fn a_primary_key_change_at_one_lsn_is_not_a_duplicate() {
         let mut s = PartitionState::new(None);
-        assert!(!s.is_duplicate((10, 5), b"{\"id\":1}")); // delete old key
-        assert!(!s.is_duplicate((10, 5), b"{\"id\":2}")); // create new key
-        assert!(s.is_duplicate((10, 5), b"{\"id\":1}")); // replayed
-        assert!(s.is_duplicate((10, 5), b"{\"id\":2}"));
-        assert!(!s.is_duplicate((11, 1), b"{\"id\":1}"));
+        assert!(!s.is_duplicate((10, 5, 0))); // delete of the old key
+        assert!(!s.is_duplicate((10, 5, 1))); // create of the new key
+        assert!(s.is_duplicate((10, 5, 0))); // replayed
+        assert!(s.is_duplicate((10, 5, 1)));
+        assert!(!s.is_duplicate((11, 1, 0)));
     }
 
     #[test]

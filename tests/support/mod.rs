@@ -34,8 +34,15 @@ pub fn kafka() -> String {
 
 const START_STACK: &str = "start the development stack with: scripts/dev-stack.sh up";
 
-/// A connection to the test database.
+/// A connection to the test database. Also starts the tests' log output (once):
+/// `RUST_LOG` selects it, warnings by default.
 pub async fn pg() -> Client {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
     pg_at(&pg_url()).await
 }
 

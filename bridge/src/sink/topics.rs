@@ -30,18 +30,24 @@ pub async fn ensure_topics(config: &Config) -> Result<HashMap<String, i32>, Brid
         .iter()
         .map(|t| t.topic(&config.topic_prefix))
         .collect();
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, METADATA_TIMEOUT)
-        .map_err(BridgeError::kafka(format!(
-            "reaching the brokers at {}",
-            config.kafka
-        )))?;
-    let existing: HashMap<&str, usize> = metadata
-        .topics()
-        .iter()
-        .map(|t| (t.name(), t.partitions().len()))
-        .collect();
+    // Metadata of the configured topics only: asking for every topic can be
+    // expensive on brokers with many topics (tansu answers it slowly).
+    let mut existing: HashMap<&str, usize> = HashMap::new();
+    for name in &names {
+        let md = admin
+            .inner()
+            .fetch_metadata(Some(name), METADATA_TIMEOUT)
+            .map_err(BridgeError::kafka(format!(
+                "reaching the brokers at {}",
+                config.kafka
+            )))?;
+        let count = md
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        existing.insert(name, count);
+    }
     let new: Vec<NewTopic<'_>> = names
         .iter()
         .filter(|n| existing.get(n.as_str()).is_none_or(|&p| p == 0))

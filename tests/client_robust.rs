@@ -1,0 +1,316 @@
+//! The cache under bad input and failures: garbage records, deleted history, a broker
+//! outage, PostgreSQL unreachable, and dropping a cache.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::Value;
+use tidemark_client::wire::Row;
+use tidemark_client::{Cache, Error};
+use tokio_postgres::Client;
+
+use crate::support::*;
+
+type RowCache = Cache<Row, Row>;
+
+fn builder(args: &BridgeArgs, table: &str) -> tidemark_client::Builder<Row, Row> {
+    Cache::builder()
+        .postgres(pg_url())
+        .kafka(args.kafka.clone())
+        .table(format!("public.{table}"))
+        .topic_prefix(args.prefix.clone())
+}
+
+async fn table_rows(pg: &Client, table: &str) -> BTreeMap<i64, String> {
+    pg.query(&format!("SELECT id, v FROM {table}"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, i32>(0) as i64, r.get(1)))
+        .collect()
+}
+
+fn cache_rows(cache: &RowCache) -> BTreeMap<i64, String> {
+    cache
+        .entries()
+        .into_iter()
+        .map(|(_, row)| {
+            (
+                row["id"].as_i64().unwrap(),
+                row["v"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the cache holds exactly the table.
+async fn converges(pg: &Client, table: &str, cache: &RowCache) {
+    let expected = table_rows(pg, table).await;
+    wait_for(
+        Duration::from_secs(90),
+        "the cache to equal the table",
+        || async { (cache_rows(cache) == expected).then_some(()) },
+    )
+    .await;
+}
+
+async fn setup(base: &str, broker: Option<&PrivateBroker>) -> (Client, String, Bridge, BridgeArgs) {
+    let pg = pg().await;
+    let name = unique(base);
+    let table = format!("{name}_t");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, v text NOT NULL);
+         INSERT INTO {table} SELECT g, 'v' || g FROM generate_series(1, 500) g;"
+    ))
+    .await
+    .unwrap();
+    let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
+    args.partitions = 2;
+    if let Some(b) = broker {
+        args.kafka = b.address();
+    }
+    let (bridge, args) = start_bridge_with(args).await;
+    (pg, table, bridge, args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_are_counted_and_skipped() {
+    let (pg, table, mut bridge, args) = setup("badrec", None).await;
+    let cache = builder(&args, &table).build().await.expect("cache");
+    let topic = args.topic(&format!("public.{table}"));
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &args.kafka)
+        .create()
+        .unwrap();
+    let other_table = serde_json::json!({
+        "before": null, "after": {"id": 1, "v": "hijack"}, "op": "c", "ts_ms": 0,
+        "source": {"connector": "postgresql", "name": "x", "db": "test", "schema": "public", "table": "someone_else",
+                   "txId": 1, "lsn": u64::MAX - 1, "commit_lsn": u64::MAX - 1, "ts_ms": 0, "snapshot": "false"}
+    })
+    .to_string();
+    for (key, value) in [
+        (r#"{"id":1}"#, "this is not JSON".to_string()),
+        (r#"{"id":2}"#, r#"{"op":"c","after":{"id":2}}"#.to_string()),
+        (r#"{"id":1}"#, other_table),
+    ] {
+        producer
+            .send(
+                FutureRecord::to(&topic).key(key).payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    pg.batch_execute(&format!(
+        "UPDATE {table} SET v = 'after the garbage' WHERE id IN (1, 2, 3)"
+    ))
+    .await
+    .unwrap();
+    converges(&pg, &table, &cache).await;
+    wait_for(
+        Duration::from_secs(30),
+        "three bad records counted",
+        || async { (cache.stats().bad_records == 3).then_some(()) },
+    )
+    .await;
+    assert_eq!(cache.get(&key(1)).unwrap()["v"], "after the garbage");
+    cache.shutdown().await;
+    assert!(bridge.sigterm(Duration::from_secs(30)).success());
+}
+
+fn key(id: i64) -> Row {
+    let mut k = Row::new();
+    k.insert("id".into(), Value::from(id));
+    k
+}
+
+/// History disappears the way it does in production: retention. The topic is
+/// created beforehand with `cleanup.policy=delete` and a 6 s `retention.ms`; tansu
+/// applies retention when it starts (its SQLite engine has no DeleteRecords), so a
+/// broker restart deletes the old records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_converges_after_old_records_were_deleted() {
+    let mut broker = PrivateBroker::start(19096).await;
+    let pg = pg().await;
+    let name = unique("history");
+    let table = format!("{name}_t");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, v text NOT NULL);
+         INSERT INTO {table} SELECT g, 'v' || g FROM generate_series(1, 500) g;"
+    ))
+    .await
+    .unwrap();
+    let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
+    args.partitions = 2;
+    args.kafka = broker.address();
+    let topic = args.topic(&format!("public.{table}"));
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.kafka)
+        .create()
+        .unwrap();
+    let new_topic = NewTopic::new(&topic, 2, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "delete")
+        .set("retention.ms", "6000");
+    admin
+        .create_topics(&[new_topic], &AdminOptions::new())
+        .await
+        .unwrap();
+    let (mut bridge, args) = start_bridge_with(args).await;
+
+    for round in 0..5 {
+        pg.batch_execute(&format!("UPDATE {table} SET v = 'round {round} ' || id"))
+            .await
+            .unwrap();
+    }
+    wait_for_records(&args.kafka, &topic, 2_500, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    // Fresh records that retention keeps (tansu reports no high watermark for a
+    // partition whose records are all gone).
+    pg.batch_execute(&format!("UPDATE {table} SET v = 'fresh ' || id"))
+        .await
+        .unwrap();
+    wait_for_records(&args.kafka, &topic, 3_000, Duration::from_secs(60)).await;
+    broker.stop();
+    broker.resume().await;
+    let c = consumer(&args.kafka);
+    for p in 0..2 {
+        let (low, high) = c
+            .fetch_watermarks(&topic, p, Duration::from_secs(10))
+            .unwrap();
+        assert!(
+            low > 0 && low < high,
+            "partition {p}: retention left offsets {low}..{high}"
+        );
+    }
+    // Changes after the deletion, then a new cache that must not need the lost history.
+    pg.batch_execute(&format!(
+        "UPDATE {table} SET v = 'latest' WHERE id <= 50; DELETE FROM {table} WHERE id > 450"
+    ))
+    .await
+    .unwrap();
+    let cache = builder(&args, &table)
+        .build()
+        .await
+        .expect("cache after deleted history");
+    converges(&pg, &table, &cache).await;
+    cache.shutdown().await;
+    assert!(bridge.sigterm(Duration::from_secs(30)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_resumes_after_a_broker_outage() {
+    let mut broker = PrivateBroker::start(19095).await;
+    let (pg, table, mut bridge, args) = setup("cacheoutage", Some(&broker)).await;
+    let cache = builder(&args, &table).build().await.expect("cache");
+    converges(&pg, &table, &cache).await;
+    broker.stop();
+    pg.batch_execute(&format!(
+        "UPDATE {table} SET v = 'during' WHERE id <= 100; DELETE FROM {table} WHERE id > 490"
+    ))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    broker.resume().await;
+    pg.batch_execute(&format!(
+        "UPDATE {table} SET v = 'after' WHERE id BETWEEN 101 AND 120"
+    ))
+    .await
+    .unwrap();
+    converges(&pg, &table, &cache).await;
+    assert_eq!(
+        cache.stats().warm_starts,
+        1,
+        "resumed without warming up again"
+    );
+    cache.shutdown().await;
+    assert!(bridge.sigterm(Duration::from_secs(60)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_at_start_is_a_typed_error() {
+    let result = Cache::<Row, Row>::builder()
+        .postgres("postgres://postgres:pw@127.0.0.1:1/test")
+        .kafka(kafka())
+        .table("public.whatever")
+        .build()
+        .await;
+    match result {
+        Err(e @ Error::PostgresUnreachable { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("127.0.0.1:1"), "{text}");
+            assert!(!text.contains(":pw@"), "the password leaked: {text}");
+        }
+        Err(other) => panic!("expected PostgresUnreachable, got {other:?}"),
+        Ok(_) => panic!("a cache started without PostgreSQL"),
+    }
+}
+
+/// Established TCP connections of this process to `port`.
+fn connections_to(port: u16) -> usize {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    l.to_str()?
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let port_hex = format!("{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 9
+                && f[3] == "01"
+                && f[2].ends_with(&format!(":{port_hex}"))
+                && inodes.contains(f[9])
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_cache_leaks_no_task_or_connection() {
+    let (pg, table, mut bridge, args) = setup("dropcache", None).await;
+    let broker_port: u16 = args.kafka.rsplit(':').next().unwrap().parse().unwrap();
+    let runtime = tokio::runtime::Handle::current();
+    let (tasks_before, pg_before, kafka_before) = (
+        runtime.metrics().num_alive_tasks(),
+        connections_to(5432),
+        connections_to(broker_port),
+    );
+    for round in 0..3 {
+        let cache = builder(&args, &table).build().await.expect("cache");
+        converges(&pg, &table, &cache).await;
+        assert!(
+            connections_to(5432) > pg_before,
+            "round {round}: the cache holds a PostgreSQL connection"
+        );
+        drop(cache);
+    }
+    wait_for(
+        Duration::from_secs(30),
+        "tasks and connections back to where they were",
+        || async {
+            let now = (
+                runtime.metrics().num_alive_tasks(),
+                connections_to(5432),
+                connections_to(broker_port),
+            );
+            (now.0 <= tasks_before && now.1 <= pg_before && now.2 <= kafka_before).then_some(())
+        },
+    )
+    .await;
+    assert!(bridge.sigterm(Duration::from_secs(30)).success());
+}
