@@ -75,11 +75,17 @@ async fn probe_broker(
             Err(e) => return error!(error = %e, "cannot create the broker probe"),
         };
     let client = Arc::new(client);
+    // One of the bridge's own topics: metadata of every topic can be slow to serve.
+    let topic = config
+        .tables
+        .first()
+        .map(|t| t.topic(&config.topic_prefix))
+        .unwrap_or_default();
     loop {
-        let c = client.clone();
+        let (c, topic) = (client.clone(), topic.clone());
         let reachable = tokio::task::spawn_blocking(move || {
             c.inner()
-                .fetch_metadata(None, BROKER_PROBE_INTERVAL)
+                .fetch_metadata(Some(&topic), BROKER_PROBE_INTERVAL)
                 .is_ok()
         })
         .await
