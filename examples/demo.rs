@@ -1,21 +1,23 @@
-//! The demo: the bridge and a writer under load, with the changes arriving in Kafka.
+//! The demo: the bridge, a writer under load, and caches that warm-start at staggered
+//! moments while the table changes, each shown converging on the table.
 //!
-//! `scripts/demo.sh` starts the development stack and runs this. It creates the
-//! table `demo_accounts` (50,000 rows), runs the bridge in-process, writes random
-//! inserts, updates and deletes, and prints once a second how many changes reached
-//! Kafka and how far behind the commit they arrived.
+//! `scripts/demo.sh` starts the development stack and runs this. It creates
+//! `demo_accounts` (50,000 rows), runs the bridge in-process, writes random inserts,
+//! updates and deletes, starts a cache every few seconds, prints a status line a
+//! second, and at the end compares every cache with the table, row for row.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use rand::{Rng, SeedableRng};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tidemark_client::wire::Envelope;
+use serde::Deserialize;
+use tidemark_client::Cache;
 use tokio::sync::watch;
 
-/// Runs the bridge and a writer against demo_accounts and shows the stream.
+/// Runs the bridge, a writer and staggered caches against demo_accounts.
 #[derive(Parser, Debug)]
 struct Args {
     /// PostgreSQL URL.
@@ -28,12 +30,30 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     seconds: u64,
     /// Writer transactions per second.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 500)]
     rate: u64,
+    /// How many caches start, evenly spread over the writer's run.
+    #[arg(long, default_value_t = 4)]
+    caches: usize,
 }
 
 const TABLE: &str = "demo_accounts";
 const ROWS: i64 = 50_000;
+
+/// The cache's key: the primary key columns.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+struct AccountId {
+    id: i64,
+}
+
+/// The cache's value: the whole row.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct Account {
+    id: i64,
+    owner: String,
+    /// `numeric` arrives as an exact decimal string.
+    balance: String,
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -49,13 +69,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'tidemark_demo';
          DROP PUBLICATION IF EXISTS tidemark_demo;
          DROP TABLE IF EXISTS {TABLE};
-         CREATE TABLE {TABLE} (id int8 PRIMARY KEY, owner text NOT NULL, balance numeric(12,2) NOT NULL,
-                               updated_at timestamptz NOT NULL DEFAULT now());
-         INSERT INTO {TABLE} SELECT g, 'owner-' || g, 100, now() FROM generate_series(1, {ROWS}) g;"
+         CREATE TABLE {TABLE} (id int8 PRIMARY KEY, owner text NOT NULL, balance numeric(12,2) NOT NULL);
+         INSERT INTO {TABLE} SELECT g, 'owner-' || g, 100 FROM generate_series(1, {ROWS}) g;"
     ))
     .await?;
-    println!("demo: table {TABLE} has {ROWS} rows; starting the bridge");
-
+    println!("demo: {TABLE} has {ROWS} rows; starting the bridge (3 partitions)");
+    let prefix = "demo".to_string();
     let config = tidemark_bridge::Config::from_cli(tidemark_bridge::Cli::parse_from([
         "tidemark-bridge",
         "--postgres",
@@ -69,42 +88,144 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "--publication",
         "tidemark_demo",
         "--topic-prefix",
-        "demo",
+        &prefix,
         "--partitions",
         "3",
     ]))?;
     let (stop, shutdown) = watch::channel(false);
     let bridge = tokio::spawn(tidemark_bridge::run(config, shutdown));
-    tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let consumer = open_at_end(&args.kafka, &format!("demo.public.{TABLE}"))?;
-    let writer = tokio::spawn(write(args.postgres.clone(), args.seconds, args.rate));
-    let watcher = tokio::task::spawn_blocking(move || watch_topic(&consumer, args.seconds + 5));
-    let written = writer.await??;
-    let received = watcher.await??;
+    let commits = Arc::new(AtomicU64::new(0));
+    println!(
+        "demo: writer starts: {} transactions/s for {} s",
+        args.rate, args.seconds
+    );
+    let writer = tokio::spawn(write(
+        args.postgres.clone(),
+        args.seconds,
+        args.rate,
+        commits.clone(),
+    ));
+    let started = Instant::now();
+    let mut caches: Vec<Cache<AccountId, Account>> = Vec::new();
+    let spacing = Duration::from_secs(args.seconds) / (args.caches as u32 + 1);
+    let mut next_cache = spacing;
+    let mut next_status = Duration::from_secs(1);
+    while !writer.is_finished() {
+        if caches.len() < args.caches && started.elapsed() >= next_cache {
+            let n = caches.len() + 1;
+            let t = Instant::now();
+            let cache = Cache::builder()
+                .postgres(args.postgres.clone())
+                .kafka(args.kafka.clone())
+                .table(format!("public.{TABLE}"))
+                .topic_prefix(prefix.clone())
+                .build()
+                .await?;
+            let s = cache.stats();
+            println!(
+                "cache {n}: warm and caught up in {} ms under live writes ({} rows loaded, {} changes applied, \
+                 {} skipped as already loaded)",
+                t.elapsed().as_millis(),
+                s.loaded_rows,
+                s.applied,
+                s.skipped_in_snapshot
+            );
+            caches.push(cache);
+            next_cache += spacing;
+        }
+        if started.elapsed() >= next_status {
+            let sizes: Vec<String> = caches.iter().map(|c| c.len().to_string()).collect();
+            println!(
+                "t={:>2}s  writer: {:>6} commits  caches: [{}]",
+                started.elapsed().as_secs(),
+                commits.load(Ordering::Relaxed),
+                sizes.join(", ")
+            );
+            next_status += Duration::from_secs(1);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writer.await??;
+    println!(
+        "demo: the writer stopped after {} commits; waiting for the caches to catch up",
+        commits.load(Ordering::Relaxed)
+    );
+
+    let table = read_table(&pg).await?;
+    for (i, cache) in caches.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut differing = diff(&table, cache);
+        while differing > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            differing = diff(&table, cache);
+        }
+        if differing == 0 {
+            println!("cache {}: {} rows, matches the table", i + 1, cache.len());
+        } else {
+            println!(
+                "cache {}: {} rows, DIFFERS from the table in {differing} rows",
+                i + 1,
+                cache.len()
+            );
+        }
+    }
+    for cache in caches {
+        cache.shutdown().await;
+    }
     let _ = stop.send(true);
     bridge.await??;
-    println!(
-        "demo: the writer committed {written} changes; {received} change records reached Kafka"
-    );
     Ok(())
 }
 
+async fn read_table(
+    pg: &tokio_postgres::Client,
+) -> Result<BTreeMap<i64, (String, String)>, tokio_postgres::Error> {
+    Ok(pg
+        .query(
+            &format!("SELECT id, owner, balance::text FROM {TABLE}"),
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
+}
+
+/// Rows in which the cache and the table differ.
+fn diff(table: &BTreeMap<i64, (String, String)>, cache: &Cache<AccountId, Account>) -> usize {
+    let mut cached: BTreeMap<i64, (String, String)> = BTreeMap::new();
+    for (k, a) in cache.iter() {
+        cached.insert(k.id, (a.owner.clone(), a.balance.clone()));
+    }
+    let missing_or_wrong = table
+        .iter()
+        .filter(|(k, v)| cached.get(k) != Some(v))
+        .count();
+    let extra = cached.keys().filter(|k| !table.contains_key(k)).count();
+    missing_or_wrong + extra
+}
+
 /// Random single-row updates, inserts and deletes at `rate` transactions per second.
-async fn write(url: String, seconds: u64, rate: u64) -> Result<u64, tokio_postgres::Error> {
+async fn write(
+    url: String,
+    seconds: u64,
+    rate: u64,
+    commits: Arc<AtomicU64>,
+) -> Result<(), tokio_postgres::Error> {
     let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    let (mut next_id, mut count) = (ROWS + 1, 0u64);
+    let mut next_id = ROWS + 1;
     while tokio::time::Instant::now() < deadline {
         tick.tick().await;
         let id = rng.gen_range(1..next_id);
         match rng.gen_range(0..10) {
             0 => {
                 pg.execute(
-                    &format!("INSERT INTO {TABLE} VALUES ($1, 'new', 0, now())"),
+                    &format!("INSERT INTO {TABLE} VALUES ($1, 'new', 0)"),
                     &[&next_id],
                 )
                 .await?;
@@ -115,63 +236,14 @@ async fn write(url: String, seconds: u64, rate: u64) -> Result<u64, tokio_postgr
                     .await?;
             }
             _ => {
-                pg.execute(&format!("UPDATE {TABLE} SET balance = balance + 1, updated_at = now() WHERE id = $1"), &[&id])
-                    .await?;
+                pg.execute(
+                    &format!("UPDATE {TABLE} SET balance = balance + 1 WHERE id = $1"),
+                    &[&id],
+                )
+                .await?;
             }
         }
-        count += 1;
+        commits.fetch_add(1, Ordering::Relaxed);
     }
-    Ok(count)
-}
-
-/// A consumer assigned to every partition of `topic` at its current end.
-fn open_at_end(kafka: &str, topic: &str) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka)
-        .set("group.id", "tidemark-demo-unused")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "20")
-        .create()?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut tpl = TopicPartitionList::new();
-    for p in md.topics().iter().flat_map(|t| t.partitions()) {
-        let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-        tpl.add_partition_offset(topic, p.id(), Offset::Offset(high))?;
-    }
-    consumer.assign(&tpl)?;
-    Ok(consumer)
-}
-
-/// Reads from `consumer` for `seconds`, printing a line a second.
-fn watch_topic(consumer: &BaseConsumer, seconds: u64) -> Result<u64, rdkafka::error::KafkaError> {
-    let (mut total, mut window, mut lag_ms) = (0u64, 0u64, Vec::new());
-    let started = std::time::Instant::now();
-    let mut next_report = Duration::from_secs(1);
-    while started.elapsed() < Duration::from_secs(seconds) {
-        if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) {
-            if let Some(env) = msg
-                .payload()
-                .and_then(|p| serde_json::from_slice::<Envelope>(p).ok())
-            {
-                total += 1;
-                window += 1;
-                lag_ms.push(now_ms() - env.source.ts_ms);
-            }
-        }
-        if started.elapsed() >= next_report {
-            lag_ms.sort_unstable();
-            let median = lag_ms.get(lag_ms.len() / 2).copied().unwrap_or(0);
-            println!("kafka: {window:>5} changes in the last second ({total} in all), commit-to-consumer median {median} ms");
-            window = 0;
-            lag_ms.clear();
-            next_report += Duration::from_secs(1);
-        }
-    }
-    Ok(total)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    Ok(())
 }
