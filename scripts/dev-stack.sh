@@ -6,6 +6,7 @@
 #   scripts/dev-stack.sh broker-stop   stop the broker (tests use this to cut Kafka off)
 #   scripts/dev-stack.sh broker-start  start the broker again, keeping its data
 #   scripts/dev-stack.sh broker-reset  stop the broker, delete its data, start it empty
+#   scripts/dev-stack.sh drop-test-slots  drop inactive replication slots in database test
 #   scripts/dev-stack.sh status        say what runs
 #
 # Everything it installs or starts is idempotent: running it twice changes nothing.
@@ -57,11 +58,11 @@ ensure_postgres() {
   level=$(psql_admin "show wal_level")
   slots=$(psql_admin "show max_replication_slots")
   senders=$(psql_admin "show max_wal_senders")
-  if [ "$level" != logical ] || [ "$slots" -lt 40 ] || [ "$senders" -lt 40 ]; then
-    log "setting wal_level=logical, max_replication_slots=40, max_wal_senders=40 and restarting PostgreSQL"
+  if [ "$level" != logical ] || [ "$slots" -lt 64 ] || [ "$senders" -lt 64 ]; then
+    log "setting wal_level=logical, max_replication_slots=64, max_wal_senders=64 and restarting PostgreSQL"
     psql_admin "ALTER SYSTEM SET wal_level = 'logical'"
-    psql_admin "ALTER SYSTEM SET max_replication_slots = 40"
-    psql_admin "ALTER SYSTEM SET max_wal_senders = 40"
+    psql_admin "ALTER SYSTEM SET max_replication_slots = 64"
+    psql_admin "ALTER SYSTEM SET max_wal_senders = 64"
     [ -n "$cluster" ] || { log "cannot restart PostgreSQL: no Debian cluster on port $PGPORT_NUM; restart it yourself"; exit 1; }
     # shellcheck disable=SC2086
     as_root pg_ctlcluster --skip-systemctl-redirect $cluster restart
@@ -119,8 +120,13 @@ case "${1:-up}" in
   broker-start) broker_start ;;
   broker-stop) broker_stop ;;
   broker-reset) broker_stop; rm -f "$TANSU_DIR"/tansu.db*; broker_start ;;
+  drop-test-slots)
+    # Inactive slots in the test database, left by interrupted test runs: they pin WAL.
+    n=$(psql -h "$PGHOST_ADDR" -p "$PGPORT_NUM" -U postgres -d test -Atqc \
+      "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots WHERE NOT active AND database = 'test'")
+    log "dropped $n inactive replication slots in database test" ;;
   status)
     pg_up && echo "postgres: up ($(psql_admin "show wal_level"))" || echo "postgres: down"
     broker_up && echo "broker: up" || echo "broker: down" ;;
-  *) echo "usage: $0 [up|broker-start|broker-stop|broker-reset|status]" >&2; exit 2 ;;
+  *) echo "usage: $0 [up|broker-start|broker-stop|broker-reset|drop-test-slots|status]" >&2; exit 2 ;;
 esac

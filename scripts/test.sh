@@ -9,6 +9,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 scripts/dev-stack.sh up
 # The broker holds only test data; start it empty so every run sees the same broker.
 scripts/dev-stack.sh broker-reset
+scripts/dev-stack.sh drop-test-slots
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

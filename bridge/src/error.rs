@@ -27,7 +27,7 @@ pub enum BridgeError {
         fix: String,
     },
     /// PostgreSQL failed or went away.
-    #[error("postgres: {context}: {source}")]
+    #[error("postgres: {context}: {}", postgres_detail(source))]
     Postgres {
         /// What the bridge was doing.
         context: String,
@@ -53,6 +53,15 @@ pub enum BridgeError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+}
+
+/// The server's message and SQLSTATE for database errors (the driver's own `Display`
+/// says only "db error"), the driver's text otherwise.
+fn postgres_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl BridgeError {

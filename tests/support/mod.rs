@@ -145,9 +145,53 @@ pub struct BridgeArgs {
     pub extra: Vec<String>,
 }
 
+/// Slots and publications the tests created, dropped when the test binary exits.
+static CREATED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" {
+    fn atexit(callback: extern "C" fn()) -> std::os::raw::c_int;
+}
+
+/// Drops the slots and publications in [`CREATED`] (they would pin WAL and use up
+/// `max_replication_slots`); runs at exit, after every test's bridges were killed.
+extern "C" fn drop_created_slots() {
+    let created = std::mem::take(&mut *CREATED.lock().unwrap_or_else(|p| p.into_inner()));
+    if created.is_empty() {
+        return;
+    }
+    let slots: Vec<String> = created.iter().map(|(s, _)| format!("'{s}'")).collect();
+    let mut sql = format!(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+         WHERE NOT active AND slot_name IN ({});",
+        slots.join(",")
+    );
+    for (_, publication) in &created {
+        sql += &format!("DROP PUBLICATION IF EXISTS \"{publication}\";");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("psql")
+        .args([&pg_url(), "-q", "-c", &sql])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn register_for_cleanup(slot: &str, publication: &str) {
+    let mut created = CREATED.lock().unwrap_or_else(|p| p.into_inner());
+    if created.is_empty() {
+        // SAFETY: registers a plain function with the C runtime; it runs once at exit.
+        unsafe {
+            atexit(drop_created_slots);
+        }
+    }
+    created.push((slot.to_owned(), publication.to_owned()));
+}
+
 impl BridgeArgs {
     /// Settings for `tables`, with slot, publication and prefix derived from `name`.
+    /// The slot and publication are dropped when the test binary exits.
     pub fn new(name: &str, tables: &[&str]) -> Self {
+        register_for_cleanup(&format!("{name}_slot"), &format!("{name}_pub"));
         BridgeArgs {
             postgres: pg_url(),
             kafka: kafka(),
