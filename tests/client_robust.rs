@@ -314,3 +314,81 @@ async fn dropping_a_cache_leaks_no_task_or_connection() {
     .await;
     assert!(bridge.sigterm(Duration::from_secs(30)).success());
 }
+
+/// The process-wide Prometheus recorder for the tests that read exported metrics.
+fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("install the metrics recorder")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_exports_its_figures_through_the_metrics_facade() {
+    let handle = prometheus();
+    let (pg, table, mut bridge, args) = setup("cachemetrics", None).await;
+    let cache = builder(&args, &table).build().await.expect("cache");
+    pg.batch_execute(&format!("UPDATE {table} SET v = 'moved' WHERE id <= 40"))
+        .await
+        .unwrap();
+    converges(&pg, &table, &cache).await;
+    let label = format!("table=\"public.{table}\"");
+    let text = wait_for(
+        Duration::from_secs(30),
+        "the figures to be exported",
+        || async {
+            let text = handle.render();
+            metric_value(&text, "tidemark_client_applied_total", &[&label])
+                .filter(|&n| n >= 40.0)
+                .map(|_| text)
+        },
+    )
+    .await;
+    assert_eq!(
+        metric_value(&text, "tidemark_client_rows_loaded_total", &[&label]),
+        Some(500.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "tidemark_client_warm_starts_total", &[&label]),
+        Some(1.0)
+    );
+    assert!(
+        metric_value(&text, "tidemark_client_warm_start_seconds_count", &[&label])
+            .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    for name in [
+        "tidemark_client_skipped_in_snapshot_total",
+        "tidemark_client_duplicates_total",
+        "tidemark_client_bad_records_total",
+    ] {
+        assert!(
+            metric_value(&text, name, &[&label]).is_some(),
+            "{name} missing:\n{text}"
+        );
+    }
+    wait_for(
+        Duration::from_secs(30),
+        "a lag gauge per partition",
+        || async {
+            let text = handle.render();
+            (0..2)
+                .all(|p| {
+                    metric_value(
+                        &text,
+                        "tidemark_client_lag_records",
+                        &[&label, &format!("partition=\"{p}\"")],
+                    )
+                    .is_some()
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    cache.shutdown().await;
+    assert!(bridge.sigterm(Duration::from_secs(30)).success());
+}

@@ -290,7 +290,7 @@ where
 
     /// Counts an applied stream change and remembers its commit time.
     pub fn count_applied(&self, commit_ms: i64) {
-        self.shared.counters.applied.fetch_add(1, Relaxed);
+        self.shared.counters.counts.applied.add(1);
         if commit_ms > 0 {
             self.shared
                 .counters

@@ -9,7 +9,7 @@
 
 use std::borrow::Borrow;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::apply::Entry;
 use crate::builder::Builder;
 use crate::error::{Error, Result};
+use crate::telemetry::Counts;
 
 /// Where an applied change came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,15 +103,10 @@ pub struct PartitionPosition {
 }
 
 /// Counters updated by the background task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
-    pub loaded_rows: AtomicU64,
-    pub applied: AtomicU64,
-    pub skipped_in_snapshot: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub stale: AtomicU64,
-    pub bad_records: AtomicU64,
-    pub warm_starts: AtomicU64,
+    /// The counts, also exported through the `metrics` facade.
+    pub counts: Counts,
     /// Commit time (ms since the epoch) of the last change applied from the stream.
     pub last_commit_ms: AtomicI64,
 }
@@ -144,7 +140,10 @@ impl<K: Hash + Eq + Clone, V> Shared<K, V> {
         Shared {
             map: DashMap::new(),
             changes: broadcast::channel(capacity.max(1)).0,
-            counters: Counters::default(),
+            counters: Counters {
+                counts: Counts::new(&table),
+                last_commit_ms: AtomicI64::new(0),
+            },
             positions: Mutex::new(Vec::new()),
             instance_id,
             status: watch::channel(Status::Starting).0,
@@ -324,13 +323,13 @@ where
         let now_ms = chrono::Utc::now().timestamp_millis();
         Stats {
             rows: self.shared.map.len(),
-            loaded_rows: c.loaded_rows.load(Ordering::Relaxed),
-            applied: c.applied.load(Ordering::Relaxed),
-            skipped_in_snapshot: c.skipped_in_snapshot.load(Ordering::Relaxed),
-            duplicates: c.duplicates.load(Ordering::Relaxed),
-            stale: c.stale.load(Ordering::Relaxed),
-            bad_records: c.bad_records.load(Ordering::Relaxed),
-            warm_starts: c.warm_starts.load(Ordering::Relaxed),
+            loaded_rows: c.counts.loaded_rows.get(),
+            applied: c.counts.applied.get(),
+            skipped_in_snapshot: c.counts.skipped_in_snapshot.get(),
+            duplicates: c.counts.duplicates.get(),
+            stale: c.counts.stale.get(),
+            bad_records: c.counts.bad_records.get(),
+            warm_starts: c.counts.warm_starts.get(),
             lag_records: positions
                 .iter()
                 .map(|p| (p.high_watermark - p.next_offset).max(0))

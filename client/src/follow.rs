@@ -22,7 +22,6 @@
 //! loop with [`End::Rewarm`]: the cache warm-starts again rather than diverge. A
 //! broker outage is waited out: librdkafka reconnects and resumes at its position.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -260,13 +259,13 @@ where
         let state = &mut self.states[p];
         if let Some(pos) = env.position() {
             if state.is_duplicate(pos) {
-                counters.duplicates.fetch_add(1, Relaxed);
+                counters.counts.duplicates.add(1);
                 return None;
             }
         }
         match state.in_snapshot(env.source.commit_lsn, env.source.tx_id) {
             Ok(true) => {
-                counters.skipped_in_snapshot.fetch_add(1, Relaxed);
+                counters.counts.skipped_in_snapshot.add(1);
                 return None;
             }
             Ok(false) => {}
@@ -345,7 +344,7 @@ where
         match outcome {
             Ok(()) => self.applier.count_applied(commit_ms),
             Err(Rejected::Stale) => {
-                counters.stale.fetch_add(1, Relaxed);
+                counters.counts.stale.add(1);
             }
             Err(Rejected::Type { what, error }) => {
                 self.bad(
@@ -358,11 +357,7 @@ where
     }
 
     fn bad(&self, rec: &Record, problem: &str) {
-        self.applier
-            .shared
-            .counters
-            .bad_records
-            .fetch_add(1, Relaxed);
+        self.applier.shared.counters.counts.bad_records.add(1);
         warn!(
             topic = %self.topic,
             partition = rec.partition,
@@ -383,6 +378,11 @@ where
         if caught_up {
             self.ready = true;
             self.publish_positions();
+            self.applier
+                .shared
+                .counters
+                .counts
+                .warm_start_took(self.started.elapsed().as_secs_f64());
             info!(
                 table = %self.table.name,
                 rows = self.applier.shared.map.len(),
@@ -414,6 +414,10 @@ where
             }
         }
         self.publish_positions();
+        let counts = &self.applier.shared.counters.counts;
+        for (p, (&high, &next)) in self.high.iter().zip(&self.next).enumerate() {
+            counts.lag(p as i32, (high - next).max(0));
+        }
         let filtering = self.states.iter().filter(|s| s.filtering()).count();
         debug!(table = %self.table.name, filtering, "positions refreshed");
     }

@@ -58,6 +58,7 @@
 //! | `seek` | the consumer, offsetsForTimes, high watermarks, manual assignment |
 //! | `follow` | the consumer loop: filter, de-duplication, apply, readiness |
 //! | `run` | the background task: warm start, follow, warm start again |
+//! | `telemetry` | the figures, kept for `stats()` and exported through the `metrics` facade |
 //! | `error` | the typed errors |
 
 mod apply;
@@ -71,6 +72,7 @@ mod run;
 mod seek;
 mod snapshot;
 mod table;
+mod telemetry;
 pub mod wire;
 
 pub use builder::{

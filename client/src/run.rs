@@ -10,7 +10,6 @@
 //! the error: a cache that never started should say why. Once a cache has served,
 //! a failed warm start is retried with backoff while the old rows stay readable.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -121,8 +120,8 @@ where
         generation,
     };
     let loaded = load::load(&mut pg, &table, &applier, partitions, ts_column.as_deref()).await?;
-    shared.counters.loaded_rows.fetch_add(loaded.rows, Relaxed);
-    shared.counters.warm_starts.fetch_add(1, Relaxed);
+    shared.counters.counts.loaded_rows.add(loaded.rows);
+    shared.counters.counts.warm_starts.add(1);
     let removed = applier.sweep();
     if removed > 0 {
         info!(table = %table.name, removed, "rows gone since the previous warm start removed");
