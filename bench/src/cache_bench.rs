@@ -1,7 +1,29 @@
 //! Warm-start speed, memory per row and fan-out of the cache, each beside its
-//! reference. (Filled in once the client lands.)
+//! reference.
+//!
+//! * Warm start: a table of `rows` rows of about 200 bytes, loaded into a `Cache`
+//!   until ready, beside `psql -c "\copy (SELECT * FROM t) TO '/dev/null'"` on the
+//!   same table (the load bound).
+//! * Full replay: a smaller table whose topic holds every row's insert plus 5 updates
+//!   per key; a cache warm start beside rebuilding the same map by reading the whole
+//!   topic from offset 0 (what a service without tidemark does at every start).
+//! * Memory: resident memory added by one cache of the big table, per row, beside
+//!   the row's size as JSON.
+//! * Fan-out: 50 caches of the replay table start at the same moment while a writer
+//!   runs; time until all are ready, and what they cost PostgreSQL.
 
-use crate::env::{BoxError, Env};
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Deserialize;
+use tidemark_client::wire::{Envelope, Op, Row};
+use tidemark_client::Cache;
+
+use crate::env::{drop_slot, median, time_command, BoxError, BridgeProcess, Env};
 
 /// Result rows (benchmark, figure, reference, ratio, target) and notes.
 pub struct Section {
@@ -9,12 +31,385 @@ pub struct Section {
     pub notes: Vec<String>,
 }
 
-/// Warm start of `rows` rows beside COPY and a full replay.
-pub async fn warm_start(_env: &Env, _rows: usize, _repeat: usize) -> Result<Section, BoxError> {
-    Err("the warm-start benchmark is not written yet".into())
+/// The benchmark table's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+struct Key {
+    id: i64,
 }
 
-/// `n` caches starting at once under load.
-pub async fn fan_out(_env: &Env, _n: usize) -> Result<Section, BoxError> {
-    Err("the fan-out benchmark is not written yet".into())
+/// The benchmark table's row, as a service would type it.
+#[derive(Debug, Clone, Deserialize)]
+#[allow(dead_code)]
+struct Account {
+    id: i64,
+    name: String,
+    email: String,
+    balance: String,
+    updated_at: String,
+    note: String,
+}
+
+const COLUMNS: &str = "id int8 PRIMARY KEY, name text NOT NULL, email text NOT NULL, balance numeric(14,2) NOT NULL, \
+                       updated_at timestamptz NOT NULL, note text NOT NULL";
+
+async fn create_table(env: &Env, table: &str, rows: usize) -> Result<(), BoxError> {
+    let pg = env.pg().await?;
+    pg.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} ({COLUMNS});
+         INSERT INTO {table} SELECT g, 'customer ' || g, 'customer' || g || '@example.com', (g % 100000) / 7.0,
+             now() - (g || ' seconds')::interval, substr(repeat(md5(g::text), 4), 1, 90)
+         FROM generate_series(1, {rows}) g;
+         VACUUM ANALYZE {table};"
+    ))
+    .await?;
+    Ok(())
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn builder(env: &Env, table: &str, prefix: &str) -> tidemark_client::Builder<Key, Account> {
+    Cache::builder()
+        .postgres(env.postgres.clone())
+        .kafka(env.kafka.clone())
+        .table(format!("public.{table}"))
+        .topic_prefix(prefix.to_owned())
+}
+
+/// Average size of a row as JSON (the envelope's `after`), from the table.
+async fn row_json_bytes(env: &Env, table: &str) -> Result<f64, BoxError> {
+    let pg = env.pg().await?;
+    let avg: f64 = pg
+        .query_one(&format!("SELECT avg(length(row_to_json(t)::text))::float8 FROM (SELECT * FROM {table} LIMIT 10000) t"), &[])
+        .await?
+        .get(0);
+    Ok(avg)
+}
+
+/// Warm start and memory on the big table; full replay on a small one.
+pub async fn warm_start(env: &Env, rows: usize, repeat: usize) -> Result<Section, BoxError> {
+    let mut out = Section {
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    let name = format!("benchws{}", rand::random::<u16>());
+    let table = format!("{name}_t");
+    eprintln!("warm start: filling {table} with {rows} rows");
+    create_table(env, &table, rows).await?;
+    // The bridge creates the (empty) topic; the cache needs it to exist.
+    BridgeProcess::start(env, &name, &format!("public.{table}"), 3)
+        .await?
+        .stop()?;
+
+    let (mut cache_s, mut copy_s, mut per_row) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..repeat {
+        let copy = time_command(Command::new("psql").args([
+            &env.postgres,
+            "-q",
+            "-c",
+            &format!("\\copy (SELECT * FROM {table}) TO '/dev/null'"),
+        ]))?;
+        let before = rss_kib();
+        let t = Instant::now();
+        let cache = builder(env, &table, &name).build().await?;
+        let took = t.elapsed();
+        let added = rss_kib().saturating_sub(before) as f64 * 1024.0;
+        per_row.push(added / cache.len().max(1) as f64);
+        eprintln!(
+            "  run {run}: cache {:.2} s, COPY {:.2} s, {:.0} B RSS per row",
+            took.as_secs_f64(),
+            copy.as_secs_f64(),
+            per_row.last().unwrap_or(&0.0)
+        );
+        cache.shutdown().await;
+        cache_s.push(took.as_secs_f64());
+        copy_s.push(copy.as_secs_f64());
+    }
+    let (c, k) = (median(cache_s), median(copy_s));
+    out.rows.push((
+        format!("warm start, {rows} rows (~200 B)"),
+        format!("{c:.2} s ({:.0} rows/s)", rows as f64 / c),
+        format!("COPY to /dev/null via psql {k:.2} s"),
+        format!("{:.2} × COPY", c / k),
+        format!(
+            "≤ 1.5 × COPY: {}",
+            if c <= 1.5 * k { "met" } else { "NOT met" }
+        ),
+    ));
+    let json = row_json_bytes(env, &table).await?;
+    let rss = median(per_row);
+    out.rows.push((
+        "memory per cached row (typed struct)".into(),
+        format!("{rss:.0} B RSS per row"),
+        format!("row as JSON {json:.0} B"),
+        format!("{:.2} × JSON", rss / json),
+        format!(
+            "≤ 2 × JSON: {}",
+            if rss <= 2.0 * json { "met" } else { "NOT met" }
+        ),
+    ));
+    out.notes.push(
+        "Memory is the growth of the benchmark process's resident set while one cache loads, divided by its \
+         rows; it includes allocator slack and the map's own overhead."
+            .into(),
+    );
+    let pg = env.pg().await?;
+    drop_slot(&pg, &format!("{name}_slot")).await;
+    pg.batch_execute(&format!(
+        "DROP PUBLICATION IF EXISTS {name}_pub; DROP TABLE {table}"
+    ))
+    .await?;
+
+    let replay = full_replay(env, 100_000, repeat).await?;
+    out.rows.extend(replay.rows);
+    out.notes.extend(replay.notes);
+    Ok(out)
+}
+
+/// The replay table: `rows` rows, then 5 updates per key, all through the bridge.
+async fn replay_table(
+    env: &Env,
+    name: &str,
+    rows: usize,
+) -> Result<(String, String, BridgeProcess), BoxError> {
+    let table = format!("{name}_t");
+    let pg = env.pg().await?;
+    pg.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} ({COLUMNS})"
+    ))
+    .await?;
+    let bridge = BridgeProcess::start(env, name, &format!("public.{table}"), 3).await?;
+    pg.batch_execute(&format!(
+        "INSERT INTO {table} SELECT g, 'customer ' || g, 'customer' || g || '@example.com', 0, now(),
+             substr(repeat(md5(g::text), 4), 1, 90) FROM generate_series(1, {rows}) g"
+    ))
+    .await?;
+    for round in 1..=5 {
+        for start in (1..=rows).step_by(10_000) {
+            pg.batch_execute(&format!(
+                "UPDATE {table} SET balance = balance + {round}, updated_at = now() WHERE id BETWEEN {start} AND {}",
+                start + 9_999
+            ))
+            .await?;
+        }
+    }
+    let topic = format!("{name}.public.{table}");
+    let consumer = env.consumer()?;
+    let expected = (rows * 6) as i64;
+    let t = Instant::now();
+    while env.records_in(&consumer, &topic) < expected {
+        if t.elapsed() > Duration::from_secs(900) {
+            return Err(format!(
+                "the bridge wrote {} of {expected} records in 15 minutes",
+                env.records_in(&consumer, &topic)
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok((table, topic, bridge))
+}
+
+/// Rebuilds the map from the whole topic, the way a service without tidemark does.
+fn replay_topic(env: &Env, topic: &str) -> Result<(Duration, usize), BoxError> {
+    let consumer = env.consumer()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for p in md.topics().iter().flat_map(|t| t.partitions()) {
+        let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        ends.insert(p.id(), high);
+    }
+    let t = Instant::now();
+    consumer.assign(&tpl)?;
+    let mut map: HashMap<Vec<u8>, Account> = HashMap::new();
+    let mut done = ends.iter().filter(|(_, &h)| h == 0).count();
+    while done < ends.len() {
+        let Some(msg) = consumer.poll(Duration::from_secs(5)) else {
+            continue;
+        };
+        let msg = msg?;
+        let key = msg.key().unwrap_or_default().to_vec();
+        if let Some(payload) = msg.payload() {
+            let env: Envelope = serde_json::from_slice(payload)?;
+            match env.op {
+                Op::Delete => {
+                    map.remove(&key);
+                }
+                _ => {
+                    if let Some(after) = env.after {
+                        let row: Account =
+                            serde_json::from_value(serde_json::Value::Object(after as Row))?;
+                        map.insert(key, row);
+                    }
+                }
+            }
+        }
+        if msg.offset() + 1 == ends[&msg.partition()] {
+            done += 1;
+        }
+    }
+    Ok((t.elapsed(), map.len()))
+}
+
+async fn full_replay(env: &Env, rows: usize, repeat: usize) -> Result<Section, BoxError> {
+    let name = format!("benchrp{}", rand::random::<u16>());
+    eprintln!("full replay: {rows} rows x 6 versions through the bridge");
+    let (table, topic, bridge) = replay_table(env, &name, rows).await?;
+    let (mut cache_s, mut replay_s) = (Vec::new(), Vec::new());
+    for run in 0..repeat {
+        let t = Instant::now();
+        let cache = builder(env, &table, &name).build().await?;
+        let took = t.elapsed();
+        assert_eq!(cache.len(), rows, "the cache holds the table");
+        cache.shutdown().await;
+        let (env2, topic2) = (env.clone(), topic.clone());
+        let (replay, n) =
+            tokio::task::spawn_blocking(move || replay_topic(&env2, &topic2)).await??;
+        if n != rows {
+            return Err(format!("the replay rebuilt {n} rows, expected {rows}").into());
+        }
+        eprintln!(
+            "  run {run}: cache {:.2} s, full replay {:.2} s",
+            took.as_secs_f64(),
+            replay.as_secs_f64()
+        );
+        cache_s.push(took.as_secs_f64());
+        replay_s.push(replay.as_secs_f64());
+    }
+    bridge.stop()?;
+    let (c, r) = (median(cache_s), median(replay_s));
+    let mut out = Section {
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    out.rows.push((
+        format!(
+            "warm start vs full replay, {rows} rows, topic of {} records (5 updates per key)",
+            rows * 6
+        ),
+        format!("cache {c:.2} s"),
+        format!("replay from offset 0 {r:.2} s"),
+        format!("{:.1} × faster", r / c),
+        format!(
+            "≥ 5 × faster: {}",
+            if r >= 5.0 * c { "met" } else { "NOT met" }
+        ),
+    ));
+    out.notes.push(format!(
+        "The replay comparison uses a {rows}-row table so that its topic ({} records) can be written through \
+         the bridge within the run; the 1,000,000-row table is used for the COPY comparison and memory.",
+        rows * 6
+    ));
+    let pg = env.pg().await?;
+    drop_slot(&pg, &format!("{name}_slot")).await;
+    pg.batch_execute(&format!("DROP PUBLICATION IF EXISTS {name}_pub"))
+        .await?;
+    // The table stays for the fan-out benchmark, which drops it.
+    Ok(out)
+}
+
+/// `n` caches starting at once under a steady writer.
+pub async fn fan_out(env: &Env, n: usize) -> Result<Section, BoxError> {
+    let name = format!("benchfo{}", rand::random::<u16>());
+    let rows = 100_000usize;
+    let table = format!("{name}_t");
+    create_table(env, &table, rows).await?;
+    let bridge = BridgeProcess::start(env, &name, &format!("public.{table}"), 3).await?;
+    let pg = env.pg().await?;
+    let read_before: i64 = pg
+        .query_one("SELECT (seq_tup_read + coalesce(idx_tup_fetch, 0))::int8 FROM pg_stat_user_tables WHERE relname = $1", &[&table])
+        .await?
+        .get(0);
+
+    // A steady writer: 200 single-row updates a second.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (env, table, stop) = (env.clone(), table.clone(), stop.clone());
+        async move {
+            let pg = env.pg().await?;
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            let mut i = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                i += 1;
+                pg.execute(
+                    &format!("UPDATE {table} SET balance = balance + 1 WHERE id = $1"),
+                    &[&(i % rows as i64 + 1)],
+                )
+                .await?;
+            }
+            Ok::<(), BoxError>(())
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let max_conns = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let sampler = tokio::spawn({
+        let (env, max_conns) = (env.clone(), max_conns.clone());
+        async move {
+            let pg = env.pg().await?;
+            loop {
+                let c: i64 = pg
+                    .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tidemark-client'", &[])
+                    .await?
+                    .get(0);
+                max_conns.fetch_max(c, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), BoxError>(())
+        }
+    });
+    let t = Instant::now();
+    let caches =
+        futures::future::try_join_all((0..n).map(|_| builder(env, &table, &name).build())).await?;
+    let all_ready = t.elapsed();
+    sampler.abort();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await??;
+    let read_after: i64 = pg
+        .query_one("SELECT (seq_tup_read + coalesce(idx_tup_fetch, 0))::int8 FROM pg_stat_user_tables WHERE relname = $1", &[&table])
+        .await?
+        .get(0);
+    for c in caches {
+        c.shutdown().await;
+    }
+    bridge.stop()?;
+    drop_slot(&pg, &format!("{name}_slot")).await;
+    pg.batch_execute(&format!(
+        "DROP PUBLICATION IF EXISTS {name}_pub; DROP TABLE {table}"
+    ))
+    .await?;
+    let rows_read = read_after - read_before;
+    Ok(Section {
+        rows: vec![(
+            format!("fan-out: {n} caches of {rows} rows start at once, writer at 200 txn/s"),
+            format!("all ready in {:.2} s", all_ready.as_secs_f64()),
+            format!(
+                "PostgreSQL: {rows_read} rows read ({:.2} × table per cache), at most {} connections",
+                rows_read as f64 / (rows * n) as f64,
+                max_conns.load(std::sync::atomic::Ordering::Relaxed)
+            ),
+            "-".into(),
+            "report only".into(),
+        )],
+        notes: vec![
+            "Fan-out rows read come from pg_stat_user_tables (sequential plus index tuples) before and after; \
+             connections are the peak count of sessions named tidemark-client, sampled every 50 ms."
+                .into(),
+        ],
+    })
 }

@@ -106,6 +106,11 @@ impl Ts {
         ord != Some(Ordering::Less)
     }
 
+    /// Whether `self` is strictly newer than `other` (different kinds count as newer).
+    pub fn newer_than(&self, other: &Ts) -> bool {
+        self.at_least(other) && self != other
+    }
+
     /// Milliseconds since the epoch, when the value is a time.
     pub fn as_millis(&self) -> Option<i64> {
         match self {
@@ -182,8 +187,9 @@ where
             .and_then(|c| row.get(c))
             .and_then(Ts::from_value);
         if origin != Origin::BulkLoad {
+            // An equal `ts` is the version already held: a replay, not a change.
             if let (Some(new), Some(e)) = (&ts, self.shared.map.get(&key)) {
-                if e.ts.as_ref().is_some_and(|old| !new.at_least(old)) {
+                if e.ts.as_ref().is_some_and(|old| !new.newer_than(old)) {
                     return Err(Rejected::Stale);
                 }
             }
@@ -442,7 +448,11 @@ mod tests {
             a.upsert(1, at(4), 0, Origin::Stream),
             Err(Rejected::Stale)
         ));
-        a.upsert(1, at(5), 0, Origin::Stream).unwrap();
+        // An equal `ts` is the version already held: a replay.
+        assert!(matches!(
+            a.upsert(1, at(5), 0, Origin::Stream),
+            Err(Rejected::Stale)
+        ));
         a.upsert(1, at(6), 0, Origin::Stream).unwrap();
         assert_eq!(a.shared.map.get(&1).unwrap().value.v, 6);
         // A bulk load always wins; a delete of an older version does not.
@@ -464,6 +474,9 @@ mod tests {
         assert!(t(json!("2026-01-01 00:00:01")).at_least(&t(json!("2026-01-01 00:00:00.999"))));
         assert!(t(json!(10)).at_least(&t(json!(9.5))));
         assert!(!t(json!("a")).at_least(&t(json!("b"))));
+        assert!(t(json!(10)).at_least(&t(json!(10))));
+        assert!(!t(json!(10)).newer_than(&t(json!(10))));
+        assert!(t(json!(11)).newer_than(&t(json!(10))));
         assert_eq!(t(json!("1970-01-01T00:00:01Z")).as_millis(), Some(1000));
         assert!(Ts::from_value(&json!(null)).is_none());
     }

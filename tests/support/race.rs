@@ -71,8 +71,10 @@ impl Default for RaceConfig {
 pub struct RaceOutcome {
     /// Commits by the writers.
     pub commits: u64,
-    /// Times a subscriber saw a key's version not strictly above the last one.
+    /// Times a subscriber saw a key's version below the last one it saw.
     pub backwards: u64,
+    /// Times a subscriber saw the version it already had again (a change applied twice).
+    pub repeated: u64,
     /// An example of each kind of problem, for the failure message.
     pub examples: Vec<String>,
     /// Caches whose contents differ from the table at the end.
@@ -282,6 +284,7 @@ pub async fn run(
     // Caches start at random moments while the writers run; a subscriber on each
     // checks that versions only go up.
     let backwards = Arc::new(AtomicU64::new(0));
+    let repeated = Arc::new(AtomicU64::new(0));
     let examples = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let started = Instant::now();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -322,7 +325,8 @@ pub async fn run(
         }
         let cache = builder.start().unwrap_or_else(|e| panic!("cache {i}: {e}"));
         let mut changes = cache.subscribe();
-        let (backwards, examples) = (backwards.clone(), examples.clone());
+        let (backwards, repeated, examples) =
+            (backwards.clone(), repeated.clone(), examples.clone());
         tokio::spawn(async move {
             let mut last: HashMap<i64, i64> = HashMap::new();
             loop {
@@ -331,11 +335,16 @@ pub async fn run(
                         let Some(row) = &change.value else { continue };
                         let prev = last.insert(change.key.id, row.v);
                         if prev.is_some_and(|p| row.v <= p) {
-                            backwards.fetch_add(1, Ordering::Relaxed);
+                            let counter = if prev == Some(row.v) {
+                                &repeated
+                            } else {
+                                &backwards
+                            };
+                            counter.fetch_add(1, Ordering::Relaxed);
                             let mut ex = examples.lock().unwrap();
                             if ex.len() < 5 {
                                 ex.push(format!(
-                                    "cache {i}: key {} went from version {} to {} ({:?})",
+                                    "cache {i}: key {} went from version {} to {} ({:?} change)",
                                     change.key.id,
                                     prev.unwrap_or_default(),
                                     row.v,
@@ -414,6 +423,7 @@ pub async fn run(
     }
     outcome.diverged = pending.len();
     outcome.backwards = backwards.load(Ordering::Relaxed);
+    outcome.repeated = repeated.load(Ordering::Relaxed);
     outcome
         .examples
         .extend(examples.lock().unwrap().iter().cloned());
