@@ -247,20 +247,23 @@ pub async fn latency(env: &Env, rate: u64, seconds: u64) -> Result<Latency, BoxE
     tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
     consumer.assign(&tpl)?;
 
-    // Writers: 4 connections, each at rate/4, paced by the clock.
-    let writers = 4u64;
-    let total = rate * seconds;
+    // Writers with synchronous_commit on (the default): with it off, a commit reaches
+    // the walsender only when the WAL writer flushes, up to wal_writer_delay later.
+    // One connection per 300 transactions a second, each paced by the clock.
+    let writers = rate.div_ceil(300).max(1);
+    let per = rate / writers;
+    let total = per * writers * seconds;
     let mut tasks = Vec::new();
     for w in 0..writers {
         let (env, table) = (env.clone(), table.clone());
         tasks.push(tokio::spawn(async move {
             let pg = env.pg().await?;
+            pg.batch_execute("SET synchronous_commit = on").await?;
             let stmt = pg
                 .prepare(&format!(
                     "INSERT INTO {table} VALUES ($1, md5(random()::text))"
                 ))
                 .await?;
-            let per = rate / writers;
             let start = Instant::now();
             let mut i = 0u64;
             while i < per * seconds {
