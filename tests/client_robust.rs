@@ -59,16 +59,21 @@ async fn converges(pg: &Client, table: &str, cache: &RowCache) {
     .await;
 }
 
-async fn setup(base: &str, broker: Option<&PrivateBroker>) -> (Client, String, Bridge, BridgeArgs) {
-    let pg = pg().await;
-    let name = unique(base);
-    let table = format!("{name}_t");
+/// A table of 500 rows `(id, v)`.
+async fn create_table(pg: &Client, table: &str) {
     pg.batch_execute(&format!(
         "CREATE TABLE {table} (id int PRIMARY KEY, v text NOT NULL);
          INSERT INTO {table} SELECT g, 'v' || g FROM generate_series(1, 500) g;"
     ))
     .await
     .unwrap();
+}
+
+async fn setup(base: &str, broker: Option<&PrivateBroker>) -> (Client, String, Bridge, BridgeArgs) {
+    let pg = pg().await;
+    let name = unique(base);
+    let table = format!("{name}_t");
+    create_table(&pg, &table).await;
     let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
     args.partitions = 2;
     if let Some(b) = broker {
@@ -140,12 +145,7 @@ async fn a_cache_converges_after_old_records_were_deleted() {
     let pg = pg().await;
     let name = unique("history");
     let table = format!("{name}_t");
-    pg.batch_execute(&format!(
-        "CREATE TABLE {table} (id int PRIMARY KEY, v text NOT NULL);
-         INSERT INTO {table} SELECT g, 'v' || g FROM generate_series(1, 500) g;"
-    ))
-    .await
-    .unwrap();
+    create_table(&pg, &table).await;
     let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
     args.partitions = 2;
     args.kafka = broker.address();
