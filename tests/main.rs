@@ -11,3 +11,4 @@ mod bridge_stream;
 mod bridge_wire;
 mod client_race;
 mod client_robust;
+mod postgres_tls;

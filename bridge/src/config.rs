@@ -39,8 +39,9 @@ pub struct Cli {
     /// TOML file with the same settings (keys as the long flags, with `_` for `-`).
     #[arg(long, env = "TIDEMARK_CONFIG")]
     pub config: Option<PathBuf>,
-    /// PostgreSQL URL, e.g. postgres://user:pass@host:5432/db?sslmode=disable. The user needs the
-    /// REPLICATION attribute, and CREATE on the database when the publication does not exist yet.
+    /// PostgreSQL URL, e.g. postgres://user:pass@host:5432/db?sslmode=verify-full&sslrootcert=/ca.pem;
+    /// the TLS parameters (sslmode, sslrootcert, sslcert, sslkey) apply to every connection,
+    /// as in libpq. The user needs the REPLICATION attribute, and CREATE on the database when the publication does not exist yet.
     #[arg(long, env = "TIDEMARK_POSTGRES")]
     pub postgres: Option<String>,
     /// Kafka bootstrap servers, comma-separated [default: 127.0.0.1:9092].

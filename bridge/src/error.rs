@@ -27,7 +27,12 @@ pub enum BridgeError {
         fix: String,
     },
     /// PostgreSQL failed or went away.
-    #[error("postgres: {context}: {}", postgres_detail(source))]
+    /// Shows the server's message and SQLSTATE, or the driver's text and its causes
+    /// (a TLS handshake's reason): the driver's own `Display` says only "db error".
+    #[error(
+        "postgres: {context}: {}",
+        tidemark_client::postgres::error_detail(source)
+    )]
     Postgres {
         /// What the bridge was doing.
         context: String,
@@ -53,15 +58,6 @@ pub enum BridgeError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
-}
-
-/// The server's message and SQLSTATE for database errors (the driver's own `Display`
-/// says only "db error"), the driver's text otherwise.
-fn postgres_detail(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
-    }
 }
 
 impl BridgeError {

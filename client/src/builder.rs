@@ -6,7 +6,6 @@
 //! and follows the topic.
 
 use std::marker::PhantomData;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +15,8 @@ use tokio::sync::watch;
 
 use crate::cache::{Cache, Shared, TaskGuard};
 use crate::error::{Error, Result};
-use crate::wire::{TableName, SESSION_OPTIONS};
+use crate::postgres::ConnectOptions;
+use crate::wire::TableName;
 
 /// The default margin subtracted from the snapshot time before seeking the topic.
 /// It covers transactions whose commit time is earlier than the snapshot but which
@@ -59,7 +59,7 @@ pub enum Strategy {
 /// Settings, checked.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
-    pub postgres: tokio_postgres::Config,
+    pub postgres: ConnectOptions,
     /// Host, port and database, for messages (never the password).
     pub postgres_target: String,
     pub kafka: String,
@@ -132,7 +132,8 @@ impl<K, V> Builder<K, V> {
 
     /// The PostgreSQL URL (`postgres://user:password@host:port/db?...`); libpq-style
     /// settings (`connect_timeout`, `application_name`, `options`, ...) go in its
-    /// query string. Required.
+    /// query string, TLS included: `sslmode=disable|allow|prefer|require|verify-ca|verify-full`,
+    /// `sslrootcert`, `sslcert`, `sslkey` (see [`crate::postgres`]). Required.
     pub fn postgres(mut self, url: impl Into<String>) -> Self {
         self.postgres = Some(url.into());
         self
@@ -217,17 +218,10 @@ impl<K, V> Builder<K, V> {
             .postgres
             .as_deref()
             .ok_or_else(|| bad("postgres", "is required"))?;
-        let mut postgres = tokio_postgres::Config::from_str(url)
-            .map_err(|e| bad("postgres", &format!("is not a PostgreSQL URL ({e})")))?;
-        let options = match postgres.get_options() {
-            Some(o) if !o.trim().is_empty() => format!("{o} {SESSION_OPTIONS}"),
-            _ => SESSION_OPTIONS.to_owned(),
-        };
-        postgres.options(options);
-        if postgres.get_application_name().is_none() {
-            postgres.application_name("tidemark-client");
-        }
-        let postgres_target = describe(&postgres);
+        let postgres = ConnectOptions::parse(url)
+            .map_err(|e| bad("postgres", &e.to_string()))?
+            .with_session("tidemark-client");
+        let postgres_target = postgres.target();
         let kafka = self
             .kafka
             .as_deref()
@@ -326,21 +320,6 @@ where
     }
 }
 
-/// `host:port/db` of a PostgreSQL config, for messages.
-fn describe(c: &tokio_postgres::Config) -> String {
-    let host = c
-        .get_hosts()
-        .first()
-        .map(|h| match h {
-            tokio_postgres::config::Host::Tcp(h) => h.clone(),
-            #[cfg(unix)]
-            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-        })
-        .unwrap_or_else(|| "localhost".into());
-    let port = c.get_ports().first().copied().unwrap_or(5432);
-    format!("{host}:{port}/{}", c.get_dbname().unwrap_or("?"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,7 +344,7 @@ mod tests {
         assert_eq!(c.topic, "tidemark.public.accounts");
         assert_eq!(c.postgres_target, "db:6432/shop");
         assert_eq!(
-            c.postgres.get_options(),
+            c.postgres.config().get_options(),
             Some("-c statement_timeout=0 -c DateStyle=ISO -c TimeZone=UTC -c bytea_output=hex")
         );
         assert_eq!(c.safety_window, DEFAULT_SAFETY_WINDOW);
@@ -380,6 +359,10 @@ mod tests {
     fn errors_name_the_setting() {
         assert_eq!(field(Builder::new().kafka("k").table("t")), "postgres");
         assert_eq!(field(base().postgres("not a url ://")), "postgres");
+        assert_eq!(
+            field(base().postgres("postgres://h/d?sslmode=nope")),
+            "postgres"
+        );
         assert_eq!(field(base().kafka(" ")), "kafka");
         assert_eq!(field(base().table("a.b.c")), "table");
         assert_eq!(field(base().topic("")), "topic");

@@ -21,7 +21,8 @@ pub enum Error {
 
     /// PostgreSQL could not be reached.
     #[error(
-        "PostgreSQL is not reachable at {target}: {source}; check the URL and that the server runs"
+        "PostgreSQL is not reachable at {target}: {}; check the URL (TLS: sslmode, sslrootcert) and that the server runs",
+        crate::postgres::error_detail(source)
     )]
     PostgresUnreachable {
         /// Host, port and database (no password).

@@ -53,6 +53,7 @@
 //! | `apply` | the apply rules: upsert, TOAST merge, delete, truncate per partition |
 //! | `table` | the table's shape; COPY text to the same rows and keys as the bridge's |
 //! | `load` | the snapshot, the streamed COPY and the insert LSN |
+//! | [`postgres`] | connecting with libpq-style TLS settings and the codec's session options (shared with the bridge) |
 //! | `snapshot` | transaction visibility with modulo-2³² comparison |
 //! | `partitioner` | Kafka's murmur2 partitioner, for keys from the bulk load |
 //! | `seek` | the consumer, offsetsForTimes, high watermarks, manual assignment |
@@ -68,6 +69,7 @@ mod error;
 mod follow;
 mod load;
 mod partitioner;
+pub mod postgres;
 mod run;
 mod seek;
 mod snapshot;

@@ -26,6 +26,7 @@ use crate::builder::Config;
 use crate::cache::Origin;
 use crate::error::{Error, Result};
 use crate::partitioner::partition_of;
+use crate::postgres::ConnectError;
 use crate::snapshot::{parse_lsn, Snapshot};
 use crate::table::TableInfo;
 use crate::wire::Row;
@@ -48,22 +49,18 @@ pub(crate) struct Loaded {
     pub rows: u64,
 }
 
-/// Connects to PostgreSQL with the codec's session options.
+/// Connects to PostgreSQL with the URL's TLS settings and the codec's session options.
 pub(crate) async fn connect(config: &Config) -> Result<Client> {
-    let (client, connection) = config
-        .postgres
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|source| Error::PostgresUnreachable {
+    config.postgres.connect().await.map_err(|e| match e {
+        ConnectError::Settings(e) => Error::Config {
+            field: "postgres",
+            problem: e.to_string(),
+        },
+        ConnectError::Postgres(source) => Error::PostgresUnreachable {
             target: config.postgres_target.clone(),
             source,
-        })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "postgresql connection closed");
-        }
-    });
-    Ok(client)
+        },
+    })
 }
 
 /// Loads the whole table into the map through `applier`.

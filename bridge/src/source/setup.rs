@@ -8,31 +8,36 @@
 
 use std::collections::HashMap;
 
+use tidemark_client::postgres::{ConnectError, ConnectOptions, SettingsError};
 use tidemark_client::wire::envelope::quote_ident;
-use tidemark_client::wire::{codec::TYPE_INFO_SQL, TableName, ValueKind, SESSION_OPTIONS};
-use tokio_postgres::{Client, NoTls};
-use tracing::{info, warn};
+use tidemark_client::wire::{codec::TYPE_INFO_SQL, TableName, ValueKind};
+use tokio_postgres::Client;
+use tracing::info;
 
 use crate::config::{Config, PgUrl};
 use crate::error::BridgeError;
 
-/// Opens an ordinary SQL connection with the codec's session settings.
+/// Opens an ordinary SQL connection with the URL's TLS settings (libpq's `sslmode`,
+/// `sslrootcert`, `sslcert`, `sslkey`, as the replication connection reads them) and
+/// the codec's session settings.
 pub async fn connect(url: &PgUrl) -> Result<Client, BridgeError> {
-    let mut pg: tokio_postgres::Config = url.expose().parse().map_err(BridgeError::postgres(
-        format!("invalid connection settings in {url}"),
-    ))?;
-    pg.options(SESSION_OPTIONS)
-        .application_name("tidemark-bridge");
-    let (client, connection) = pg
-        .connect(NoTls)
-        .await
-        .map_err(BridgeError::postgres(format!("cannot connect to {url}")))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            warn!(error = %e, "postgres connection closed");
+    let options = ConnectOptions::parse(url.expose())
+        .map_err(|e| bad_url(&e))?
+        .with_session("tidemark-bridge");
+    options.connect().await.map_err(|e| match e {
+        ConnectError::Settings(e) => bad_url(&e),
+        ConnectError::Postgres(source) => {
+            BridgeError::postgres(format!("cannot connect to {url}"))(source)
         }
-    });
-    Ok(client)
+    })
+}
+
+/// A bad PostgreSQL setting: definite, the operator must change the URL or a file.
+fn bad_url(e: &SettingsError) -> BridgeError {
+    BridgeError::Config {
+        field: "postgres",
+        problem: e.to_string(),
+    }
 }
 
 fn setup(problem: impl Into<String>, fix: impl Into<String>) -> BridgeError {
