@@ -58,10 +58,10 @@ async fn create_table(env: &Env, table: &str, rows: usize) -> Result<(), BoxErro
         "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} ({COLUMNS});
          INSERT INTO {table} SELECT g, 'customer ' || g, 'customer' || g || '@example.com', (g % 100000) / 7.0,
              now() - (g || ' seconds')::interval, substr(repeat(md5(g::text), 4), 1, 90)
-         FROM generate_series(1, {rows}) g;
-         VACUUM ANALYZE {table};"
+         FROM generate_series(1, {rows}) g;"
     ))
     .await?;
+    pg.batch_execute(&format!("VACUUM ANALYZE {table}")).await?;
     Ok(())
 }
 

@@ -79,6 +79,41 @@ fn machine() -> String {
     )
 }
 
+/// Adds a section's rows, or a row saying it failed (the other sections still count).
+fn section(
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+    name: &str,
+    result: Result<cache_bench::Section, BoxError>,
+) {
+    match result {
+        Ok(s) => {
+            rows.extend(
+                s.rows
+                    .into_iter()
+                    .map(|(what, figure, reference, ratio, target)| Row {
+                        what,
+                        figure,
+                        reference,
+                        ratio,
+                        target,
+                    }),
+            );
+            notes.extend(s.notes);
+        }
+        Err(e) => {
+            eprintln!("{name} failed: {e}");
+            rows.push(Row {
+                what: name.to_owned(),
+                figure: format!("failed: {e}"),
+                reference: "-".into(),
+                ratio: "-".into(),
+                target: "not measured".into(),
+            });
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt()
@@ -176,34 +211,12 @@ async fn main() -> Result<(), BoxError> {
         );
     }
     if want("warmstart") {
-        let w = cache_bench::warm_start(&env, args.warm_rows, args.repeat).await?;
-        rows.extend(
-            w.rows
-                .into_iter()
-                .map(|(what, figure, reference, ratio, target)| Row {
-                    what,
-                    figure,
-                    reference,
-                    ratio,
-                    target,
-                }),
-        );
-        notes.extend(w.notes);
+        let w = cache_bench::warm_start(&env, args.warm_rows, args.repeat).await;
+        section(&mut rows, &mut notes, "warm start", w);
     }
     if want("fanout") {
-        let f = cache_bench::fan_out(&env, 50).await?;
-        rows.extend(
-            f.rows
-                .into_iter()
-                .map(|(what, figure, reference, ratio, target)| Row {
-                    what,
-                    figure,
-                    reference,
-                    ratio,
-                    target,
-                }),
-        );
-        notes.extend(f.notes);
+        let f = cache_bench::fan_out(&env, 50).await;
+        section(&mut rows, &mut notes, "fan-out", f);
     }
 
     let mut table = String::from(

@@ -44,7 +44,13 @@ pub fn replication_config(url: &PgUrl, config: &Config) -> Result<ReplicationCon
         "" => user.clone(),
         db => decode(db),
     };
-    let mut tls = TlsConfig::disabled();
+    // libpq's defaults and meanings, as the SQL connections use them
+    // (`tidemark_client::postgres`): `prefer` when no sslmode is given, and `require`
+    // with a root certificate checks the chain like `verify-ca`.
+    let mut tls = TlsConfig {
+        mode: SslMode::Prefer,
+        ..TlsConfig::disabled()
+    };
     for (key, value) in u.query_pairs() {
         match key.as_ref() {
             "sslmode" => {
@@ -62,6 +68,9 @@ pub fn replication_config(url: &PgUrl, config: &Config) -> Result<ReplicationCon
             "sslkey" => tls.client_key_pem_path = Some(value.as_ref().into()),
             _ => {}
         }
+    }
+    if tls.mode == SslMode::Require && tls.ca_pem_path.is_some() {
+        tls.mode = SslMode::VerifyCa;
     }
     let host = u
         .host_str()
@@ -118,6 +127,18 @@ mod tests {
         assert_eq!(
             c.tls.ca_pem_path.as_deref(),
             Some(std::path::Path::new("/ca.pem"))
+        );
+        let plain = replication_config(&PgUrl::new("postgres://h/db"), &config).unwrap();
+        assert_eq!(plain.tls.mode, SslMode::Prefer, "libpq's default");
+        let pinned = replication_config(
+            &PgUrl::new("postgres://h/db?sslmode=require&sslrootcert=/ca.pem"),
+            &config,
+        )
+        .unwrap();
+        assert_eq!(
+            pinned.tls.mode,
+            SslMode::VerifyCa,
+            "require with a root certificate checks the chain"
         );
     }
 }
