@@ -321,6 +321,9 @@ async fn full_replay(env: &Env, rows: usize, repeat: usize) -> Result<Section, B
     Ok(out)
 }
 
+/// How long the fan-out waits for all caches.
+const FAN_OUT_LIMIT: Duration = Duration::from_secs(180);
+
 /// `n` caches starting at once under a steady writer.
 pub async fn fan_out(env: &Env, n: usize) -> Result<Section, BoxError> {
     let name = format!("benchfo{}", rand::random::<u16>());
@@ -374,8 +377,17 @@ pub async fn fan_out(env: &Env, n: usize) -> Result<Section, BoxError> {
         }
     });
     let t = Instant::now();
-    let caches =
-        futures::future::try_join_all((0..n).map(|_| builder(env, &table, &name).build())).await?;
+    let caches: Vec<Cache<Key, Account>> = (0..n)
+        .map(|_| builder(env, &table, &name).start())
+        .collect::<Result<_, _>>()?;
+    let deadline = t + FAN_OUT_LIMIT;
+    let mut ready = 0;
+    for c in &caches {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if matches!(tokio::time::timeout(left, c.ready()).await, Ok(Ok(()))) {
+            ready += 1;
+        }
+    }
     let all_ready = t.elapsed();
     sampler.abort();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -397,7 +409,11 @@ pub async fn fan_out(env: &Env, n: usize) -> Result<Section, BoxError> {
     Ok(Section {
         rows: vec![(
             format!("fan-out: {n} caches of {rows} rows start at once, writer at 200 txn/s"),
-            format!("all ready in {:.2} s", all_ready.as_secs_f64()),
+            if ready == n {
+                format!("all ready in {:.2} s", all_ready.as_secs_f64())
+            } else {
+                format!("only {ready} of {n} ready after {} s", FAN_OUT_LIMIT.as_secs())
+            },
             format!(
                 "PostgreSQL: {rows_read} rows read ({:.2} × table per cache), at most {} connections",
                 rows_read as f64 / (rows * n) as f64,
