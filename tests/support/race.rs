@@ -245,6 +245,23 @@ fn cache_contents(cache: &Cache<RaceKey, RaceRow>) -> BTreeMap<i64, RaceRow> {
         .collect()
 }
 
+/// Waits until `at` after `started`, kills the bridge with SIGKILL and starts a new one.
+async fn crash_at_time(
+    name: &str,
+    bridge: &mut Bridge,
+    args: &BridgeArgs,
+    started: Instant,
+    at: Duration,
+) {
+    tokio::time::sleep(at.saturating_sub(started.elapsed())).await;
+    bridge.kill9();
+    eprintln!(
+        "race {name}: killed the bridge with SIGKILL at {:?}",
+        started.elapsed()
+    );
+    *bridge = Bridge::start(args);
+}
+
 /// Runs a race; `args` names the bridge whose topic the caches read.
 pub async fn run(
     name: &str,
@@ -302,13 +319,7 @@ pub async fn run(
             if crash_at > at {
                 break;
             }
-            tokio::time::sleep(crash_at.saturating_sub(started.elapsed())).await;
-            bridge.kill9();
-            eprintln!(
-                "race {name}: killed the bridge with SIGKILL at {:?}",
-                started.elapsed()
-            );
-            *bridge = Bridge::start(args);
+            crash_at_time(name, bridge, args, started, crash_at).await;
             crashes.next();
         }
         tokio::time::sleep(at.saturating_sub(started.elapsed())).await;
@@ -363,13 +374,7 @@ pub async fn run(
         caches.push(cache);
     }
     for &crash_at in crashes {
-        tokio::time::sleep(crash_at.saturating_sub(started.elapsed())).await;
-        bridge.kill9();
-        eprintln!(
-            "race {name}: killed the bridge with SIGKILL at {:?}",
-            started.elapsed()
-        );
-        *bridge = Bridge::start(args);
+        crash_at_time(name, bridge, args, started, crash_at).await;
     }
     tokio::time::sleep(cfg.duration.saturating_sub(started.elapsed())).await;
     stop.store(true, Ordering::Relaxed);
