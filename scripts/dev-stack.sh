@@ -106,11 +106,24 @@ broker_start() {
   log "broker ready on 127.0.0.1:$BROKER_PORT"
 }
 
+broker_port_closed() { ! (exec 3<>"/dev/tcp/127.0.0.1/$BROKER_PORT") 2>/dev/null; }
+
 broker_stop() {
-  if [ -f "$TANSU_DIR/tansu.pid" ] && kill "$(cat "$TANSU_DIR/tansu.pid")" 2>/dev/null; then
-    wait_for 30 "the broker to stop" bash -c "! (exec 3<>/dev/tcp/127.0.0.1/$BROKER_PORT) 2>/dev/null"
+  # SIGTERM first, so tansu closes its SQLite database cleanly. tansu waits for open
+  # connections when it shuts down, so a client that lingers can hold it up: after
+  # 10 s it gets SIGKILL, which SQLite's journal survives.
+  local pid=""
+  [ -f "$TANSU_DIR/tansu.pid" ] && pid=$(cat "$TANSU_DIR/tansu.pid")
+  [ -n "$pid" ] || pid=$(pgrep -f "tansu broker --listener-url tcp://127.0.0.1:$BROKER_PORT" | head -n1 || true)
+  if [ -n "$pid" ] && kill "$pid" 2>/dev/null; then
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "the broker did not stop on SIGTERM within 10s; sending SIGKILL"
+      kill -9 "$pid" 2>/dev/null || true
+    fi
   fi
-  pkill -f "tansu broker --listener-url tcp://127.0.0.1:$BROKER_PORT" 2>/dev/null || true
+  pkill -9 -f "tansu broker --listener-url tcp://127.0.0.1:$BROKER_PORT" 2>/dev/null || true
+  wait_for 30 "the broker to release port $BROKER_PORT" broker_port_closed
   rm -f "$TANSU_DIR/tansu.pid"
   log "broker stopped"
 }
