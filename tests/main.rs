@@ -11,4 +11,5 @@ mod bridge_stream;
 mod bridge_wire;
 mod client_race;
 mod client_robust;
+mod client_toast;
 mod postgres_tls;

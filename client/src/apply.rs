@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::cache::{Change, Origin, Shared};
+use crate::table::ToastCopy;
 use crate::wire::Row;
 
 /// One cached row.
@@ -28,13 +29,17 @@ pub(crate) struct Entry<V> {
     pub value: Arc<V>,
     /// The Kafka partition that owns the key.
     pub partition: i32,
-    /// The row's TOAST-able column values, for `unchanged_toast` merges.
-    pub toast: Option<Box<Row>>,
-    /// The watermark strategy's `ts` value.
-    pub ts: Option<Ts>,
+    /// The row's values that may be stored out of line (see
+    /// [`ToastCopy`](crate::table::ToastCopy)), as a JSON object, for
+    /// `unchanged_toast` merges. Kept as text: it is read only on such a merge, and
+    /// one string is far smaller than a map.
+    pub toast: Option<Box<str>>,
+    /// The watermark strategy's `ts` value (boxed: most caches do not use it, and
+    /// every byte here is paid once per row).
+    pub ts: Option<Box<Ts>>,
     /// The warm start that last wrote the entry; entries of older ones are removed
     /// after a new load.
-    pub generation: u64,
+    pub generation: u32,
 }
 
 /// Deserialises a key object; a single-column key also deserialises from the bare
@@ -68,6 +73,30 @@ pub(crate) fn merge_toast(
     missing
 }
 
+/// Writes an entry's TOAST copy as a JSON object, one kept column at a time.
+#[derive(Default)]
+pub(crate) struct ToastCopyWriter(Vec<u8>);
+
+impl ToastCopyWriter {
+    /// Adds column `col` with `value` (anything that serialises as the codec value).
+    pub fn push(&mut self, col: &str, value: &impl serde::Serialize) {
+        self.0.push(if self.0.is_empty() { b'{' } else { b',' });
+        // Writing a string or a codec value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.0, col);
+        self.0.push(b':');
+        let _ = serde_json::to_writer(&mut self.0, value);
+    }
+
+    /// The object, or `None` when no column was kept.
+    pub fn finish(mut self) -> Option<Box<str>> {
+        if self.0.is_empty() {
+            return None;
+        }
+        self.0.push(b'}');
+        String::from_utf8(self.0).ok().map(String::into_boxed_str)
+    }
+}
+
 /// A value of the watermark strategy's `ts` column, ordered the way the column is.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Ts {
@@ -75,7 +104,7 @@ pub(crate) enum Ts {
     Float(f64),
     /// Microseconds since the epoch (timestamps with or without time zone).
     Micros(i64),
-    Text(String),
+    Text(Box<str>),
 }
 
 impl Ts {
@@ -86,7 +115,9 @@ impl Ts {
                 .as_i64()
                 .map(Ts::Int)
                 .or_else(|| n.as_f64().map(Ts::Float)),
-            Value::String(s) => Some(parse_time(s).map_or_else(|| Ts::Text(s.clone()), Ts::Micros)),
+            Value::String(s) => {
+                Some(parse_time(s).map_or_else(|| Ts::Text(s.as_str().into()), Ts::Micros))
+            }
             _ => None,
         }
     }
@@ -145,14 +176,14 @@ pub(crate) enum Rejected {
 /// Applies rows, deletes and truncates to the shared map.
 pub(crate) struct Applier<K, V> {
     pub shared: Arc<Shared<K, V>>,
-    /// Columns whose values are kept for `unchanged_toast` merges.
-    pub toastable: Vec<String>,
+    /// Columns whose values are kept for `unchanged_toast` merges, with their rule.
+    pub toast_columns: Vec<(String, ToastCopy)>,
     /// The owner column and this instance's id as it appears there.
     pub owner: Option<(String, String)>,
     /// The watermark strategy's `ts` column.
     pub ts_column: Option<String>,
     /// The current warm start.
-    pub generation: u64,
+    pub generation: u32,
 }
 
 impl<K, V> Applier<K, V>
@@ -162,51 +193,90 @@ where
 {
     /// The origin of a row that did not come from a bulk load.
     pub fn origin_of(&self, row: &Row) -> Origin {
+        self.origin_by(|col| row.get(col).and_then(Value::as_str))
+    }
+
+    /// [`Applier::origin_of`], with `text` giving a column's text.
+    pub fn origin_by<'r>(&self, text: impl FnOnce(&str) -> Option<&'r str>) -> Origin {
         match &self.owner {
-            Some((col, id)) if row.get(col).and_then(Value::as_str) == Some(id.as_str()) => {
-                Origin::OwnWrite
-            }
+            Some((col, id)) if text(col) == Some(id.as_str()) => Origin::OwnWrite,
             _ => Origin::Stream,
         }
     }
 
     /// The cached TOAST-able values of `key`.
     pub fn cached_toast(&self, key: &K) -> Option<Row> {
-        self.shared
-            .map
-            .get(key)
-            .and_then(|e| e.toast.as_deref().cloned())
+        let entry = self.shared.map.get(key)?;
+        match entry.toast.as_deref() {
+            Some(text) => serde_json::from_str(text).ok(),
+            None => Some(Row::new()),
+        }
+    }
+
+    /// The copy of a row's TOAST-able values to keep, from its codec values.
+    pub fn toast_copy(&self, row: &Row) -> Option<Box<str>> {
+        let mut copy = ToastCopyWriter::default();
+        for (col, rule) in &self.toast_columns {
+            match row.get(col) {
+                Some(v) if !v.is_null() && rule.keeps(v.as_str()) => copy.push(col, v),
+                _ => {}
+            }
+        }
+        copy.finish()
+    }
+
+    /// The watermark strategy's `ts` value of a row.
+    pub fn ts_of(&self, value: impl FnOnce(&str) -> Option<Value>) -> Option<Ts> {
+        self.ts_column
+            .as_deref()
+            .and_then(value)
+            .as_ref()
+            .and_then(Ts::from_value)
     }
 
     /// Stores `row` under `key`. Last-writer-wins applies unless `origin` is a bulk
     /// load (a newer snapshot is always right).
     pub fn upsert(&self, key: K, row: Row, partition: i32, origin: Origin) -> Result<(), Rejected> {
-        let ts = self
-            .ts_column
-            .as_ref()
-            .and_then(|c| row.get(c))
-            .and_then(Ts::from_value);
-        if origin != Origin::BulkLoad {
-            // An equal `ts` is the version already held: a replay, not a change.
-            if let (Some(new), Some(e)) = (&ts, self.shared.map.get(&key)) {
-                if e.ts.as_ref().is_some_and(|old| !new.newer_than(old)) {
-                    return Err(Rejected::Stale);
-                }
-            }
+        let ts = self.ts_of(|c| row.get(c).cloned());
+        if self.is_stale(&key, ts.as_ref(), origin) {
+            return Err(Rejected::Stale);
         }
-        let toast: Row = self
-            .toastable
-            .iter()
-            .filter_map(|c| row.get(c).map(|v| (c.clone(), v.clone())))
-            .collect();
+        let toast = self.toast_copy(&row);
         let value: V = serde_json::from_value(Value::Object(row))
             .map_err(|error| Rejected::Type { what: "row", error })?;
+        self.put(key, value, partition, toast, ts, origin);
+        Ok(())
+    }
+
+    /// Whether a change with `ts` is not newer than the cached row (watermark
+    /// strategy; a bulk load is never stale).
+    pub fn is_stale(&self, key: &K, ts: Option<&Ts>, origin: Origin) -> bool {
+        if origin == Origin::BulkLoad {
+            return false;
+        }
+        // An equal `ts` is the version already held: a replay, not a change.
+        match (ts, self.shared.map.get(key)) {
+            (Some(new), Some(e)) => e.ts.as_deref().is_some_and(|old| !new.newer_than(old)),
+            _ => false,
+        }
+    }
+
+    /// Stores a typed row; the caller has applied [`Applier::is_stale`].
+    pub fn put(
+        &self,
+        key: K,
+        value: V,
+        partition: i32,
+        toast: Option<Box<str>>,
+        ts: Option<Ts>,
+        origin: Origin,
+    ) {
         let value = Arc::new(value);
         let entry = Entry {
             value: value.clone(),
             partition,
-            toast: (!toast.is_empty()).then(|| Box::new(toast)),
-            ts,
+            toast,
+            ts: ts.map(Box::new),
             generation: self.generation,
         };
         self.shared.map.insert(key.clone(), entry);
@@ -216,7 +286,6 @@ where
             origin,
             partition,
         });
-        Ok(())
     }
 
     /// Removes `key`. For the watermark strategy, `before` (the old row, when the
@@ -228,7 +297,10 @@ where
             .and_then(|c| before?.get(c))
             .and_then(Ts::from_value);
         if let (Some(old_ts), Some(e)) = (&before_ts, self.shared.map.get(&key)) {
-            if e.ts.as_ref().is_some_and(|cached| !old_ts.at_least(cached)) {
+            if e.ts
+                .as_deref()
+                .is_some_and(|cached| !old_ts.at_least(cached))
+            {
                 return Err(Rejected::Stale);
             }
         }
@@ -332,7 +404,10 @@ mod tests {
                 "t".into(),
                 64,
             )),
-            toastable: vec!["name".into(), "note".into()],
+            toast_columns: vec![
+                ("name".into(), ToastCopy::LongerThan(3)),
+                ("note".into(), ToastCopy::Always),
+            ],
             owner: Some(("note".into(), "me".into())),
             ts_column: ts_column.map(Into::into),
             generation: 1,
@@ -373,14 +448,19 @@ mod tests {
     fn upsert_keeps_toast_values_and_reports_origin() {
         let a = applier(None);
         let mut rx = a.shared.changes.subscribe();
-        let r = row(json!({"id": 1, "name": "Ada", "note": null, "v": 1}));
+        let r = row(json!({"id": 1, "name": "Ada Lovelace", "note": null, "v": 1}));
         assert_eq!(a.origin_of(&r), Origin::Stream);
         a.upsert(1, r, 0, Origin::Stream).unwrap();
-        assert_eq!(a.shared.map.get(&1).unwrap().value.name, "Ada");
+        assert_eq!(a.shared.map.get(&1).unwrap().value.name, "Ada Lovelace");
         assert_eq!(
             a.cached_toast(&1).unwrap(),
-            row(json!({"name": "Ada", "note": null}))
+            row(json!({"name": "Ada Lovelace"}))
         );
+        // Values too short to be stored out of line are not copied.
+        let short = row(json!({"id": 5, "name": "Ada", "note": "x", "v": 1}));
+        a.upsert(5, short, 0, Origin::Stream).unwrap();
+        assert_eq!(a.cached_toast(&5).unwrap(), row(json!({"note": "x"})));
+        assert!(a.cached_toast(&6).is_none());
         let change = rx.try_recv().unwrap();
         assert_eq!((change.key, change.origin), (1, Origin::Stream));
         let mine = row(json!({"id": 2, "name": "B", "note": "me", "v": 1}));

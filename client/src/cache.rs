@@ -77,6 +77,9 @@ pub struct Stats {
     pub stale: u64,
     /// Records that could not be used (not JSON, wrong shape, another table).
     pub bad_records: u64,
+    /// Rows re-read from PostgreSQL because a change left a value out as unchanged
+    /// TOAST and the cache held no copy of it.
+    pub toast_rereads: u64,
     /// Warm starts so far (1 after a normal start).
     pub warm_starts: u64,
     /// Records on the topic not yet consumed, summed over partitions, as of the last
@@ -329,6 +332,7 @@ where
             duplicates: c.counts.duplicates.get(),
             stale: c.counts.stale.get(),
             bad_records: c.counts.bad_records.get(),
+            toast_rereads: c.counts.toast_rereads.get(),
             warm_starts: c.counts.warm_starts.get(),
             lag_records: positions
                 .iter()

@@ -312,6 +312,7 @@ where
                     let cached = self.applier.cached_toast(&key);
                     let missing = merge_toast(&mut after, &env.unchanged_toast, cached.as_ref());
                     if !missing.is_empty() {
+                        counters.counts.toast_rereads.add(1);
                         match self.table.reread(&self.pg, &key_row).await {
                             Ok(Some(current)) => {
                                 for col in missing {

@@ -65,6 +65,7 @@
 mod apply;
 mod builder;
 mod cache;
+mod copy_row;
 mod error;
 mod follow;
 mod load;

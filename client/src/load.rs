@@ -17,19 +17,19 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use serde_json::Value;
 use tokio_postgres::{Client, IsolationLevel};
 use tracing::info;
 
-use crate::apply::{typed_key, Applier, Rejected};
+use crate::apply::{Applier, ToastCopyWriter};
 use crate::builder::Config;
 use crate::cache::Origin;
+use crate::copy_row::CopyRow;
 use crate::error::{Error, Result};
 use crate::partitioner::partition_of;
 use crate::postgres::ConnectError;
 use crate::snapshot::{parse_lsn, Snapshot};
-use crate::table::TableInfo;
-use crate::wire::Row;
+use crate::table::{TableInfo, ToastCopy};
+use crate::wire::ValueKind;
 
 /// How often the load reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -111,12 +111,14 @@ where
         None => None,
     };
     info!(table = %table.name, snapshot = %snapshot, "bulk load starts");
+    let (sql, flagged) = table.bulk_copy_sql();
     let stream = txn
-        .copy_out(table.copy_sql().as_str())
+        .copy_out(sql.as_str())
         .await
         .map_err(Error::postgres("starting COPY"))?;
-    let rows = copy_rows(stream, table, "bulk load", |row| {
-        store(applier, table, row, partitions, Origin::BulkLoad)
+    let mut store = Store::new(applier, table, partitions, &flagged);
+    let rows = copy_rows(stream, table, flagged.len(), "bulk load", |row| {
+        store.row(row, Some(Origin::BulkLoad))
     })
     .await?;
     let lsn_text: String = txn
@@ -182,40 +184,113 @@ where
         .copy_out(sql.as_str())
         .await
         .map_err(Error::postgres("re-querying rows newer than the watermark"))?;
-    copy_rows(stream, table, "re-query", |row| {
-        let origin = applier.origin_of(&row);
-        store(applier, table, row, partitions, origin)
-    })
-    .await
+    let mut store = Store::new(applier, table, partitions, &[]);
+    copy_rows(stream, table, 0, "re-query", |row| store.row(row, None)).await
 }
 
-/// Stores one row read from PostgreSQL.
-fn store<K, V>(
-    applier: &Applier<K, V>,
-    table: &TableInfo,
-    row: Row,
+/// Stores rows read from PostgreSQL with COPY, deserialised straight from the text.
+struct Store<'a, K, V> {
+    applier: &'a Applier<K, V>,
+    table: &'a TableInfo,
     partitions: i32,
-    origin: Origin,
-) -> Result<()>
+    /// Every column's index, in table order: the row `V` is read from.
+    all: Vec<usize>,
+    /// The columns whose values may need a TOAST copy, with their rule and the
+    /// index of the field that flags a value stored out of line, when the line has one.
+    toast: Vec<(usize, ToastCopy, Option<usize>)>,
+    /// The watermark strategy's `ts` column.
+    ts: Option<usize>,
+    /// The owner column, when rows are not all bulk-loaded.
+    owner: Option<usize>,
+    /// Scratch space for the key's JSON bytes.
+    key_bytes: Vec<u8>,
+}
+
+impl<'a, K, V> Store<'a, K, V>
 where
     K: serde::de::DeserializeOwned + std::hash::Hash + Eq + Clone,
     V: serde::de::DeserializeOwned,
 {
-    let key_row = table.key_of(&row);
-    let key_bytes = serde_json::to_vec(&Value::Object(key_row.clone())).unwrap_or_default();
-    let partition = partition_of(&key_bytes, partitions);
-    let key = typed_key::<K>(&key_row).map_err(|source| Error::Deserialize {
-        what: "key",
-        table: table.name.to_string(),
-        source,
-    })?;
-    match applier.upsert(key, row, partition, origin) {
-        Ok(()) | Err(Rejected::Stale) => Ok(()),
-        Err(Rejected::Type { what, error }) => Err(Error::Deserialize {
-            what,
+    /// `flagged` lists the columns whose out-of-line flag follows the table's columns
+    /// on each line, in that order.
+    fn new(
+        applier: &'a Applier<K, V>,
+        table: &'a TableInfo,
+        partitions: i32,
+        flagged: &[usize],
+    ) -> Self {
+        let n = table.columns.len();
+        Store {
+            applier,
+            table,
+            partitions,
+            all: (0..table.columns.len()).collect(),
+            toast: table
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.toast != ToastCopy::Never)
+                .map(|(i, c)| {
+                    (
+                        i,
+                        c.toast,
+                        flagged.iter().position(|&f| f == i).map(|k| n + k),
+                    )
+                })
+                .collect(),
+            ts: applier.ts_column.as_deref().and_then(|c| table.column(c)),
+            owner: applier.owner.as_ref().and_then(|(c, _)| table.column(c)),
+            key_bytes: Vec::with_capacity(64),
+        }
+    }
+
+    /// Stores one row; `origin` is `None` when the owner column decides it.
+    fn row(&mut self, row: CopyRow<'_>, origin: Option<Origin>) -> Result<()> {
+        let (table, applier) = (self.table, self.applier);
+        let decode = |problem: String| Error::Decode {
             table: table.name.to_string(),
-            source: error,
-        }),
+            problem,
+        };
+        let typed = |what: &'static str| {
+            move |source| Error::Deserialize {
+                what,
+                table: table.name.to_string(),
+                source,
+            }
+        };
+        row.write_object(&table.key, &mut self.key_bytes)
+            .map_err(decode)?;
+        let partition = partition_of(&self.key_bytes, self.partitions);
+        let key: K = match row.deserialize(&table.key) {
+            Ok(k) => k,
+            Err(e) if table.key.len() == 1 => row
+                .deserialize_field(table.key[0])
+                .map_err(|_| typed("key")(e))?,
+            Err(e) => return Err(typed("key")(e)),
+        };
+        let origin = origin.unwrap_or_else(|| applier.origin_by(|_| row.text(self.owner?)));
+        let ts = applier.ts_of(|_| row.value(self.ts?).ok());
+        if applier.is_stale(&key, ts.as_ref(), origin) {
+            return Ok(());
+        }
+        let mut copy = ToastCopyWriter::default();
+        for &(i, rule, flag) in &self.toast {
+            let out_of_line = flag.is_none_or(|f| row.text(f) == Some("t"));
+            match row.text(i) {
+                Some(text) if out_of_line && rule.keeps(Some(text)) => {
+                    match table.columns[i].kind {
+                        ValueKind::Text | ValueKind::Numeric => {
+                            copy.push(&table.columns[i].name, &text)
+                        }
+                        _ => copy.push(&table.columns[i].name, &row.value(i).map_err(decode)?),
+                    }
+                }
+                _ => {}
+            }
+        }
+        let value: V = row.deserialize(&self.all).map_err(typed("row"))?;
+        applier.put(key, value, partition, copy.finish(), ts, origin);
+        Ok(())
     }
 }
 
@@ -223,8 +298,9 @@ where
 async fn copy_rows<S, E>(
     stream: S,
     table: &TableInfo,
+    extra_fields: usize,
     what: &'static str,
-    mut each: impl FnMut(Row) -> Result<()>,
+    mut each: impl FnMut(CopyRow<'_>) -> Result<()>,
 ) -> Result<u64>
 where
     S: Stream<Item = Result<Bytes, E>>,
@@ -233,15 +309,16 @@ where
     let started = Instant::now();
     let mut last_report = started;
     let mut rows: u64 = 0;
+    let mut next_report_at: u64 = 0;
     let mut pending: Vec<u8> = Vec::new();
     let mut stream = std::pin::pin!(stream);
     let mut line = |line: &[u8], rows: &mut u64| -> Result<()> {
-        let row = table
-            .decode_copy_line(line)
-            .map_err(|problem| Error::Decode {
+        let row = CopyRow::parse_with_extra(table, line, extra_fields).map_err(|problem| {
+            Error::Decode {
                 table: table.name.to_string(),
                 problem,
-            })?;
+            }
+        })?;
         *rows += 1;
         each(row)
     };
@@ -249,16 +326,33 @@ where
         let chunk = chunk
             .map_err(Into::into)
             .map_err(Error::postgres("reading COPY data"))?;
-        pending.extend_from_slice(&chunk);
-        let mut start = 0;
-        while let Some(nl) = pending[start..].iter().position(|&b| b == b'\n') {
-            line(&pending[start..start + nl], &mut rows)?;
-            start += nl + 1;
+        // Lines are decoded in place; only a line split across chunks is copied.
+        let mut rest: &[u8] = &chunk;
+        if !pending.is_empty() {
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(nl) => {
+                    pending.extend_from_slice(&rest[..nl]);
+                    line(&pending, &mut rows)?;
+                    pending.clear();
+                    rest = &rest[nl + 1..];
+                }
+                None => {
+                    pending.extend_from_slice(rest);
+                    continue;
+                }
+            }
         }
-        pending.drain(..start);
-        if last_report.elapsed() >= PROGRESS_EVERY {
-            last_report = Instant::now();
-            info!(table = %table.name, what, rows, rows_per_sec = rate(rows, started), "loading");
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            line(&rest[..nl], &mut rows)?;
+            rest = &rest[nl + 1..];
+        }
+        pending.extend_from_slice(rest);
+        if rows >= next_report_at {
+            next_report_at = rows + 10_000;
+            if last_report.elapsed() >= PROGRESS_EVERY {
+                last_report = Instant::now();
+                info!(table = %table.name, what, rows, rows_per_sec = rate(rows, started), "loading");
+            }
         }
     }
     if !pending.is_empty() {

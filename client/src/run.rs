@@ -80,7 +80,7 @@ pub(crate) async fn run<K, V>(
 async fn warm_start<K, V>(
     config: &Config,
     shared: &Arc<Shared<K, V>>,
-    generation: u64,
+    generation: u32,
 ) -> Result<Follower<K, V>>
 where
     K: serde::de::DeserializeOwned + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
@@ -111,7 +111,7 @@ where
     let partitions = seek::partitions(&consumer, config).await?;
     let applier = Applier {
         shared: shared.clone(),
-        toastable: table.toastable().map(str::to_owned).collect(),
+        toast_columns: table.toast_columns(),
         owner: config
             .owner_column
             .clone()

@@ -11,8 +11,9 @@
 use serde_json::Value;
 use tokio_postgres::Client;
 
+use crate::copy_row::CopyRow;
 use crate::error::{Error, Result};
-use crate::wire::codec::{unescape_copy_field, TYPE_INFO_SQL};
+use crate::wire::codec::TYPE_INFO_SQL;
 use crate::wire::envelope::{quote_ident, PRIMARY_KEY_SQL};
 use crate::wire::{Row, TableName, ValueKind};
 
@@ -32,9 +33,66 @@ pub(crate) struct Column {
     pub kind: ValueKind,
     /// The SQL type as `format_type` spells it, for casts in the re-read query.
     pub sql_type: String,
-    /// Variable-length and not `PLAIN` storage: pgoutput may leave it out as
-    /// "unchanged TOAST", so the cache keeps its value next to the typed row.
-    pub toastable: bool,
+    /// Which of its values pgoutput may leave out as "unchanged TOAST", so that the
+    /// cache keeps a copy of them next to the typed row. See [`ToastCopy`].
+    pub toast: ToastCopy,
+    /// Whether `octet_length` reads the column's raw size without detoasting it
+    /// (`text`, `varchar`, `bpchar`, `bytea`), so the bulk load can ask PostgreSQL
+    /// which values are stored out of line (see [`TableInfo::bulk_copy_sql`]).
+    pub has_octet_length: bool,
+}
+
+/// Which values of a column the cache keeps for `unchanged_toast` merges.
+///
+/// pgoutput leaves a value out of an update only when it is stored out of line in
+/// the TOAST table, and PostgreSQL moves a value out of line only when its stored
+/// size exceeds a TOAST pointer (`MAXALIGN(TOAST_POINTER_SIZE)`, 24 bytes; see
+/// `toast_tuple_find_biggest_attribute` in PostgreSQL's `toast_helper.c`). For the
+/// types whose stored size is at most their text length plus the 4-byte varlena
+/// header (`text`, `varchar`, `bpchar`, `xml`, `json`, `bytea` in hex, and `numeric`,
+/// whose 25-byte binary form needs more than 30 digits), a value of 20 bytes of text
+/// or less can never be out of line, so the cache keeps no copy of it. That spares
+/// the copy for the short strings that make up most rows. For every other
+/// variable-length type the text says nothing reliable about the stored size, and
+/// every value is kept. Should a value the rule skipped ever arrive as unchanged
+/// TOAST, the follower re-reads the row, as it does when it has no copy at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ToastCopy {
+    /// Fixed-length or `PLAIN` storage: never out of line.
+    Never,
+    /// Values whose text is longer than this many bytes.
+    LongerThan(usize),
+    /// Every non-NULL value.
+    Always,
+}
+
+impl ToastCopy {
+    /// Types whose raw size `octet_length` reads from the varlena header.
+    const OCTET_LENGTH: [u32; 4] = [25, 1043, 1042, 17];
+    /// Text-like types whose stored size is bounded by their text length.
+    const BOUNDED_BY_TEXT: [u32; 7] = [25, 1043, 1042, 142, 114, 17, 1700];
+    /// The longest text such a value can have while still being stored inline.
+    const INLINE_TEXT_MAX: usize = 20;
+
+    fn for_column(type_oid: u32, toastable: bool) -> Self {
+        if !toastable {
+            ToastCopy::Never
+        } else if Self::BOUNDED_BY_TEXT.contains(&type_oid) {
+            ToastCopy::LongerThan(Self::INLINE_TEXT_MAX)
+        } else {
+            ToastCopy::Always
+        }
+    }
+
+    /// Whether to keep a copy of a value whose text (or JSON string) is `text`;
+    /// `None` for a value that is not a string.
+    pub fn keeps(self, text: Option<&str>) -> bool {
+        match (self, text) {
+            (ToastCopy::Never, _) => false,
+            (ToastCopy::LongerThan(n), Some(t)) => t.len() > n,
+            _ => true,
+        }
+    }
 }
 
 /// The table's shape, read from the catalog.
@@ -81,7 +139,8 @@ impl TableInfo {
                         elems.get(&type_oid).copied().unwrap_or(0),
                     ),
                     sql_type: r.get(3),
-                    toastable: r.get(4),
+                    toast: ToastCopy::for_column(type_oid, r.get(4)),
+                    has_octet_length: ToastCopy::OCTET_LENGTH.contains(&type_oid),
                 }
             })
             .collect();
@@ -118,12 +177,36 @@ impl TableInfo {
         self.columns.iter().position(|c| c.name == name)
     }
 
-    /// The statement that streams the whole table.
-    pub fn copy_sql(&self) -> String {
-        format!(
-            "COPY {} ({}) TO STDOUT",
-            self.name.quoted(),
-            self.column_list()
+    /// The statement that streams the whole table for the bulk load, and the columns
+    /// it flags. After the table's columns, each line carries one boolean per flagged
+    /// column: `pg_column_size(c) <= octet_length(c)`, true when the value is stored
+    /// out of line or compressed. Neither function detoasts: `pg_column_size` reads
+    /// the stored size (for an out-of-line value, the size in the TOAST table) and
+    /// `octet_length` the raw size, and an inline uncompressed value always has a
+    /// header byte more than its raw size. Only a value stored out of line can come
+    /// back as unchanged TOAST (pgoutput sends it so only when the update carried the
+    /// old out-of-line value over), so the load keeps TOAST copies only of flagged
+    /// values, and most rows need none.
+    pub fn bulk_copy_sql(&self) -> (String, Vec<usize>) {
+        let flagged: Vec<usize> = (0..self.columns.len())
+            .filter(|&i| {
+                self.columns[i].toast != ToastCopy::Never && self.columns[i].has_octet_length
+            })
+            .collect();
+        let flags: String = flagged
+            .iter()
+            .map(|&i| {
+                let c = quote_ident(&self.columns[i].name);
+                format!(", pg_column_size({c}) <= octet_length({c})")
+            })
+            .collect();
+        (
+            format!(
+                "COPY (SELECT {}{flags} FROM {}) TO STDOUT",
+                self.column_list(),
+                self.name.quoted()
+            ),
+            flagged,
         )
     }
 
@@ -134,46 +217,16 @@ impl TableInfo {
 
     /// Decodes one COPY text line (without its newline) into a row.
     pub fn decode_copy_line(&self, line: &[u8]) -> Result<Row, String> {
-        let mut row = Row::with_capacity(self.columns.len());
-        let mut fields = line.split(|&b| b == b'\t');
-        for col in &self.columns {
-            let field = fields
-                .next()
-                .ok_or_else(|| format!("the line has fewer than {} fields", self.columns.len()))?;
-            let text = unescape_copy_field(field)
-                .map_err(|e| format!("column {} is not UTF-8: {e}", col.name))?;
-            let value = col
-                .kind
-                .decode_opt(text.as_deref())
-                .map_err(|e| format!("column {}: {e}", col.name))?;
-            row.insert(col.name.clone(), value);
-        }
-        if fields.next().is_some() {
-            return Err(format!(
-                "the line has more than {} fields",
-                self.columns.len()
-            ));
-        }
-        Ok(row)
+        CopyRow::parse(self, line)?.row()
     }
 
-    /// The key object of a row, primary-key columns in key order.
-    pub fn key_of(&self, row: &Row) -> Row {
-        self.key
-            .iter()
-            .map(|&i| {
-                let name = &self.columns[i].name;
-                (name.clone(), row.get(name).cloned().unwrap_or(Value::Null))
-            })
-            .collect()
-    }
-
-    /// The names of the columns whose values may be left out as unchanged TOAST.
-    pub fn toastable(&self) -> impl Iterator<Item = &str> {
+    /// The columns whose values may be left out as unchanged TOAST, with their rule.
+    pub fn toast_columns(&self) -> Vec<(String, ToastCopy)> {
         self.columns
             .iter()
-            .filter(|c| c.toastable)
-            .map(|c| c.name.as_str())
+            .filter(|c| c.toast != ToastCopy::Never)
+            .map(|c| (c.name.clone(), c.toast))
+            .collect()
     }
 
     /// The statement that re-reads the row with `key`, or `None` when a key value
@@ -246,7 +299,12 @@ pub(crate) mod tests {
             name: name.into(),
             kind,
             sql_type: sql_type.into(),
-            toastable,
+            toast: if toastable {
+                ToastCopy::LongerThan(2)
+            } else {
+                ToastCopy::Never
+            },
+            has_octet_length: sql_type == "text",
         };
         TableInfo {
             name: TableName::parse("public.t").unwrap(),
@@ -270,16 +328,24 @@ pub(crate) mod tests {
             serde_json::Value::Object(row.clone()),
             json!({"id": 42, "name": "A\tda\n", "doc": {"a": [1, "x"]}, "tags": ["x", "y z", null]})
         );
-        assert_eq!(
-            serde_json::to_string(&t.key_of(&row)).unwrap(),
-            r#"{"id":42}"#
-        );
         let nulls = t.decode_copy_line(b"1\t\\N\t\\N\t\\N").unwrap();
         assert_eq!(nulls["name"], Value::Null);
         assert!(t.decode_copy_line(b"1\tx").is_err());
         assert!(t.decode_copy_line(b"1\tx\t{}\t{}\textra").is_err());
         assert!(t.decode_copy_line(b"x\ty\t{}\t{}").is_err());
-        assert_eq!(t.toastable().collect::<Vec<_>>(), ["name", "doc", "tags"]);
+        let toast: Vec<String> = t.toast_columns().into_iter().map(|c| c.0).collect();
+        assert_eq!(toast, ["name", "doc", "tags"]);
+    }
+
+    #[test]
+    fn bulk_copy_flags_values_stored_out_of_line() {
+        let (sql, flagged) = sample().bulk_copy_sql();
+        assert_eq!(flagged, [1]);
+        assert_eq!(
+            sql,
+            "COPY (SELECT \"id\", \"name\", \"doc\", \"tags\", \
+             pg_column_size(\"name\") <= octet_length(\"name\") FROM \"public\".\"t\") TO STDOUT"
+        );
     }
 
     #[test]

@@ -171,6 +171,9 @@ fn decode_bytea(text: &str) -> Result<Vec<u8>, String> {
 
 /// `2026-11-26 07:16:50.123+00` (any offset) to `2026-11-26T07:16:50.123Z`.
 fn timestamptz_to_rfc3339(text: &str) -> Result<String, String> {
+    if let Some(fast) = utc_timestamptz_to_rfc3339(text) {
+        return Ok(fast);
+    }
     if text == "infinity" || text == "-infinity" || text.ends_with(" BC") {
         return Ok(text.to_owned());
     }
@@ -179,6 +182,55 @@ fn timestamptz_to_rfc3339(text: &str) -> Result<String, String> {
     Ok(parsed
         .with_timezone(&chrono::Utc)
         .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+}
+
+/// The common case without parsing: a UTC session prints `YYYY-MM-DD HH:MM:SS[.f]+00`,
+/// which only needs a `T`, a `Z` and the fraction padded to 3 or 6 digits (chrono's
+/// `SecondsFormat::AutoSi`). `None` for anything else, which takes the general path.
+fn utc_timestamptz_to_rfc3339(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let shape = b.len() >= 22
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b' '
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && text.ends_with("+00");
+    if !shape {
+        return None;
+    }
+    let frac = match &text[19..text.len() - 3] {
+        "" => "",
+        f if f.len() <= 7 && f.starts_with('.') && digits(20..19 + f.len()) => &f[1..],
+        _ => return None,
+    };
+    let mut out = String::with_capacity(27);
+    out.push_str(&text[..10]);
+    out.push('T');
+    out.push_str(&text[11..19]);
+    let mut micros = [b'0'; 6];
+    micros[..frac.len()].copy_from_slice(frac.as_bytes());
+    let keep = if micros == [b'0'; 6] {
+        0
+    } else if micros[3..] == [b'0'; 3] {
+        3
+    } else {
+        6
+    };
+    if keep > 0 {
+        out.push('.');
+        out.push_str(std::str::from_utf8(&micros[..keep]).ok()?);
+    }
+    out.push('Z');
+    Some(out)
 }
 
 /// Parses an array literal such as `{1,2,NULL}`, `{{a,"b c"},{d,e}}` or `[0:1]={x,y}`.
@@ -320,6 +372,38 @@ pub fn unescape_copy_field(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn utc_timestamps_take_the_fast_path_with_the_same_result() {
+        for text in [
+            "2026-11-26 07:16:50+00",
+            "2026-11-26 07:16:50.1+00",
+            "2026-11-26 07:16:50.12+00",
+            "2026-11-26 07:16:50.123+00",
+            "2026-11-26 07:16:50.1234+00",
+            "2026-11-26 07:16:50.000001+00",
+            "1999-01-01 00:00:00.5+00",
+        ] {
+            let fast = super::utc_timestamptz_to_rfc3339(text).unwrap();
+            let parsed = chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+            assert_eq!(fast, parsed, "{text}");
+        }
+        for other in [
+            "2026-11-26 07:16:50+02",
+            "2026-11-26 07:16:50.1234567+00",
+            "12026-11-26 07:16:50+00",
+            "2026-11-26 07:16:50 BC",
+            "infinity",
+        ] {
+            assert!(
+                super::utc_timestamptz_to_rfc3339(other).is_none(),
+                "{other}"
+            );
+        }
+    }
+
     use super::*;
     use serde_json::json;
 
