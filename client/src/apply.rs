@@ -186,6 +186,19 @@ pub(crate) struct Applier<K, V> {
     pub generation: u32,
 }
 
+// Not derived: a derive would ask for `K: Clone, V: Clone`, and only the `Arc` is shared.
+impl<K, V> Clone for Applier<K, V> {
+    fn clone(&self) -> Self {
+        Applier {
+            shared: self.shared.clone(),
+            toast_columns: self.toast_columns.clone(),
+            owner: self.owner.clone(),
+            ts_column: self.ts_column.clone(),
+            generation: self.generation,
+        }
+    }
+}
+
 impl<K, V> Applier<K, V>
 where
     K: DeserializeOwned + Hash + Eq + Clone,

@@ -13,9 +13,11 @@
 //!
 //! See <https://www.postgresql.org/docs/current/transaction-iso.html#XACT-REPEATABLE-READ>.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use tokio_postgres::{Client, IsolationLevel};
 use tracing::info;
@@ -72,8 +74,8 @@ pub(crate) async fn load<K, V>(
     ts_column: Option<&str>,
 ) -> Result<Loaded>
 where
-    K: serde::de::DeserializeOwned + std::hash::Hash + Eq + Clone,
-    V: serde::de::DeserializeOwned,
+    K: serde::de::DeserializeOwned + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    V: serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let txn = client
         .build_transaction()
@@ -116,11 +118,7 @@ where
         .copy_out(sql.as_str())
         .await
         .map_err(Error::postgres("starting COPY"))?;
-    let mut store = Store::new(applier, table, partitions, &flagged);
-    let rows = copy_rows(stream, table, flagged.len(), "bulk load", |row| {
-        store.row(row, Some(Origin::BulkLoad))
-    })
-    .await?;
+    let rows = decode_in_parallel(stream, table, applier, partitions, flagged).await?;
     let lsn_text: String = txn
         .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
@@ -292,6 +290,131 @@ where
         applier.put(key, value, partition, copy.finish(), ts, origin);
         Ok(())
     }
+}
+
+/// How many threads decode the bulk load: one per core, at most 4.
+fn decode_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// The bulk load hands lines to the decoding threads in batches of about this size.
+const BATCH_BYTES: usize = 128 * 1024;
+
+/// Decodes the bulk load's COPY stream on [`decode_threads`] blocking threads while
+/// this task keeps reading: PostgreSQL sends faster than one core can turn text into
+/// `(K, V)` and insert it. Each key occurs once in a snapshot, so the order in which
+/// the threads insert rows does not matter. The first error stops the load.
+async fn decode_in_parallel<S, E, K, V>(
+    stream: S,
+    table: &TableInfo,
+    applier: &Applier<K, V>,
+    partitions: i32,
+    flagged: Vec<usize>,
+) -> Result<u64>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+    E: Into<tokio_postgres::Error>,
+    K: serde::de::DeserializeOwned + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    V: serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let threads = decode_threads();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(threads * 4);
+    let rx = Arc::new(Mutex::new(rx));
+    let failure: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
+    let rows = Arc::new(AtomicU64::new(0));
+    let shared_table = Arc::new(table.clone());
+    let flagged = Arc::new(flagged);
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (rx, failure, rows) = (rx.clone(), failure.clone(), rows.clone());
+            let (table, applier, flagged) =
+                (shared_table.clone(), applier.clone(), flagged.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut store = Store::new(&applier, &table, partitions, &flagged);
+                // Holding the lock while waiting is fine: the others would wait too.
+                while let Some(batch) = lock(&rx).blocking_recv() {
+                    // Every batch ends with a newline.
+                    for line in batch[..batch.len() - 1].split(|&b| b == b'\n') {
+                        let stored = CopyRow::parse_with_extra(&table, line, flagged.len())
+                            .map_err(|problem| Error::Decode {
+                                table: table.name.to_string(),
+                                problem,
+                            })
+                            .and_then(|row| store.row(row, Some(Origin::BulkLoad)));
+                        if let Err(e) = stored {
+                            lock(&failure).get_or_insert(e);
+                            return;
+                        }
+                    }
+                    rows.fetch_add(
+                        batch.iter().filter(|&&b| b == b'\n').count() as u64,
+                        Relaxed,
+                    );
+                }
+            })
+        })
+        .collect();
+    drop(rx);
+
+    let started = Instant::now();
+    let mut last_report = started;
+    let mut pending = BytesMut::new();
+    let mut stream = std::pin::pin!(stream);
+    let mut read_error = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                read_error = Some(Error::postgres("reading COPY data")(e.into()));
+                break;
+            }
+        };
+        pending.extend_from_slice(&chunk);
+        if pending.len() >= BATCH_BYTES {
+            if let Some(last_nl) = pending.iter().rposition(|&b| b == b'\n') {
+                let batch = pending.split_to(last_nl + 1).freeze();
+                if tx.send(batch).await.is_err() {
+                    break; // every thread stopped on an error
+                }
+            }
+        }
+        if last_report.elapsed() >= PROGRESS_EVERY {
+            last_report = Instant::now();
+            let rows = rows.load(Relaxed);
+            info!(table = %table.name, what = "bulk load", rows, rows_per_sec = rate(rows, started), "loading");
+        }
+    }
+    if read_error.is_none() && !pending.is_empty() {
+        if !pending.ends_with(b"\n") {
+            pending.extend_from_slice(b"\n");
+        }
+        let _ = tx.send(pending.freeze()).await;
+    }
+    drop(tx);
+    for worker in workers {
+        worker.await.map_err(|e| Error::Decode {
+            table: table.name.to_string(),
+            problem: format!("a decoding thread failed: {e}"),
+        })?;
+    }
+    if let Some(e) = lock(&failure).take().or(read_error) {
+        return Err(e);
+    }
+    let rows = rows.load(Relaxed);
+    info!(
+        table = %table.name,
+        what = "bulk load",
+        rows,
+        seconds = started.elapsed().as_secs_f64(),
+        rows_per_sec = rate(rows, started),
+        threads,
+        "loaded"
+    );
+    Ok(rows)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Decodes a COPY text stream line by line as it arrives, logging progress.
