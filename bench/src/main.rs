@@ -154,7 +154,23 @@ async fn main() -> Result<(), BoxError> {
             },
         ] {
             eprintln!("throughput: {shape:?}");
-            let t = bridge_bench::throughput(&env, shape, args.repeat).await?;
+            let t = match bridge_bench::throughput(&env, shape, args.repeat).await {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("throughput {shape:?} failed: {e}");
+                    rows.push(Row {
+                        what: format!(
+                            "bridge throughput, {} B rows, {}-row txns",
+                            shape.row_bytes, shape.txn_rows
+                        ),
+                        figure: format!("failed: {e}"),
+                        reference: "-".into(),
+                        ratio: "-".into(),
+                        target: "not measured".into(),
+                    });
+                    continue;
+                }
+            };
             let bound = t.decode_bound.min(t.broker_bound);
             rows.push(Row {
                 what: format!(
