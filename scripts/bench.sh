@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Sets up the development stack and runs the benchmarks (the tidemark-bench crate):
-# prints a table and writes BENCHMARKS.md. Run it on an otherwise idle machine.
+# prints a table and writes BENCHMARKS.md. Run it on an otherwise idle machine, with
+# no other client of the development broker: it starts the broker empty.
 # Extra arguments go to tidemark-bench, e.g. scripts/bench.sh --only throughput --repeat 5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/dev-stack.sh up
+# An empty broker: tansu slows down as its SQLite database fills with earlier topics.
+scripts/dev-stack.sh broker-reset
+scripts/dev-stack.sh drop-test-slots
 cargo build --release -p tidemark-bridge -p tidemark-bench
 exec target/release/tidemark-bench "$@"
