@@ -223,6 +223,9 @@ async fn replay_table(
     Ok((table, topic, bridge))
 }
 
+/// How long one full replay may take before the section is reported as failed.
+const REPLAY_LIMIT: Duration = Duration::from_secs(600);
+
 /// Rebuilds the map from the whole topic, the way a service without tidemark does.
 fn replay_topic(env: &Env, topic: &str) -> Result<(Duration, usize), BoxError> {
     let consumer = env.consumer()?;
@@ -239,6 +242,14 @@ fn replay_topic(env: &Env, topic: &str) -> Result<(Duration, usize), BoxError> {
     let mut map: HashMap<Vec<u8>, Account> = HashMap::new();
     let mut done = ends.iter().filter(|(_, &h)| h == 0).count();
     while done < ends.len() {
+        if t.elapsed() > REPLAY_LIMIT {
+            return Err(format!(
+                "the full replay read {} keys and did not finish within {} s",
+                map.len(),
+                REPLAY_LIMIT.as_secs()
+            )
+            .into());
+        }
         let Some(msg) = consumer.poll(Duration::from_secs(5)) else {
             continue;
         };
