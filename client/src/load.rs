@@ -292,18 +292,19 @@ where
     }
 }
 
-/// How many threads decode the bulk load: one per core, at most 4.
+/// How many threads decode the bulk load: one per core but one, which is left to
+/// PostgreSQL, the COPY reader and the rest of the service; at least 1, at most 4.
 fn decode_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).clamp(1, 4))
 }
 
 /// The bulk load hands lines to the decoding threads in batches of about this size.
 const BATCH_BYTES: usize = 128 * 1024;
 
 /// Decodes the bulk load's COPY stream on [`decode_threads`] blocking threads while
-/// this task keeps reading: PostgreSQL sends faster than one core can turn text into
-/// `(K, V)` and insert it. Each key occurs once in a snapshot, so the order in which
-/// the threads insert rows does not matter. The first error stops the load.
+/// this task keeps reading, so reading, decoding and PostgreSQL's side of COPY
+/// overlap. Each key occurs once in a snapshot, so the order in which the threads
+/// insert rows does not matter. The first error stops the load.
 async fn decode_in_parallel<S, E, K, V>(
     stream: S,
     table: &TableInfo,
