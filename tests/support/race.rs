@@ -259,6 +259,10 @@ async fn crash_at_time(
         "race {name}: killed the bridge with SIGKILL at {:?}",
         started.elapsed()
     );
+    // A supervisor restarts after a pause. Restarting at once lets the new producer
+    // register while tansu still handles the killed one's in-flight produce requests,
+    // which can panic tansu 0.6.0's storage task (see docs/operations.md).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     *bridge = Bridge::start(args);
 }
 
