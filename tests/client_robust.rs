@@ -232,6 +232,31 @@ async fn the_cache_resumes_after_a_broker_outage() {
     assert!(bridge.sigterm(Duration::from_secs(60)).success());
 }
 
+/// A Kafka request that times out during the first warm start is tried again: the
+/// broker is down for longer than one metadata request may take (30 s), so the
+/// first attempt fails; the cache must start once the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_started_while_the_broker_is_down_starts_when_it_returns() {
+    let mut broker = PrivateBroker::start(19096).await;
+    let (pg, table, mut bridge, args) = setup("cachelate", Some(&broker)).await;
+    broker.stop();
+    let started = tokio::spawn(builder(&args, &table).build());
+    tokio::time::sleep(Duration::from_secs(33)).await;
+    assert!(
+        !started.is_finished(),
+        "the start gave up while the broker was down"
+    );
+    broker.resume().await;
+    let cache = tokio::time::timeout(Duration::from_secs(60), started)
+        .await
+        .expect("the cache did not start within 60 s of the broker's return")
+        .expect("the start task")
+        .expect("the cache started");
+    converges(&pg, &table, &cache).await;
+    cache.shutdown().await;
+    assert!(bridge.sigterm(Duration::from_secs(60)).success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_unreachable_at_start_is_a_typed_error() {
     let result = Cache::<Row, Row>::builder()

@@ -80,11 +80,7 @@ pub(crate) struct ToastCopyWriter(Vec<u8>);
 impl ToastCopyWriter {
     /// Adds column `col` with `value` (anything that serialises as the codec value).
     pub fn push(&mut self, col: &str, value: &impl serde::Serialize) {
-        self.0.push(if self.0.is_empty() { b'{' } else { b',' });
-        // Writing a string or a codec value into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut self.0, col);
-        self.0.push(b':');
-        let _ = serde_json::to_writer(&mut self.0, value);
+        crate::copy_row::push_json_member(&mut self.0, col, value);
     }
 
     /// The object, or `None` when no column was kept.

@@ -84,12 +84,8 @@ impl<'a> CopyRow<'a> {
     /// byte for byte what serialising [`CopyRow::object`] gives, without building it.
     pub fn write_object(&self, cols: &[usize], out: &mut Vec<u8>) -> Result<(), String> {
         out.clear();
-        for (n, &i) in cols.iter().enumerate() {
-            out.push(if n == 0 { b'{' } else { b',' });
-            // Writing strings and codec values into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut *out, &self.table.columns[i].name);
-            out.push(b':');
-            let _ = serde_json::to_writer(&mut *out, &self.value(i)?);
+        for &i in cols {
+            push_json_member(out, &self.table.columns[i].name, &self.value(i)?);
         }
         out.push(b'}');
         Ok(())
@@ -118,6 +114,16 @@ impl<'a> CopyRow<'a> {
             _ => Field::Value(self.value(col).map_err(de::Error::custom)?),
         })
     }
+}
+
+/// Appends `"name":value` to the JSON object being written in `out`, opening it
+/// with `{` when `out` is empty; the caller closes it with `}`.
+pub(crate) fn push_json_member(out: &mut Vec<u8>, name: &str, value: &impl serde::Serialize) {
+    out.push(if out.is_empty() { b'{' } else { b',' });
+    // Writing a string or a codec value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, name);
+    out.push(b':');
+    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 /// Some columns of a [`CopyRow`], deserialised as a map.

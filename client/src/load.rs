@@ -118,7 +118,12 @@ where
         .copy_out(sql.as_str())
         .await
         .map_err(Error::postgres("starting COPY"))?;
-    let rows = decode_in_parallel(stream, table, applier, partitions, flagged).await?;
+    let source = CopySource {
+        what: "bulk load",
+        origin: Some(Origin::BulkLoad),
+        flagged,
+    };
+    let rows = decode_in_parallel(stream, source, table, applier, partitions).await?;
     let lsn_text: String = txn
         .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
@@ -151,8 +156,8 @@ pub(crate) async fn requery<K, V>(
     max_ts: Option<&str>,
 ) -> Result<u64>
 where
-    K: serde::de::DeserializeOwned + std::hash::Hash + Eq + Clone,
-    V: serde::de::DeserializeOwned,
+    K: serde::de::DeserializeOwned + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    V: serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let col = table.column(ts_column).ok_or_else(|| Error::Table {
         table: table.name.to_string(),
@@ -182,8 +187,12 @@ where
         .copy_out(sql.as_str())
         .await
         .map_err(Error::postgres("re-querying rows newer than the watermark"))?;
-    let mut store = Store::new(applier, table, partitions, &[]);
-    copy_rows(stream, table, 0, "re-query", |row| store.row(row, None)).await
+    let source = CopySource {
+        what: "re-query",
+        origin: None,
+        flagged: Vec::new(),
+    };
+    decode_in_parallel(stream, source, table, applier, partitions).await
 }
 
 /// Stores rows read from PostgreSQL with COPY, deserialised straight from the text.
@@ -301,16 +310,26 @@ fn decode_threads() -> usize {
 /// The bulk load hands lines to the decoding threads in batches of about this size.
 const BATCH_BYTES: usize = 128 * 1024;
 
-/// Decodes the bulk load's COPY stream on [`decode_threads`] blocking threads while
-/// this task keeps reading, so reading, decoding and PostgreSQL's side of COPY
-/// overlap. Each key occurs once in a snapshot, so the order in which the threads
-/// insert rows does not matter. The first error stops the load.
+/// What a COPY stream holds and how its rows are stored.
+struct CopySource {
+    /// For the log: "bulk load" or "re-query".
+    what: &'static str,
+    /// The origin of every row; `None` when the owner column decides it.
+    origin: Option<Origin>,
+    /// The columns whose out-of-line flag follows the table's columns on each line.
+    flagged: Vec<usize>,
+}
+
+/// Decodes a COPY stream on [`decode_threads`] blocking threads while this task
+/// keeps reading, so reading, decoding and PostgreSQL's side of COPY overlap. Each
+/// key occurs once in one query's result, so the order in which the threads insert
+/// rows does not matter. The first error stops the load.
 async fn decode_in_parallel<S, E, K, V>(
     stream: S,
+    source: CopySource,
     table: &TableInfo,
     applier: &Applier<K, V>,
     partitions: i32,
-    flagged: Vec<usize>,
 ) -> Result<u64>
 where
     S: Stream<Item = Result<Bytes, E>>,
@@ -324,6 +343,11 @@ where
     let failure: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
     let rows = Arc::new(AtomicU64::new(0));
     let shared_table = Arc::new(table.clone());
+    let CopySource {
+        what,
+        origin,
+        flagged,
+    } = source;
     let flagged = Arc::new(flagged);
     let workers: Vec<_> = (0..threads)
         .map(|_| {
@@ -341,7 +365,7 @@ where
                                 table: table.name.to_string(),
                                 problem,
                             })
-                            .and_then(|row| store.row(row, Some(Origin::BulkLoad)));
+                            .and_then(|row| store.row(row, origin));
                         if let Err(e) = stored {
                             lock(&failure).get_or_insert(e);
                             return;
@@ -382,7 +406,7 @@ where
         if last_report.elapsed() >= PROGRESS_EVERY {
             last_report = Instant::now();
             let rows = rows.load(Relaxed);
-            info!(table = %table.name, what = "bulk load", rows, rows_per_sec = rate(rows, started), "loading");
+            info!(table = %table.name, what, rows, rows_per_sec = rate(rows, started), "loading");
         }
     }
     if read_error.is_none() && !pending.is_empty() {
@@ -404,7 +428,7 @@ where
     let rows = rows.load(Relaxed);
     info!(
         table = %table.name,
-        what = "bulk load",
+        what,
         rows,
         seconds = started.elapsed().as_secs_f64(),
         rows_per_sec = rate(rows, started),
@@ -416,81 +440,6 @@ where
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Decodes a COPY text stream line by line as it arrives, logging progress.
-async fn copy_rows<S, E>(
-    stream: S,
-    table: &TableInfo,
-    extra_fields: usize,
-    what: &'static str,
-    mut each: impl FnMut(CopyRow<'_>) -> Result<()>,
-) -> Result<u64>
-where
-    S: Stream<Item = Result<Bytes, E>>,
-    E: Into<tokio_postgres::Error>,
-{
-    let started = Instant::now();
-    let mut last_report = started;
-    let mut rows: u64 = 0;
-    let mut next_report_at: u64 = 0;
-    let mut pending: Vec<u8> = Vec::new();
-    let mut stream = std::pin::pin!(stream);
-    let mut line = |line: &[u8], rows: &mut u64| -> Result<()> {
-        let row = CopyRow::parse_with_extra(table, line, extra_fields).map_err(|problem| {
-            Error::Decode {
-                table: table.name.to_string(),
-                problem,
-            }
-        })?;
-        *rows += 1;
-        each(row)
-    };
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(Into::into)
-            .map_err(Error::postgres("reading COPY data"))?;
-        // Lines are decoded in place; only a line split across chunks is copied.
-        let mut rest: &[u8] = &chunk;
-        if !pending.is_empty() {
-            match rest.iter().position(|&b| b == b'\n') {
-                Some(nl) => {
-                    pending.extend_from_slice(&rest[..nl]);
-                    line(&pending, &mut rows)?;
-                    pending.clear();
-                    rest = &rest[nl + 1..];
-                }
-                None => {
-                    pending.extend_from_slice(rest);
-                    continue;
-                }
-            }
-        }
-        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
-            line(&rest[..nl], &mut rows)?;
-            rest = &rest[nl + 1..];
-        }
-        pending.extend_from_slice(rest);
-        if rows >= next_report_at {
-            next_report_at = rows + 10_000;
-            if last_report.elapsed() >= PROGRESS_EVERY {
-                last_report = Instant::now();
-                info!(table = %table.name, what, rows, rows_per_sec = rate(rows, started), "loading");
-            }
-        }
-    }
-    if !pending.is_empty() {
-        line(&pending, &mut rows)?;
-    }
-    info!(
-        table = %table.name,
-        what,
-        rows,
-        seconds = started.elapsed().as_secs_f64(),
-        rows_per_sec = rate(rows, started),
-        "loaded"
-    );
-    Ok(rows)
 }
 
 fn rate(rows: u64, since: Instant) -> u64 {

@@ -7,8 +7,12 @@
 //! follower (`follow`) runs until the cache is shut down or its offsets are lost.
 //!
 //! If the first warm start fails, the task ends and [`crate::Cache::ready`] returns
-//! the error: a cache that never started should say why. Once a cache has served,
-//! a failed warm start is retried with backoff while the old rows stay readable.
+//! the error: a cache that never started should say why. The exception is a failed
+//! Kafka request (metadata, offsets, watermarks): a busy broker can let one time out,
+//! so the first warm start is tried [`FIRST_START_ATTEMPTS`] times, with a pause of
+//! 2 s and then 4 s, before its error is returned; settings, table and PostgreSQL
+//! errors are returned at once. Once a cache has served, a failed warm start is
+//! retried with backoff while the old rows stay readable.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +30,9 @@ use crate::{load, seek};
 
 /// The longest pause between failed warm starts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How many times the first warm start is tried when a Kafka request fails.
+const FIRST_START_ATTEMPTS: u32 = 3;
 
 /// Runs the cache until `stop` turns true or its last handle is dropped.
 pub(crate) async fn run<K, V>(
@@ -56,6 +63,15 @@ pub(crate) async fn run<K, V>(
                         warn!(table = %config.table, reason, "warming up again");
                         shared.status.send_replace(Status::Rewarming);
                     }
+                }
+            }
+            Err(e @ Error::Kafka { .. }) if !served && failures + 1 < FIRST_START_ATTEMPTS => {
+                failures += 1;
+                let pause = Duration::from_secs(1u64 << failures);
+                warn!(table = %config.table, error = %e, retry_in_secs = pause.as_secs(), "first warm start failed on a Kafka request; trying again");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(pause) => {}
                 }
             }
             Err(e) if !served => {
