@@ -170,14 +170,7 @@ fn sample_value(env: &Env, topic: &str) -> Result<Vec<u8>, BoxError> {
 /// Produces `n` records like the bridge does (idempotent, acks=all, lz4, linger 5 ms)
 /// and returns the time until all are acknowledged.
 async fn produce(env: &Env, topic: &str, n: usize, value: &[u8]) -> Result<Duration, BoxError> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &env.kafka)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "100000")
-        .create()?;
+    let producer = plain_producer(env)?;
     let t = Instant::now();
     let mut pending = futures::stream::FuturesUnordered::new();
     for i in 0..n {
@@ -200,6 +193,18 @@ async fn produce(env: &Env, topic: &str, n: usize, value: &[u8]) -> Result<Durat
     }
     producer.flush(Duration::from_secs(30))?;
     Ok(t.elapsed())
+}
+
+/// A producer with the bridge's settings (idempotent, acks=all, lz4, linger 5 ms).
+fn plain_producer(env: &Env) -> Result<FutureProducer, BoxError> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "100000")
+        .create()?)
 }
 
 /// Throughput for one shape, medians of `repeat` runs.
@@ -279,34 +284,82 @@ pub async fn latency(env: &Env, rate: u64, seconds: u64) -> Result<Latency, BoxE
             Ok::<f64, BoxError>(start.elapsed().as_secs_f64())
         }));
     }
-    let reader = tokio::task::spawn_blocking(move || {
-        let mut lat = Vec::with_capacity(total as usize);
-        let deadline = Instant::now() + Duration::from_secs(seconds + 60);
-        while (lat.len() as u64) < total && Instant::now() < deadline {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                if let Some(ts) = m.timestamp().to_millis() {
-                    lat.push((now_ms_f64() - ts as f64).max(0.0));
-                }
-            }
-        }
-        lat
-    });
+    let reader = tokio::task::spawn_blocking(move || read_latencies(&consumer, total, seconds));
     let mut elapsed = 0.0f64;
     for t in tasks {
         elapsed = elapsed.max(t.await??);
     }
-    let mut lat = reader.await?;
+    let lat = reader.await?;
     bridge.stop()?;
     drop_slot(&pg, &format!("{name}_slot")).await;
     pg.batch_execute(&format!("DROP PUBLICATION {name}_pub; DROP TABLE {table}"))
         .await?;
-    lat.sort_by(|a, b| a.total_cmp(b));
-    Ok(Latency {
-        achieved: total as f64 / elapsed,
-        p50: quantile(&lat, 0.5),
-        p99: quantile(&lat, 0.99),
-        max: lat.last().copied().unwrap_or(f64::NAN),
-    })
+    Ok(Latency::of(lat, total as f64 / elapsed))
+}
+
+/// The broker's own latency, the reference for [`latency`]: a plain producer with
+/// the bridge's settings sends `rate` records a second (the size of the bridge's
+/// records for that table, about 400 B) for `seconds`, and the same consumer measures
+/// the record timestamp (the producer's create time) to arrival.
+pub async fn broker_latency(env: &Env, rate: u64, seconds: u64) -> Result<Latency, BoxError> {
+    let topic = format!("benchlat{rate}_{}.producer", rand::random::<u16>());
+    env.create_topic(&topic, 1).await?;
+    let consumer = env.consumer()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let total = rate * seconds;
+    let reader = tokio::task::spawn_blocking(move || read_latencies(&consumer, total, seconds));
+    let producer = plain_producer(env)?;
+    let value = vec![b'x'; 400];
+    let start = Instant::now();
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for i in 0..total {
+        let due = Duration::from_secs_f64(i as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        let k = format!("{{\"id\":{i}}}");
+        let rec = FutureRecord::to(&topic).key(&k).payload(&value);
+        pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    use futures::StreamExt;
+    while let Some(r) = pending.next().await {
+        r?.map_err(|(e, _)| e)?;
+    }
+    Ok(Latency::of(reader.await?, total as f64 / elapsed))
+}
+
+/// Polls until `total` records arrived (or `seconds` + 60 s passed) and returns each
+/// record's time from its timestamp to its arrival, in milliseconds.
+fn read_latencies(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    total: u64,
+    seconds: u64,
+) -> Vec<f64> {
+    let mut lat = Vec::with_capacity(total as usize);
+    let deadline = Instant::now() + Duration::from_secs(seconds + 60);
+    while (lat.len() as u64) < total && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            if let Some(ts) = m.timestamp().to_millis() {
+                lat.push((now_ms_f64() - ts as f64).max(0.0));
+            }
+        }
+    }
+    lat
+}
+
+impl Latency {
+    fn of(mut lat: Vec<f64>, achieved: f64) -> Latency {
+        lat.sort_by(|a, b| a.total_cmp(b));
+        Latency {
+            achieved,
+            p50: quantile(&lat, 0.5),
+            p99: quantile(&lat, 0.99),
+            max: lat.last().copied().unwrap_or(f64::NAN),
+        }
+    }
 }
 
 fn now_ms_f64() -> f64 {
