@@ -254,15 +254,38 @@ pub async fn latency(env: &Env, rate: u64, seconds: u64) -> Result<Latency, BoxE
     tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
     consumer.assign(&tpl)?;
 
-    // Writers with synchronous_commit on (the default): with it off, a commit reaches
-    // the walsender only when the WAL writer flushes, up to wal_writer_delay later.
-    // One connection per 300 transactions a second, each paced by the clock.
+    let (total, writers) = paced_writers(env, &table, rate, seconds);
+    let reader = tokio::task::spawn_blocking(move || read_latencies(&consumer, total, seconds));
+    let elapsed = writers.await?;
+    let lat = reader.await?;
+    bridge.stop()?;
+    drop_slot(&pg, &format!("{name}_slot")).await;
+    pg.batch_execute(&format!("DROP PUBLICATION {name}_pub; DROP TABLE {table}"))
+        .await?;
+    Ok(Latency::of(lat, total as f64 / elapsed))
+}
+
+/// Starts writers that commit `rate` single-row inserts a second into `table` for
+/// `seconds`; returns the number of transactions and a future of the seconds taken.
+///
+/// Writers use synchronous_commit on (the default): with it off, a commit reaches the
+/// walsender only when the WAL writer flushes, up to wal_writer_delay later. One
+/// connection per 300 transactions a second, each paced by the clock.
+fn paced_writers(
+    env: &Env,
+    table: &str,
+    rate: u64,
+    seconds: u64,
+) -> (
+    u64,
+    impl std::future::Future<Output = Result<f64, BoxError>>,
+) {
     let writers = rate.div_ceil(300).max(1);
     let per = rate / writers;
     let total = per * writers * seconds;
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let (env, table) = (env.clone(), table.clone());
+        let (env, table) = (env.clone(), table.to_owned());
         tasks.push(tokio::spawn(async move {
             let pg = env.pg().await?;
             pg.batch_execute("SET synchronous_commit = on").await?;
@@ -284,17 +307,73 @@ pub async fn latency(env: &Env, rate: u64, seconds: u64) -> Result<Latency, BoxE
             Ok::<f64, BoxError>(start.elapsed().as_secs_f64())
         }));
     }
-    let reader = tokio::task::spawn_blocking(move || read_latencies(&consumer, total, seconds));
-    let mut elapsed = 0.0f64;
-    for t in tasks {
-        elapsed = elapsed.max(t.await??);
-    }
-    let lat = reader.await?;
-    bridge.stop()?;
-    drop_slot(&pg, &format!("{name}_slot")).await;
-    pg.batch_execute(&format!("DROP PUBLICATION {name}_pub; DROP TABLE {table}"))
-        .await?;
-    Ok(Latency::of(lat, total as f64 / elapsed))
+    let done = async move {
+        let mut elapsed = 0.0f64;
+        for t in tasks {
+            elapsed = elapsed.max(t.await??);
+        }
+        Ok(elapsed)
+    };
+    (total, done)
+}
+
+/// PostgreSQL's own part of the latency, the second reference for [`latency`]: the
+/// same writers, and `pg_recvlogical` (test_decoding, with commit timestamps) reading
+/// the slot; each COMMIT line is timed from its commit time to its arrival here.
+pub async fn decode_latency(env: &Env, rate: u64, seconds: u64) -> Result<Latency, BoxError> {
+    use std::io::BufRead;
+    let name = format!("benchdec{rate}_{}", rand::random::<u16>());
+    let table = format!("{name}_t");
+    let slot = format!("{name}_slot");
+    let pg = env.pg().await?;
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int8 PRIMARY KEY, pad text NOT NULL)"
+    ))
+    .await?;
+    pg.execute(
+        "SELECT pg_create_logical_replication_slot($1, 'test_decoding')",
+        &[&slot],
+    )
+    .await?;
+    let mut child = Command::new("pg_recvlogical")
+        .env("PGTZ", "UTC")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test"])
+        .args(["-S", &slot, "--start", "-f", "-"])
+        .args(["-o", "include-timestamp=on", "-o", "skip-empty-xacts=on"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout from pg_recvlogical")?;
+    let (total, writers) = paced_writers(env, &table, rate, seconds);
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut lat = Vec::with_capacity(total as usize);
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // "COMMIT (at 2026-11-26 15:03:38.123456+00)"
+            let Some(at) = line
+                .strip_prefix("COMMIT")
+                .and_then(|l| l.split_once("(at "))
+                .map(|(_, t)| t.trim_end_matches(')'))
+            else {
+                continue;
+            };
+            if let Ok(t) =
+                chrono::DateTime::parse_from_str(&format!("{at}00"), "%Y-%m-%d %H:%M:%S%.f%z")
+            {
+                lat.push((now_ms_f64() - t.timestamp_micros() as f64 / 1000.0).max(0.0));
+            }
+            if lat.len() as u64 >= total {
+                break;
+            }
+        }
+        lat
+    });
+    let elapsed = writers.await?;
+    let lat = tokio::time::timeout(Duration::from_secs(60), reader).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    drop_slot(&pg, &slot).await;
+    pg.batch_execute(&format!("DROP TABLE {table}")).await?;
+    Ok(Latency::of(lat??, total as f64 / elapsed))
 }
 
 /// The broker's own latency, the reference for [`latency`]: a plain producer with

@@ -199,6 +199,7 @@ async fn main() -> Result<(), BoxError> {
             eprintln!("latency at {rate} txn/s");
             let l = bridge_bench::latency(&env, rate, 15).await?;
             let b = bridge_bench::broker_latency(&env, rate, 15).await?;
+            let d = bridge_bench::decode_latency(&env, rate, 15).await?;
             let percentiles = |l: &bridge_bench::Latency| {
                 format!(
                     "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -212,9 +213,10 @@ async fn main() -> Result<(), BoxError> {
                 ),
                 figure: percentiles(&l),
                 reference: format!(
-                    "broker alone, plain producer at {:.0}/s: {}",
+                    "broker alone, plain producer at {:.0}/s: {}; PostgreSQL alone, commit → pg_recvlogical: {}",
                     b.achieved,
-                    percentiles(&b)
+                    percentiles(&b),
+                    percentiles(&d)
                 ),
                 ratio: format!("p99 {:.1} × the broker's", l.p99 / b.p99),
                 target: if rate == 5_000 {
@@ -232,7 +234,9 @@ async fn main() -> Result<(), BoxError> {
              millisecond resolution) to the moment a consumer polling with `fetch.wait.max.ms=5` receives the \
              record, so it bounds commit → acknowledgement from above. Its reference is the broker's own \
              latency: a plain producer with the bridge's settings sends records of about the same size at the \
-             same rate, and the same consumer measures from the producer's timestamp to arrival."
+             same rate, and the same consumer measures from the producer's timestamp to arrival. A second \
+             reference is PostgreSQL's own part: the same writers, with `pg_recvlogical` (test_decoding, commit \
+             timestamps) reading the slot, timed from each commit to its COMMIT line's arrival."
                 .to_owned(),
         );
     }
