@@ -135,7 +135,7 @@ async fn main() -> Result<(), BoxError> {
             Shape {
                 row_bytes: 100,
                 txn_rows: 1,
-                total_rows: 20_000,
+                total_rows: 100_000,
             },
             Shape {
                 row_bytes: 100,
@@ -145,7 +145,7 @@ async fn main() -> Result<(), BoxError> {
             Shape {
                 row_bytes: 1000,
                 txn_rows: 1,
-                total_rows: 20_000,
+                total_rows: 100_000,
             },
             Shape {
                 row_bytes: 1000,
