@@ -65,21 +65,15 @@ pub(crate) async fn run<K, V>(
                     }
                 }
             }
-            Err(e @ Error::Kafka { .. }) if !served && failures + 1 < FIRST_START_ATTEMPTS => {
-                failures += 1;
-                let pause = Duration::from_secs(1u64 << failures);
-                warn!(table = %config.table, error = %e, retry_in_secs = pause.as_secs(), "first warm start failed on a Kafka request; trying again");
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-            }
-            Err(e) if !served => {
-                error!(table = %config.table, error = %e, "the cache could not start");
-                shared.fail(e);
-                return;
-            }
             Err(e) => {
+                // Before the cache has served, only a failed Kafka request is retried.
+                let retry = served
+                    || (matches!(e, Error::Kafka { .. }) && failures + 1 < FIRST_START_ATTEMPTS);
+                if !retry {
+                    error!(table = %config.table, error = %e, "the cache could not start");
+                    shared.fail(e);
+                    return;
+                }
                 failures += 1;
                 let pause = Duration::from_secs(1u64 << failures.min(5)).min(MAX_BACKOFF);
                 warn!(table = %config.table, error = %e, retry_in_secs = pause.as_secs(), "warm start failed");
