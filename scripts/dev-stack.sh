@@ -1,30 +1,43 @@
 #!/usr/bin/env bash
 # The development stack: PostgreSQL with wal_level=logical on 127.0.0.1:5432 and a
-# Kafka-protocol broker (tansu, SQLite engine) on 127.0.0.1:9092.
+# single-node Apache Kafka (KRaft, combined broker and controller) on 127.0.0.1:9092.
 #
 #   scripts/dev-stack.sh up            install what is missing, start both (idempotent)
-#   scripts/dev-stack.sh broker-stop   stop the broker (tests use this to cut Kafka off)
+#   scripts/dev-stack.sh broker-stop   stop the broker (SIGTERM, clean shutdown)
 #   scripts/dev-stack.sh broker-start  start the broker again, keeping its data
 #   scripts/dev-stack.sh broker-reset  stop the broker, delete its data, start it empty
 #   scripts/dev-stack.sh drop-test-slots  drop inactive replication slots in database test
 #   scripts/dev-stack.sh status        say what runs
+#   scripts/dev-stack.sh node-start PORT DIR   another Kafka node on PORT with its data in DIR
+#   scripts/dev-stack.sh node-stop DIR         stop that node (SIGTERM), keeping its data
 #
+# A development stack, not a deployment: the postgres role connects from 127.0.0.1
+# without a password, and Kafka listens in PLAINTEXT on 127.0.0.1 only.
 # Everything it installs or starts is idempotent: running it twice changes nothing.
 set -euo pipefail
 
 PGHOST_ADDR=127.0.0.1
 PGPORT_NUM=5432
 BROKER_PORT=9092
-TANSU_VERSION=0.6.0
+# Keep in step with scripts/kafka/pom.xml and the image in docker-compose.yml.
+KAFKA_VERSION=4.1.1
+SCRIPTS_DIR=$(cd "$(dirname "$0")" && pwd)
 STACK_DIR=${TIDEMARK_STACK_DIR:-$HOME/.local/share/tidemark}
-TANSU_DIR=$STACK_DIR/tansu
-export PATH="$HOME/.cargo/bin:$PATH"
+KAFKA_LIBS=$STACK_DIR/kafka-$KAFKA_VERSION/libs
+BROKER_DIR=$STACK_DIR/kafka-node
+JAVA=${JAVA_HOME:+$JAVA_HOME/bin/}java
 
 log() { printf 'dev-stack: %s\n' "$*" >&2; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-psql_admin() { psql -h "$PGHOST_ADDR" -p "$PGPORT_NUM" -U postgres -d postgres -Atqc "$1"; }
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi
+}
+
+# Administration goes through the local socket as the postgres OS user (peer
+# authentication), so it works before the 127.0.0.1 rule below exists.
+psql_admin() { as_postgres psql -p "$PGPORT_NUM" -d postgres -Atqc "$1"; }
 
 pg_cluster() {
   # The Debian cluster that owns port 5432, as "version name".
@@ -39,107 +52,193 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   log "timed out after ${secs}s waiting for $what"; return 1
 }
 
+pg_server_installed() { compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; }
+
 ensure_postgres() {
-  if ! command -v pg_lsclusters >/dev/null 2>&1 && ! pg_up; then
+  if ! pg_server_installed; then
     log "installing PostgreSQL with apt-get"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client >/dev/null
   fi
   local cluster
   cluster=$(pg_cluster || true)
+  if [ -z "$cluster" ]; then
+    local version
+    version=$(basename "$(dirname "$(dirname "$(compgen -G "/usr/lib/postgresql/*/bin/postgres" | sort -V | tail -n1)")")")
+    log "creating PostgreSQL $version cluster main on port $PGPORT_NUM"
+    as_root pg_createcluster --port "$PGPORT_NUM" "$version" main >/dev/null
+    cluster="$version main"
+  fi
+  # shellcheck disable=SC2086
+  set -- $cluster
+  local version=$1 name=$2
   if ! pg_up; then
-    [ -n "$cluster" ] || { log "no PostgreSQL cluster on port $PGPORT_NUM"; exit 1; }
-    log "starting PostgreSQL $cluster"
-    # shellcheck disable=SC2086
-    as_root pg_ctlcluster --skip-systemctl-redirect $cluster start
+    log "starting PostgreSQL $version/$name"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" "$name" start
     wait_for 30 "PostgreSQL" pg_up
   fi
-  local level slots senders
-  level=$(psql_admin "show wal_level")
-  slots=$(psql_admin "show max_replication_slots")
-  senders=$(psql_admin "show max_wal_senders")
-  if [ "$level" != logical ] || [ "$slots" -lt 64 ] || [ "$senders" -lt 64 ]; then
-    log "setting wal_level=logical, max_replication_slots=64, max_wal_senders=64 and restarting PostgreSQL"
-    psql_admin "ALTER SYSTEM SET wal_level = 'logical'"
-    psql_admin "ALTER SYSTEM SET max_replication_slots = 64"
-    psql_admin "ALTER SYSTEM SET max_wal_senders = 64"
-    [ -n "$cluster" ] || { log "cannot restart PostgreSQL: no Debian cluster on port $PGPORT_NUM; restart it yourself"; exit 1; }
-    # shellcheck disable=SC2086
-    as_root pg_ctlcluster --skip-systemctl-redirect $cluster restart
+
+  # Password-less access for the development role on 127.0.0.1 only, SQL and
+  # replication: first in pg_hba.conf, so it wins over the packaged rules.
+  local hba marker="# tidemark development stack"
+  hba=$(psql_admin "show hba_file")
+  if ! as_root grep -qF "$marker" "$hba"; then
+    log "allowing the postgres role from 127.0.0.1 without a password ($hba)"
+    as_root sh -c "{ printf '%s\n' '$marker' \
+      'host all postgres 127.0.0.1/32 trust' \
+      'host replication postgres 127.0.0.1/32 trust'; cat '$hba'; } > '$hba.tidemark' && \
+      cat '$hba.tidemark' > '$hba' && rm -f '$hba.tidemark'"
+    psql_admin "select pg_reload_conf()" >/dev/null
+  fi
+
+  # Logical decoding, and enough slots, WAL senders and connections for the tests
+  # (they run up to 64 slots and a few hundred connections). Restart only when a
+  # setting that needs it changed.
+  psql_admin "ALTER SYSTEM SET wal_level = 'logical'"
+  local setting
+  for setting in max_replication_slots:64 max_wal_senders:64 max_connections:300; do
+    local key=${setting%%:*} want=${setting##*:}
+    if [ "$(psql_admin "show $key")" -lt "$want" ]; then
+      psql_admin "ALTER SYSTEM SET $key = $want"
+    fi
+  done
+  psql_admin "select pg_reload_conf()" >/dev/null
+  sleep 0.5
+  if [ "$(psql_admin "select count(*) from pg_settings where pending_restart")" != 0 ]; then
+    log "restarting PostgreSQL $version/$name for: $(psql_admin "select string_agg(name, ', ') from pg_settings where pending_restart")"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" "$name" restart
     wait_for 30 "PostgreSQL" pg_up
   fi
-  # The max_connections default (100) is too small for the fan-out tests.
-  if [ "$(psql_admin "show max_connections")" -lt 300 ]; then
-    psql_admin "ALTER SYSTEM SET max_connections = 300"
-    # shellcheck disable=SC2086
-    as_root pg_ctlcluster --skip-systemctl-redirect $cluster restart
-    wait_for 30 "PostgreSQL" pg_up
+  if [ "$(psql_admin "select count(*) from pg_database where datname = 'test'")" = 0 ]; then
+    psql_admin "CREATE DATABASE test"
+    log "created database test"
   fi
-  log "PostgreSQL ready on $PGHOST_ADDR:$PGPORT_NUM (wal_level=$(psql_admin "show wal_level"))"
+  log "PostgreSQL $version ready on $PGHOST_ADDR:$PGPORT_NUM (wal_level=$(psql_admin "show wal_level"))"
 }
 
-ensure_tansu_binary() {
-  if command -v tansu >/dev/null 2>&1 && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-    return 0
+ensure_java() {
+  command -v "$JAVA" >/dev/null 2>&1 || { log "no java: install OpenJDK 17 or later (apt-get install openjdk-17-jre-headless)"; exit 1; }
+  local major
+  major=$("$JAVA" -version 2>&1 | awk -F'"' '/version/ { split($2, v, "."); print v[1]; exit }')
+  [ "${major:-0}" -ge 17 ] || { log "Kafka $KAFKA_VERSION needs Java 17 or later; $JAVA is $major"; exit 1; }
+}
+
+ensure_kafka_jars() {
+  # Fetched once with Maven into the stack directory; later runs are offline.
+  [ -f "$KAFKA_LIBS/.complete" ] && return 0
+  command -v mvn >/dev/null 2>&1 || { log "no mvn: install Maven (apt-get install maven) to fetch Apache Kafka"; exit 1; }
+  log "fetching Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_LIBS (once)"
+  rm -rf "$KAFKA_LIBS"
+  mkdir -p "$KAFKA_LIBS"
+  mvn -q -B -Dstyle.color=never -f "$SCRIPTS_DIR/kafka/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS" >&2
+  touch "$KAFKA_LIBS/.complete"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_closed() { ! port_open "$1"; }
+
+node_running() { # node_running DIR: the node's process is alive
+  [ -f "$1/kafka.pid" ] && kill -0 "$(cat "$1/kafka.pid")" 2>/dev/null
+}
+
+node_config() { # node_config PORT DIR: one node as both broker and controller
+  local port=$1 dir=$2 controller=$(($1 + 1000))
+  # Apache Kafka's defaults, but for what a single node needs: its listeners, and
+  # replication factor 1 for the internal topics. Automatic topic creation stays on.
+  cat >"$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$controller
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/data
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+EOF
+}
+
+kafka_java() { # kafka_java DIR: sets JAVA_CMD, a JVM on the stack's Kafka jars
+  JAVA_CMD=("$JAVA" -Xms256m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20
+    -XX:InitiatingHeapOccupancyPercent=35 -Djava.awt.headless=true
+    -Dkafka.node.dir="$1" -Dlog4j2.configurationFile="$SCRIPTS_DIR/kafka/log4j2.properties"
+    -cp "$KAFKA_LIBS/*")
+}
+
+node_start() { # node_start PORT DIR
+  local port=$1 dir=$2
+  ensure_java
+  ensure_kafka_jars
+  if port_open "$port"; then log "Kafka already listening on 127.0.0.1:$port"; return 0; fi
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  node_config "$port" "$dir"
+  kafka_java "$dir"
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    # KRaft storage is formatted once, with a cluster id of 16 random bytes.
+    local cluster_id
+    cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+    "${JAVA_CMD[@]}" kafka.tools.StorageTool format --cluster-id "$cluster_id" \
+      --config "$dir/server.properties" >>"$dir/kafka.log" 2>&1 \
+      || { log "formatting $dir/data failed; see $dir/kafka.log"; exit 1; }
   fi
-  log "building tansu $TANSU_VERSION with cargo install (takes 8-10 minutes once)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features \
-    --features dynostore,libsql,postgres
+  log "starting Apache Kafka $KAFKA_VERSION on 127.0.0.1:$port (data and kafka.log in $dir)"
+  nohup "${JAVA_CMD[@]}" kafka.Kafka "$dir/server.properties" >>"$dir/kafka.out" 2>&1 </dev/null &
+  echo $! >"$dir/kafka.pid"
+  local i
+  for i in $(seq 1 300); do
+    port_open "$port" && { log "Kafka ready on 127.0.0.1:$port"; return 0; }
+    node_running "$dir" || break
+    sleep 0.2
+  done
+  log "Kafka on port $port did not start (after ${i} checks); last lines of $dir/kafka.log:"
+  tail -n 20 "$dir/kafka.log" "$dir/kafka.out" >&2 2>/dev/null || true
+  exit 1
 }
 
-broker_up() { (exec 3<>"/dev/tcp/127.0.0.1/$BROKER_PORT") 2>/dev/null; }
-
-broker_start() {
-  ensure_tansu_binary
-  if broker_up; then log "broker already listening on 127.0.0.1:$BROKER_PORT"; return 0; fi
-  mkdir -p "$TANSU_DIR"
-  log "starting tansu in $TANSU_DIR (log: $TANSU_DIR/tansu.log)"
-  (
-    cd "$TANSU_DIR"
-    nohup tansu broker \
-      --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-      --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-      --storage-engine sqlite://tansu.db >>tansu.log 2>&1 &
-    echo $! >tansu.pid
-  )
-  wait_for 30 "the broker on 127.0.0.1:$BROKER_PORT" broker_up
-  log "broker ready on 127.0.0.1:$BROKER_PORT"
-}
-
-broker_port_closed() { ! (exec 3<>"/dev/tcp/127.0.0.1/$BROKER_PORT") 2>/dev/null; }
-
-broker_stop() {
-  # SIGTERM first, so tansu closes its SQLite database cleanly. tansu waits for open
-  # connections when it shuts down, so a client that lingers can hold it up: after
-  # 10 s it gets SIGKILL, which SQLite's journal survives.
-  local pid=""
-  [ -f "$TANSU_DIR/tansu.pid" ] && pid=$(cat "$TANSU_DIR/tansu.pid")
-  [ -n "$pid" ] || pid=$(pgrep -f "tansu broker --listener-url tcp://127.0.0.1:$BROKER_PORT" | head -n1 || true)
-  if [ -n "$pid" ] && kill "$pid" 2>/dev/null; then
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+node_stop() { # node_stop DIR: SIGTERM and a clean shutdown; SIGKILL only after 60 s
+  local dir=$1 pid
+  [ -f "$dir/kafka.pid" ] || { log "no Kafka node runs from $dir"; return 0; }
+  pid=$(cat "$dir/kafka.pid")
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     if kill -0 "$pid" 2>/dev/null; then
-      log "the broker did not stop on SIGTERM within 10s; sending SIGKILL"
+      log "Kafka ($dir) did not stop within 60 s of SIGTERM; sending SIGKILL"
       kill -9 "$pid" 2>/dev/null || true
+      while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
     fi
   fi
-  pkill -9 -f "tansu broker --listener-url tcp://127.0.0.1:$BROKER_PORT" 2>/dev/null || true
-  wait_for 30 "the broker to release port $BROKER_PORT" broker_port_closed
-  rm -f "$TANSU_DIR/tansu.pid"
-  log "broker stopped"
+  rm -f "$dir/kafka.pid"
+  log "Kafka ($dir) stopped"
+}
+
+broker_start() { node_start "$BROKER_PORT" "$BROKER_DIR"; }
+
+broker_stop() {
+  node_stop "$BROKER_DIR"
+  wait_for 30 "the broker to release port $BROKER_PORT" port_closed "$BROKER_PORT"
 }
 
 case "${1:-up}" in
   up) ensure_postgres; broker_start ;;
   broker-start) broker_start ;;
   broker-stop) broker_stop ;;
-  broker-reset) broker_stop; rm -f "$TANSU_DIR"/tansu.db*; broker_start ;;
+  broker-reset) broker_stop; rm -rf "$BROKER_DIR/data" "$BROKER_DIR/kafka.log" "$BROKER_DIR/kafka.out"; broker_start ;;
+  node-start) node_start "${2:?port}" "${3:?directory}" ;;
+  node-stop) node_stop "${2:?directory}" ;;
   drop-test-slots)
     # Inactive slots in the test database, left by interrupted test runs: they pin WAL.
-    n=$(psql -h "$PGHOST_ADDR" -p "$PGPORT_NUM" -U postgres -d test -Atqc \
+    n=$(as_postgres psql -p "$PGPORT_NUM" -d test -Atqc \
       "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots WHERE NOT active AND database = 'test'")
     log "dropped $n inactive replication slots in database test" ;;
   status)
     pg_up && echo "postgres: up ($(psql_admin "show wal_level"))" || echo "postgres: down"
-    broker_up && echo "broker: up" || echo "broker: down" ;;
-  *) echo "usage: $0 [up|broker-start|broker-stop|broker-reset|drop-test-slots|status]" >&2; exit 2 ;;
+    port_open "$BROKER_PORT" && echo "broker: up (Apache Kafka $KAFKA_VERSION)" || echo "broker: down" ;;
+  *) echo "usage: $0 [up|broker-start|broker-stop|broker-reset|drop-test-slots|status|node-start PORT DIR|node-stop DIR]" >&2; exit 2 ;;
 esac
