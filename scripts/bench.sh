@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/dev-stack.sh up
-# An empty broker: tansu slows down as its SQLite database fills with earlier topics.
+# An empty broker, so that every run measures the same broker.
 scripts/dev-stack.sh broker-reset
 scripts/dev-stack.sh drop-test-slots
 cargo build --release -p tidemark-bridge -p tidemark-bench

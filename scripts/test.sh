@@ -18,7 +18,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== build (release)"
 cargo build --release --workspace --bins --examples
 echo "== tests (release; end-to-end tests print their figures)"
-# One test at a time: the tests share one broker, and tansu's SQLite engine falls over
-# (its storage task panics) when several heavy tests load it at once on 2 cores.
+# One test at a time: the race and crash tests load both cores by themselves, and
+# tests that stop a broker of their own reuse fixed ports.
 cargo test --release --workspace -- --nocapture --test-threads "${TIDEMARK_TEST_THREADS:-1}"
 echo "== all tests passed"

@@ -63,7 +63,7 @@ async fn caches_converge_when_the_bridge_crashes_during_the_race() {
     let outcome = race(
         &unique("racecrash"),
         RaceConfig {
-            bridge_crashes: 1,
+            bridge_crashes: 2,
             ..Default::default()
         },
     )

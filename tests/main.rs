@@ -1,4 +1,4 @@
-//! End-to-end tests of tidemark against the real PostgreSQL and Kafka-protocol broker.
+//! End-to-end tests of tidemark against the real PostgreSQL and Apache Kafka.
 //! Start both with `scripts/dev-stack.sh up`; `scripts/test.sh` does that and runs
 //! everything. One binary, one module per behaviour, helpers in `support`.
 
@@ -9,7 +9,9 @@ mod bridge_ops;
 mod bridge_setup;
 mod bridge_stream;
 mod bridge_wire;
+mod client_compaction;
 mod client_race;
 mod client_robust;
 mod client_toast;
+mod kafka_transactions;
 mod postgres_tls;

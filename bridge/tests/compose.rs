@@ -110,3 +110,26 @@ fn the_bridge_accepts_the_settings_compose_gives_it() {
         http.port()
     );
 }
+
+/// The Apache Kafka version of the development stack (`KAFKA_VERSION` in
+/// `scripts/dev-stack.sh`, the `kafka.version` of `scripts/kafka/pom.xml`) and of the
+/// compose file's image are one version.
+#[test]
+fn compose_and_the_development_stack_run_the_same_kafka() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let read = |p: &str| std::fs::read_to_string(format!("{root}/{p}")).expect(p);
+    let script = read("scripts/dev-stack.sh");
+    let stack = script
+        .lines()
+        .find_map(|l| l.strip_prefix("KAFKA_VERSION="))
+        .expect("KAFKA_VERSION= in scripts/dev-stack.sh");
+    let pom = read("scripts/kafka/pom.xml");
+    let pom_version = pom
+        .split_once("<kafka.version>")
+        .and_then(|(_, rest)| rest.split_once("</kafka.version>"))
+        .map(|(v, _)| v)
+        .expect("<kafka.version> in scripts/kafka/pom.xml");
+    let image = scalar(&compose()["services"]["kafka"]["image"]).expect("kafka image");
+    assert_eq!(pom_version, stack, "scripts/kafka/pom.xml and dev-stack.sh");
+    assert_eq!(image, format!("apache/kafka:{stack}"), "docker-compose.yml");
+}

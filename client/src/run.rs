@@ -147,8 +147,7 @@ where
             .unwrap_or(loaded.snapshot_ms)
             .min(loaded.snapshot_ms),
     } - window;
-    let probe_config = seek::client_config(config, shared.instance_id);
-    let starts = seek::seek(&consumer, probe_config, &config.topic, partitions, seek_ms).await?;
+    let starts = seek::seek(&consumer, &config.topic, partitions, seek_ms).await?;
     if let Some(col) = &ts_column {
         load::requery(
             &pg,

@@ -5,9 +5,9 @@
 //! partition starts at `offsetsForTimes(seek time)`, the first record whose
 //! timestamp (the commit time) is at or after the seek time, clamped into the
 //! partition's `[low, high]` watermarks. Starting earlier than needed is always
-//! safe: the follower skips what the snapshot already holds. Some brokers (tansu)
-//! answer offset 0 instead of "end" for a time after every record; that only makes
-//! the replay longer.
+//! safe: the follower skips what the snapshot already holds. A time after every
+//! record is answered with "end" (offset -1), and the partition starts at its high
+//! watermark.
 //!
 //! The high watermarks are sampled here, after the load: the cache is ready once
 //! every partition has been consumed up to them.
@@ -26,9 +26,6 @@ use crate::error::{Error, Result};
 
 /// How long one metadata, offset or watermark request may take.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long the check of suspicious offsetsForTimes answers may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sends librdkafka's own log lines to `tracing`: errors at `warn` (the cache
 /// retries by itself), the rest at `debug`.
@@ -75,7 +72,7 @@ pub(crate) fn consumer(config: &Config, instance_id: uuid::Uuid) -> Result<Arc<C
 }
 
 /// The consumer settings: the passthrough properties, then the cache's own.
-pub(crate) fn client_config(config: &Config, instance_id: uuid::Uuid) -> ClientConfig {
+fn client_config(config: &Config, instance_id: uuid::Uuid) -> ClientConfig {
     let mut cc = ClientConfig::new();
     cc.set("client.id", format!("tidemark-client-{instance_id}"))
         .set("fetch.wait.max.ms", "100")
@@ -133,7 +130,6 @@ pub(crate) async fn partitions(consumer: &Arc<Consumer>, config: &Config) -> Res
 /// watermarks sampled now.
 pub(crate) async fn seek(
     consumer: &Arc<Consumer>,
-    probe_config: ClientConfig,
     topic: &str,
     partitions: i32,
     time_ms: i64,
@@ -149,7 +145,6 @@ pub(crate) async fn seek(
             .offsets_for_times(tpl, REQUEST_TIMEOUT)
             .map_err(Error::kafka("looking up offsets for the snapshot time"))?;
         let mut starts = Vec::with_capacity(partitions as usize);
-        let mut suspicious = Vec::new();
         for p in 0..partitions {
             let (low, high) = c
                 .fetch_watermarks(&topic, p, REQUEST_TIMEOUT)
@@ -163,61 +158,10 @@ pub(crate) async fn seek(
                 offset: start_offset(answer, low, high),
                 high,
             });
-            if answer == Some(Offset::Offset(low)) && high > low {
-                suspicious.push(p);
-            }
-        }
-        if !suspicious.is_empty() {
-            let newest = newest_timestamps(&probe_config, &topic, &starts, &suspicious);
-            for s in starts.iter_mut() {
-                if newest.get(&s.partition).is_some_and(|&ts| ts < time_ms) {
-                    s.offset = s.high;
-                }
-            }
         }
         Ok(starts)
     })
     .await
-}
-
-/// The timestamps of the last record of `partitions`, for brokers that answer
-/// offsetsForTimes with the first offset instead of "end" when the time is after
-/// every record. A partition whose last record is older than the seek time starts at
-/// its high watermark instead of replaying everything. Best effort: a partition
-/// that does not answer within a few seconds keeps its (longer, safe) start.
-fn newest_timestamps(
-    config: &ClientConfig,
-    topic: &str,
-    starts: &[Start],
-    partitions: &[i32],
-) -> std::collections::HashMap<i32, i64> {
-    use rdkafka::consumer::BaseConsumer;
-    use rdkafka::message::Message;
-    let mut found = std::collections::HashMap::new();
-    let Ok(probe) = config.create_with_context::<_, BaseConsumer<LogContext>>(LogContext) else {
-        return found;
-    };
-    let mut tpl = TopicPartitionList::new();
-    for s in starts.iter().filter(|s| partitions.contains(&s.partition)) {
-        if tpl
-            .add_partition_offset(topic, s.partition, Offset::Offset(s.high - 1))
-            .is_err()
-        {
-            return found;
-        }
-    }
-    if probe.assign(&tpl).is_err() {
-        return found;
-    }
-    let deadline = std::time::Instant::now() + PROBE_TIMEOUT;
-    while found.len() < partitions.len() && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = probe.poll(Duration::from_millis(200)) {
-            if let Some(ts) = m.timestamp().to_millis() {
-                found.entry(m.partition()).or_insert(ts);
-            }
-        }
-    }
-    found
 }
 
 /// The start offset from an offsetsForTimes answer and the watermarks: "end" or a

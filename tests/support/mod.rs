@@ -667,12 +667,14 @@ impl Drop for ScratchPostgres {
     }
 }
 
-/// A broker of its own (tansu with the SQLite engine), for tests that stop and start
-/// it without disturbing the shared one. Data survives [`PrivateBroker::stop`].
+/// A Kafka node of its own, for tests that stop and start it without disturbing the
+/// shared one: `scripts/dev-stack.sh node-start` / `node-stop`, the same broker and
+/// settings as the shared node, on `port` and with its own data directory. Data
+/// survives [`PrivateBroker::stop`].
 pub struct PrivateBroker {
     dir: PathBuf,
     port: u16,
-    child: Option<Child>,
+    running: bool,
 }
 
 impl PrivateBroker {
@@ -684,7 +686,7 @@ impl PrivateBroker {
         let mut b = PrivateBroker {
             dir,
             port,
-            child: None,
+            running: false,
         };
         b.resume().await;
         b
@@ -695,66 +697,50 @@ impl PrivateBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Starts the broker again on the same data.
+    /// Starts the broker again on the same data; returns once it listens.
     pub async fn resume(&mut self) {
-        let tansu = std::env::var("TANSU_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                let home = PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                    .join(".cargo/bin/tansu");
-                if home.exists() {
-                    home
-                } else {
-                    PathBuf::from("tansu")
-                }
-            });
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("tansu.log"))
-            .expect("log");
-        let child = Command::new(&tansu)
-            .current_dir(&self.dir)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {} ({e}); {START_STACK}", tansu.display()));
-        self.child = Some(child);
-        let addr = self.address();
-        wait_for(
-            Duration::from_secs(30),
-            "the private broker to listen",
-            || {
-                let addr = addr.clone();
-                async move { tokio::net::TcpStream::connect(&addr).await.ok().map(|_| ()) }
-            },
-        )
-        .await;
+        let (port, dir) = (self.port.to_string(), self.dir.clone());
+        let status = tokio::task::spawn_blocking(move || {
+            dev_stack(&["node-start", &port, dir.to_str().expect("utf-8 path")])
+        })
+        .await
+        .expect("node-start");
+        assert!(
+            status.success(),
+            "scripts/dev-stack.sh node-start {} failed; its log: {}",
+            self.port,
+            self.dir.join("kafka.log").display()
+        );
+        self.running = true;
     }
 
-    /// Kills the broker; its data stays.
+    /// Stops the broker (SIGTERM, a clean shutdown); its data stays.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if std::mem::take(&mut self.running) {
+            let status = dev_stack(&["node-stop", self.dir.to_str().expect("utf-8 path")]);
+            assert!(status.success(), "scripts/dev-stack.sh node-stop failed");
         }
     }
 }
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
-        self.stop();
+        if std::mem::take(&mut self.running) {
+            let _ = dev_stack(&["node-stop", self.dir.to_str().unwrap_or_default()]);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Runs `scripts/dev-stack.sh` with `args`, its output going to the test's.
+fn dev_stack(args: &[&str]) -> ExitStatus {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/dev-stack.sh");
+    Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {} ({e})", script.display()))
 }
 
 /// A plain HTTP/1.1 GET; returns the status code and body.

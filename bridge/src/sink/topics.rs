@@ -2,9 +2,10 @@
 //!
 //! New topics get the configured partition count and `cleanup.policy=compact`, so
 //! Kafka keeps the latest record per key and drops deleted keys after their
-//! tombstone. Existing topics are used as they are. Brokers that do not create topics
-//! on demand (tansu among them) need this step; with Apache Kafka it also avoids
-//! auto-created topics with the wrong settings.
+//! tombstone. Existing topics are used as they are. Creating them first matters on
+//! Apache Kafka, whose default `auto.create.topics.enable=true` would otherwise
+//! create a topic on the first produce with the broker's defaults (one partition,
+//! `cleanup.policy=delete`); brokers that do not create topics on demand need it too.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -30,8 +31,8 @@ pub async fn ensure_topics(config: &Config) -> Result<HashMap<String, i32>, Brid
         .iter()
         .map(|t| t.topic(&config.topic_prefix))
         .collect();
-    // Metadata of the configured topics only: asking for every topic can be
-    // expensive on brokers with many topics (tansu answers it slowly).
+    // Metadata of the configured topics only: asking for every topic is expensive
+    // on clusters with many topics.
     let mut existing: HashMap<&str, usize> = HashMap::new();
     for name in &names {
         let md = admin
