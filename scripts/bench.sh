@@ -11,4 +11,5 @@ scripts/dev-stack.sh up
 scripts/dev-stack.sh broker-reset
 scripts/dev-stack.sh drop-test-slots
 cargo build --release -p tidemark-bridge -p tidemark-bench
-exec target/release/tidemark-bench "$@"
+# The broker, named in the report's machine line.
+TIDEMARK_BENCH_BROKER="$(scripts/dev-stack.sh broker-name)" exec target/release/tidemark-bench "$@"

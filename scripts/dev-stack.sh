@@ -8,6 +8,7 @@
 #   scripts/dev-stack.sh broker-reset  stop the broker, delete its data, start it empty
 #   scripts/dev-stack.sh drop-test-slots  drop inactive replication slots in database test
 #   scripts/dev-stack.sh status        say what runs
+#   scripts/dev-stack.sh broker-name   the broker's name and version, for reports
 #   scripts/dev-stack.sh node-start PORT DIR   another Kafka node on PORT with its data in DIR
 #   scripts/dev-stack.sh node-stop DIR         stop that node (SIGTERM), keeping its data
 #
@@ -232,6 +233,7 @@ case "${1:-up}" in
   broker-reset) broker_stop; rm -rf "$BROKER_DIR/data" "$BROKER_DIR/kafka.log" "$BROKER_DIR/kafka.out"; broker_start ;;
   node-start) node_start "${2:?port}" "${3:?directory}" ;;
   node-stop) node_stop "${2:?directory}" ;;
+  broker-name) echo "Apache Kafka $KAFKA_VERSION (KRaft, one node as broker and controller, 1 GiB heap, JDK $("$JAVA" -version 2>&1 | awk -F'"' '/version/ { print $2; exit }'))" ;;
   drop-test-slots)
     # Inactive slots in the test database, left by interrupted test runs: they pin WAL.
     n=$(as_postgres psql -p "$PGPORT_NUM" -d test -Atqc \
@@ -240,5 +242,5 @@ case "${1:-up}" in
   status)
     pg_up && echo "postgres: up ($(psql_admin "show wal_level"))" || echo "postgres: down"
     port_open "$BROKER_PORT" && echo "broker: up (Apache Kafka $KAFKA_VERSION)" || echo "broker: down" ;;
-  *) echo "usage: $0 [up|broker-start|broker-stop|broker-reset|drop-test-slots|status|node-start PORT DIR|node-stop DIR]" >&2; exit 2 ;;
+  *) echo "usage: $0 [up|broker-start|broker-stop|broker-reset|drop-test-slots|status|broker-name|node-start PORT DIR|node-stop DIR]" >&2; exit 2 ;;
 esac

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, FutureProducer, Producer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::support::*;
@@ -42,13 +42,13 @@ fn payloads(topic: &str, isolation: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_commits_and_aborts_transactions() {
     let topic = unique("tidemark_tx_check");
-    let producer: FutureProducer = ClientConfig::new()
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", kafka())
         .set("transactional.id", &topic)
         .create()
         .expect("transactional producer");
     let timeout = Duration::from_secs(30);
-    let p = producer.clone();
+    let p = producer;
     let t = topic.clone();
     tokio::task::spawn_blocking(move || {
         p.init_transactions(timeout).expect("InitProducerId");

@@ -151,8 +151,7 @@ async fn one_run(env: &Env, shape: Shape, run: usize) -> Result<(f64, f64, f64),
 }
 
 /// The value of the last record of partition 0 of `topic`: the bridge's record size for
-/// the broker bound. The last, because tansu answers a fetch in time proportional to
-/// the records between the fetch offset and the high watermark.
+/// the broker bound.
 fn sample_value(env: &Env, topic: &str) -> Result<Vec<u8>, BoxError> {
     let consumer = env.consumer()?;
     let mut tpl = TopicPartitionList::new();

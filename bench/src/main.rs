@@ -73,8 +73,11 @@ fn machine() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
+    // scripts/bench.sh names the broker it started; run by hand, say which it is.
+    let broker = std::env::var("TIDEMARK_BENCH_BROKER")
+        .unwrap_or_else(|_| "not named (set TIDEMARK_BENCH_BROKER)".into());
     format!(
-        "{cpu}, {cores} cores, {mem_gib} GiB RAM; {pg}; broker: tansu 0.6.0 (SQLite engine); PostgreSQL, broker, \
+        "{cpu}, {cores} cores, {mem_gib} GiB RAM; {pg}; broker: {broker}; PostgreSQL, broker, \
          bridge, caches and load generators all on this one machine"
     )
 }
