@@ -172,3 +172,57 @@ async fn passwords_never_reach_logs_or_errors() {
     let log = refused(args).await;
     assert!(!log.contains(secret), "the password leaked:\n{log}");
 }
+
+/// The bridge creates its topics with the partition count it is given and
+/// `cleanup.policy=compact`, on a broker that creates topics by itself on first use
+/// (Apache Kafka's default `auto.create.topics.enable=true`): looking a topic up must
+/// not let the broker create it first with its own defaults (one partition, delete).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_created_compacted_with_their_partitions_on_an_auto_creating_broker() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::Consumer;
+    use rdkafka::ClientConfig;
+
+    let pg = pg().await;
+    let name = unique("topics");
+    let table = format!("{name}_t");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, v text)"
+    ))
+    .await
+    .unwrap();
+    let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
+    args.partitions = 3;
+    let (mut bridge, args) = start_bridge_with(args).await;
+    let topic = args.topic(&format!("public.{table}"));
+    let md = consumer(&args.kafka)
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .expect("metadata");
+    assert_eq!(
+        md.topics().first().map(|t| t.partitions().len()),
+        Some(3),
+        "partitions of {topic}"
+    );
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.kafka)
+        .create()
+        .unwrap();
+    let configs = admin
+        .describe_configs(&[ResourceSpecifier::Topic(&topic)], &AdminOptions::new())
+        .await
+        .expect("DescribeConfigs");
+    let config = configs
+        .into_iter()
+        .next()
+        .expect("one resource")
+        .expect("the topic's configuration");
+    assert_eq!(
+        config
+            .get("cleanup.policy")
+            .and_then(|e| e.value.as_deref()),
+        Some("compact"),
+        "cleanup.policy of {topic}"
+    );
+    assert!(bridge.sigterm(Duration::from_secs(30)).success());
+}

@@ -104,9 +104,11 @@ async fn a_cache_warm_starts_exactly_from_a_compacted_topic() {
     // segment rolls only when a record arrives after segment.ms, so keep writing.
     let deadline = Instant::now() + Duration::from_secs(180);
     let (records, offsets) = loop {
-        pg.batch_execute(&format!("UPDATE {table} SET v = 'tick ' || id WHERE id <= 10"))
-            .await
-            .unwrap();
+        pg.batch_execute(&format!(
+            "UPDATE {table} SET v = 'tick ' || id WHERE id <= 10"
+        ))
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (records, offsets) = records_and_offsets(&args.kafka, &topic).await;
         if records * 2 < offsets as usize {

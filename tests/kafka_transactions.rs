@@ -30,7 +30,9 @@ fn payloads(topic: &str, isolation: &str) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         match c.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into()),
+            Some(Ok(m)) => {
+                out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into())
+            }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return out,
             Some(Err(e)) => panic!("consuming {topic}: {e}"),
             None => {}
@@ -72,13 +74,21 @@ async fn the_broker_commits_and_aborts_transactions() {
     .unwrap();
     let t = topic.clone();
     let (committed, uncommitted) = tokio::task::spawn_blocking(move || {
-        (payloads(&t, "read_committed"), payloads(&t, "read_uncommitted"))
+        (
+            payloads(&t, "read_committed"),
+            payloads(&t, "read_uncommitted"),
+        )
     })
     .await
     .unwrap();
     assert_eq!(
         committed,
-        ["committed 0", "committed 1", "committed 2", "committed-again 0"],
+        [
+            "committed 0",
+            "committed 1",
+            "committed 2",
+            "committed-again 0"
+        ],
         "a read_committed consumer"
     );
     assert_eq!(

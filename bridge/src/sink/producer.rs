@@ -25,6 +25,7 @@ pub const TYPED_PRODUCER_PROPERTIES: &[&str] = &[
     "acks",
     "enable.idempotence",
     "partitioner",
+    "allow.auto.create.topics",
 ];
 
 /// A record ready to produce.
@@ -93,13 +94,20 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
-/// The base librdkafka settings: brokers plus the passthrough properties.
+/// The base librdkafka settings: brokers, the passthrough properties, and no automatic
+/// topic creation.
 pub fn client_config(config: &Config) -> ClientConfig {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &config.kafka);
     for (k, v) in &config.kafka_properties {
         cc.set(k, v);
     }
+    // Never let the broker create one of our topics. A producer-type client asks for
+    // it by default in every metadata request and produce, and a broker with
+    // auto.create.topics.enable=true (Apache Kafka's default) would create a missing
+    // topic with its own defaults (one partition, cleanup.policy=delete) before
+    // `ensure_topics` creates it as configured, or re-create a deleted one that way.
+    cc.set("allow.auto.create.topics", "false");
     cc
 }
 
