@@ -252,6 +252,11 @@ pub async fn latency(env: &Env, rate: u64, seconds: u64) -> Result<Latency, BoxE
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
     consumer.assign(&tpl)?;
+    // One change end to end before the clock starts, so that connection set-up and
+    // the consumer's first fetch are not counted as latency.
+    pg.execute(&format!("INSERT INTO {table} VALUES (-1, 'warm-up')"), &[])
+        .await?;
+    let consumer = warm_up(consumer).await?;
 
     let (total, writers) = paced_writers(env, &table, rate, seconds);
     let reader = tokio::task::spawn_blocking(move || read_latencies(&consumer, total, seconds));
@@ -342,10 +347,24 @@ pub async fn decode_latency(env: &Env, rate: u64, seconds: u64) -> Result<Latenc
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let stdout = child.stdout.take().ok_or("no stdout from pg_recvlogical")?;
+    // One transaction end to end before the clock starts, as for the bridge.
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    pg.execute(&format!("INSERT INTO {table} VALUES (-1, 'warm-up')"), &[])
+        .await?;
+    let warm = tokio::task::spawn_blocking(move || {
+        let seen = lines
+            .by_ref()
+            .any(|l| l.is_ok_and(|l| l.starts_with("COMMIT")));
+        (seen, lines)
+    });
+    let (seen, lines) = tokio::time::timeout(Duration::from_secs(60), warm).await??;
+    if !seen {
+        return Err("pg_recvlogical ended before the warm-up transaction".into());
+    }
     let (total, writers) = paced_writers(env, &table, rate, seconds);
     let reader = tokio::task::spawn_blocking(move || {
         let mut lat = Vec::with_capacity(total as usize);
-        for line in std::io::BufReader::new(stdout).lines() {
+        for line in lines {
             let Ok(line) = line else { break };
             // "COMMIT (at 2026-11-26 15:03:38.123456+00)"
             let Some(at) = line
@@ -387,9 +406,18 @@ pub async fn broker_latency(env: &Env, rate: u64, seconds: u64) -> Result<Latenc
     tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
     consumer.assign(&tpl)?;
     let total = rate * seconds;
-    let reader = tokio::task::spawn_blocking(move || read_latencies(&consumer, total, seconds));
     let producer = plain_producer(env)?;
     let value = vec![b'x'; 400];
+    // One record end to end before the clock starts, as for the bridge.
+    producer
+        .send(
+            FutureRecord::to(&topic).key("{}").payload(&value),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    let consumer = warm_up(consumer).await?;
+    let reader = tokio::task::spawn_blocking(move || read_latencies(&consumer, total, seconds));
     let start = Instant::now();
     let mut pending = futures::stream::FuturesUnordered::new();
     for i in 0..total {
@@ -407,6 +435,23 @@ pub async fn broker_latency(env: &Env, rate: u64, seconds: u64) -> Result<Latenc
         r?.map_err(|(e, _)| e)?;
     }
     Ok(Latency::of(reader.await?, total as f64 / elapsed))
+}
+
+/// Polls until one record arrives (within 60 s) and hands the consumer back.
+async fn warm_up(
+    consumer: rdkafka::consumer::BaseConsumer,
+) -> Result<rdkafka::consumer::BaseConsumer, BoxError> {
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                m?;
+                return Ok(consumer);
+            }
+        }
+        Err("the warm-up record did not arrive within 60 s".into())
+    })
+    .await?
 }
 
 /// Polls until `total` records arrived (or `seconds` + 60 s passed) and returns each

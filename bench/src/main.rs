@@ -239,7 +239,9 @@ async fn main() -> Result<(), BoxError> {
              latency: a plain producer with the bridge's settings sends records of about the same size at the \
              same rate, and the same consumer measures from the producer's timestamp to arrival. A second \
              reference is PostgreSQL's own part: the same writers, with `pg_recvlogical` (test_decoding, commit \
-             timestamps) reading the slot, timed from each commit to its COMMIT line's arrival."
+             timestamps) reading the slot, timed from each commit to its COMMIT line's arrival. Each of the \
+             three first sends one change end to end and starts the clock only when it arrived, so that \
+             connecting and the consumer's first fetch are not counted."
                 .to_owned(),
         );
     }
