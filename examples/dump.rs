@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use serde_json::Value;
-use tidemark_client::wire::Row;
+use tidemark_client::Row;
 use tidemark_client::{Cache, Strategy};
 
 /// Dump a table through a tidemark cache.

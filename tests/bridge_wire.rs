@@ -1,4 +1,4 @@
-//! The bridge writes the documented envelopes (DESIGN.md section 2): keys, ops,
+//! The bridge writes the documented envelopes (`docs/design.md`, the wire format): keys, ops,
 //! before/after, every codec type, tombstones, truncates, commit time, xid and LSNs,
 //! one topic per table, transaction order kept.
 
@@ -215,4 +215,59 @@ async fn every_change_becomes_the_documented_envelope() {
         "clean exit: {status:?}\n{}",
         bridge.log_text()
     );
+}
+
+/// The cache computes the partition of every bulk-loaded row itself
+/// (`tidemark_core::wire::partitioner`); it must be the partition librdkafka's
+/// `murmur2_random` partitioner, which the bridge's producer uses, picks for the same
+/// key bytes. Keys of several shapes go to a 7-partition topic through a producer
+/// with that partitioner, and each delivery's partition is compared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_partitioner_matches_librdkafkas_murmur2_random() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::ClientConfig;
+    use tidemark_core::wire::{key, partitioner::partition_of};
+
+    let topic = unique("tidemark_partitioner");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .unwrap();
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&topic, 7, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    let mut keys: Vec<Vec<u8>> = (0..200)
+        .map(|i: i64| key::encode([("id", &json!(i * 7919 - 50_000))]))
+        .collect();
+    for s in ["", "a", "ab", "abc", "abcd", "ünïcödé ✓", "quote \" and \\"] {
+        keys.push(key::encode([("name", &json!(s)), ("n", &json!(1.5))]));
+    }
+    for k in &keys {
+        let delivery = producer
+            .send(
+                FutureRecord::<[u8], str>::to(&topic).key(k).payload("x"),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("delivery");
+        assert_eq!(
+            delivery.partition,
+            partition_of(k, 7),
+            "key {}",
+            String::from_utf8_lossy(k)
+        );
+    }
 }

@@ -9,8 +9,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::ClientConfig;
-use tidemark_client::wire::Row;
 use tidemark_client::Cache;
+use tidemark_client::Row;
 use tokio_postgres::Client;
 
 use crate::support::*;

@@ -1,5 +1,5 @@
 //! The race test: caches warm-start at random moments while writers hammer the table,
-//! and must converge on it without a key ever going back (DESIGN.md section 1).
+//! and must converge on it without a key ever going back (`docs/design.md`, the race).
 
 use std::time::Duration;
 

@@ -10,7 +10,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
-use tidemark_client::wire::Row;
+use tidemark_client::Row;
 use tidemark_client::{Cache, Error};
 use tokio_postgres::Client;
 

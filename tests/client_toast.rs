@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tidemark_client::wire::Row;
 use tidemark_client::Cache;
+use tidemark_client::Row;
 
 use crate::support::*;
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tidemark_client::postgres::{ConnectError, ConnectOptions};
+use tidemark_core::pg::{ConnectError, ConnectOptions};
 use tokio_postgres::Client;
 
 use crate::support::*;

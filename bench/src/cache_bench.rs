@@ -20,8 +20,8 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
-use tidemark_client::wire::{Envelope, Op, Row};
 use tidemark_client::Cache;
+use tidemark_core::wire::{Envelope, Op, Row};
 
 use crate::env::{drop_slot, median, time_command, BoxError, BridgeProcess, Env};
 

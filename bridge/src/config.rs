@@ -10,9 +10,18 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use serde::Deserialize;
-use tidemark_client::wire::TableName;
+use tidemark_core::wire::TableName;
 
 use crate::error::BridgeError;
+
+/// Producer properties the bridge sets itself, because its guarantees depend on them.
+pub const TYPED_PRODUCER_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "acks",
+    "enable.idempotence",
+    "partitioner",
+    "allow.auto.create.topics",
+];
 
 /// Default Kafka bootstrap servers.
 pub const DEFAULT_KAFKA: &str = "127.0.0.1:9092";
@@ -268,7 +277,7 @@ impl Config {
         if self.partitions < 1 {
             return Err(invalid("partitions", "must be at least 1"));
         }
-        for typed in crate::sink::TYPED_PRODUCER_PROPERTIES {
+        for typed in TYPED_PRODUCER_PROPERTIES {
             if self.kafka_properties.contains_key(*typed) {
                 return Err(invalid(
                     "kafka-property",

@@ -29,10 +29,7 @@ pub enum BridgeError {
     /// PostgreSQL failed or went away.
     /// Shows the server's message and SQLSTATE, or the driver's text and its causes
     /// (a TLS handshake's reason): the driver's own `Display` says only "db error".
-    #[error(
-        "postgres: {context}: {}",
-        tidemark_client::postgres::error_detail(source)
-    )]
+    #[error("postgres: {context}: {}", tidemark_core::pg::error_detail(source))]
     Postgres {
         /// What the bridge was doing.
         context: String,
@@ -48,7 +45,7 @@ pub enum BridgeError {
     Decode(String),
     /// Kafka did not acknowledge a record (after librdkafka's own retries).
     #[error("kafka delivery failed: {0}")]
-    Delivery(String),
+    Delivery(rdkafka::error::KafkaError),
     /// Kafka failed: unreachable, refused a topic, or failed a delivery.
     #[error("kafka: {context}: {source}")]
     Kafka {

@@ -12,7 +12,6 @@
 //! * for the watermark strategy, a change older than the cached one by the `ts`
 //!   column (last writer wins) is skipped.
 
-use std::cmp::Ordering;
 use std::hash::Hash;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -20,27 +19,10 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::cache::{Change, Origin, Shared};
+use crate::state::{Change, Entry, Origin, Shared};
 use crate::table::ToastCopy;
-use crate::wire::Row;
-
-/// One cached row.
-pub(crate) struct Entry<V> {
-    pub value: Arc<V>,
-    /// The Kafka partition that owns the key.
-    pub partition: i32,
-    /// The row's values that may be stored out of line (see
-    /// [`ToastCopy`](crate::table::ToastCopy)), as a JSON object, for
-    /// `unchanged_toast` merges. Kept as text: it is read only on such a merge, and
-    /// one string is far smaller than a map.
-    pub toast: Option<Box<str>>,
-    /// The watermark strategy's `ts` value (boxed: most caches do not use it, and
-    /// every byte here is paid once per row).
-    pub ts: Option<Box<Ts>>,
-    /// The warm start that last wrote the entry; entries of older ones are removed
-    /// after a new load.
-    pub generation: u32,
-}
+use crate::ts::Ts;
+use tidemark_core::wire::Row;
 
 /// Deserialises a key object; a single-column key also deserialises from the bare
 /// column value.
@@ -80,7 +62,7 @@ pub(crate) struct ToastCopyWriter(Vec<u8>);
 impl ToastCopyWriter {
     /// Adds column `col` with `value` (anything that serialises as the codec value).
     pub fn push(&mut self, col: &str, value: &impl serde::Serialize) {
-        crate::copy_row::push_json_member(&mut self.0, col, value);
+        tidemark_core::wire::key::push_member(&mut self.0, col, value);
     }
 
     /// The object, or `None` when no column was kept.
@@ -91,70 +73,6 @@ impl ToastCopyWriter {
         self.0.push(b'}');
         String::from_utf8(self.0).ok().map(String::into_boxed_str)
     }
-}
-
-/// A value of the watermark strategy's `ts` column, ordered the way the column is.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Ts {
-    Int(i64),
-    Float(f64),
-    /// Microseconds since the epoch (timestamps with or without time zone).
-    Micros(i64),
-    Text(Box<str>),
-}
-
-impl Ts {
-    /// Reads a codec value; `None` for SQL NULL or a value with no order.
-    pub fn from_value(v: &Value) -> Option<Ts> {
-        match v {
-            Value::Number(n) => n
-                .as_i64()
-                .map(Ts::Int)
-                .or_else(|| n.as_f64().map(Ts::Float)),
-            Value::String(s) => {
-                Some(parse_time(s).map_or_else(|| Ts::Text(s.as_str().into()), Ts::Micros))
-            }
-            _ => None,
-        }
-    }
-
-    /// Whether `self` is at least as new as `other`. Values of different kinds (a
-    /// column whose type changed) count as newer.
-    pub fn at_least(&self, other: &Ts) -> bool {
-        let ord = match (self, other) {
-            (Ts::Int(a), Ts::Int(b)) => a.partial_cmp(b),
-            (Ts::Float(a), Ts::Float(b)) => a.partial_cmp(b),
-            (Ts::Int(a), Ts::Float(b)) => (*a as f64).partial_cmp(b),
-            (Ts::Float(a), Ts::Int(b)) => a.partial_cmp(&(*b as f64)),
-            (Ts::Micros(a), Ts::Micros(b)) => a.partial_cmp(b),
-            (Ts::Text(a), Ts::Text(b)) => a.partial_cmp(b),
-            _ => None,
-        };
-        ord != Some(Ordering::Less)
-    }
-
-    /// Whether `self` is strictly newer than `other` (different kinds count as newer).
-    pub fn newer_than(&self, other: &Ts) -> bool {
-        self.at_least(other) && self != other
-    }
-
-    /// Milliseconds since the epoch, when the value is a time.
-    pub fn as_millis(&self) -> Option<i64> {
-        match self {
-            Ts::Micros(us) => Some(us.div_euclid(1000)),
-            _ => None,
-        }
-    }
-}
-
-/// RFC 3339 (`timestamptz` from the codec) or ISO `timestamp` text to microseconds.
-fn parse_time(s: &str) -> Option<i64> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Some(t.timestamp_micros());
-    }
-    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
-        .ok()
-        .map(|t| t.and_utc().timestamp_micros())
 }
 
 /// Why a row was not applied.

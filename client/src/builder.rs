@@ -13,66 +13,16 @@ use serde::de::DeserializeOwned;
 use std::hash::Hash;
 use tokio::sync::watch;
 
-use crate::cache::{Cache, Shared, TaskGuard};
+use tidemark_core::pg::ConnectOptions;
+use tidemark_core::wire::TableName;
+
+use crate::cache::Cache;
+use crate::config::{
+    Config, Strategy, DEFAULT_CHANNEL_CAPACITY, DEFAULT_SAFETY_WINDOW, DEFAULT_TOPIC_PREFIX,
+    TYPED_CONSUMER_PROPERTIES,
+};
 use crate::error::{Error, Result};
-use crate::postgres::ConnectOptions;
-use crate::wire::TableName;
-
-/// The default margin subtracted from the snapshot time before seeking the topic.
-/// It covers transactions whose commit time is earlier than the snapshot but which
-/// became visible only after it (a commit waiting for a synchronous standby).
-pub const DEFAULT_SAFETY_WINDOW: Duration = Duration::from_secs(10);
-
-/// The default topic prefix; topics are `<prefix>.<schema>.<table>`.
-pub const DEFAULT_TOPIC_PREFIX: &str = "tidemark";
-
-/// The default number of changes a subscriber may fall behind before it lags.
-pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
-
-/// Consumer properties the cache sets itself, because its guarantees depend on them;
-/// setting one through [`Builder::kafka_property`] is an error.
-pub const TYPED_CONSUMER_PROPERTIES: &[&str] = &[
-    "bootstrap.servers",
-    "group.id",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "auto.offset.reset",
-];
-
-/// How the cache makes the bulk load and the stream meet without a gap or a double.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Strategy {
-    /// Exact, for topics written by tidemark's bridge: filter the stream by the load
-    /// snapshot's transaction visibility (DESIGN.md section 1).
-    #[default]
-    Snapshot,
-    /// For topics another tool wrote (no transaction ids): `m = max(ts_column)` in the
-    /// load transaction, replay from `m − safety window`, re-query rows with
-    /// `ts_column >= m`, and keep per key the row with the largest `ts_column`. Exact
-    /// only when `ts_column` increases with commit order per key; see the crate docs.
-    Watermark {
-        /// The column that orders versions of a row (a timestamp or a number).
-        ts_column: String,
-    },
-}
-
-/// Settings, checked.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub postgres: ConnectOptions,
-    /// Host, port and database, for messages (never the password).
-    pub postgres_target: String,
-    pub kafka: String,
-    pub kafka_properties: Vec<(String, String)>,
-    pub table: TableName,
-    pub topic: String,
-    pub strategy: Strategy,
-    pub safety_window: Duration,
-    pub owner_column: Option<String>,
-    pub channel_capacity: usize,
-    /// Off only in tests that show why the filter is needed.
-    pub xid_filter: bool,
-}
+use crate::state::{Shared, TaskGuard};
 
 /// Collects the settings of a [`Cache`].
 ///
@@ -105,6 +55,17 @@ pub struct Builder<K, V> {
     _types: PhantomData<fn() -> (K, V)>,
 }
 
+impl<K, V> Cache<K, V>
+where
+    K: DeserializeOwned + Hash + Eq + Clone + Send + Sync + 'static,
+    V: DeserializeOwned + Send + Sync + 'static,
+{
+    /// A builder for a cache; see [`Builder`] for the settings.
+    pub fn builder() -> Builder<K, V> {
+        Builder::new()
+    }
+}
+
 impl<K, V> Default for Builder<K, V> {
     fn default() -> Self {
         Self::new()
@@ -133,7 +94,7 @@ impl<K, V> Builder<K, V> {
     /// The PostgreSQL URL (`postgres://user:password@host:port/db?...`); libpq-style
     /// settings (`connect_timeout`, `application_name`, `options`, ...) go in its
     /// query string, TLS included: `sslmode=disable|allow|prefer|require|verify-ca|verify-full`,
-    /// `sslrootcert`, `sslcert`, `sslkey` (see [`crate::postgres`]). Required.
+    /// `sslrootcert`, `sslcert`, `sslkey` (see [`tidemark_core::pg`]). Required.
     pub fn postgres(mut self, url: impl Into<String>) -> Self {
         self.postgres = Some(url.into());
         self

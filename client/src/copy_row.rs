@@ -18,8 +18,9 @@ use serde::Deserializer;
 use serde_json::Value;
 
 use crate::table::TableInfo;
-use crate::wire::codec::unescape_copy_field;
-use crate::wire::{Row, ValueKind};
+use tidemark_core::wire::codec::unescape_copy_field;
+use tidemark_core::wire::key;
+use tidemark_core::wire::{Row, ValueKind};
 
 /// A COPY text line split into fields, one per column of the table.
 pub(crate) struct CopyRow<'a> {
@@ -85,9 +86,9 @@ impl<'a> CopyRow<'a> {
     pub fn write_object(&self, cols: &[usize], out: &mut Vec<u8>) -> Result<(), String> {
         out.clear();
         for &i in cols {
-            push_json_member(out, &self.table.columns[i].name, &self.value(i)?);
+            key::push_member(out, &self.table.columns[i].name, &self.value(i)?);
         }
-        out.push(b'}');
+        key::close_object(out);
         Ok(())
     }
 
@@ -114,16 +115,6 @@ impl<'a> CopyRow<'a> {
             _ => Field::Value(self.value(col).map_err(de::Error::custom)?),
         })
     }
-}
-
-/// Appends `"name":value` to the JSON object being written in `out`, opening it
-/// with `{` when `out` is empty; the caller closes it with `}`.
-pub(crate) fn push_json_member(out: &mut Vec<u8>, name: &str, value: &impl serde::Serialize) {
-    out.push(if out.is_empty() { b'{' } else { b',' });
-    // Writing a string or a codec value into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, name);
-    out.push(b':');
-    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 /// Some columns of a [`CopyRow`], deserialised as a map.
@@ -247,6 +238,48 @@ impl<'de> Deserializer<'de> for Field<'_> {
     }
 }
 
+/// Rows from COPY text, for the table's own lines.
+impl TableInfo {
+    /// Decodes one COPY text line (without its newline) into a row.
+    pub fn decode_copy_line(&self, line: &[u8]) -> Result<Row, String> {
+        CopyRow::parse(self, line)?.row()
+    }
+
+    /// Re-reads the current row with `key` from PostgreSQL, through COPY and the codec
+    /// like the bulk load. `None` when the row no longer exists.
+    pub async fn reread(
+        &self,
+        client: &tokio_postgres::Client,
+        key: &Row,
+    ) -> crate::error::Result<Option<Row>> {
+        use crate::error::Error;
+        use futures::TryStreamExt;
+        let sql = self.reread_sql(key).ok_or_else(|| Error::Decode {
+            table: self.name.to_string(),
+            problem: format!("key {key:?} cannot be looked up"),
+        })?;
+        let stream = client
+            .copy_out(sql.as_str())
+            .await
+            .map_err(Error::postgres("re-reading a row"))?;
+        let chunks: Vec<bytes::Bytes> = stream
+            .try_collect()
+            .await
+            .map_err(Error::postgres("re-reading a row"))?;
+        let data: Vec<u8> = chunks.concat();
+        match data.split(|&b| b == b'\n').find(|l| !l.is_empty()) {
+            None => Ok(None),
+            Some(line) => self
+                .decode_copy_line(line)
+                .map(Some)
+                .map_err(|problem| Error::Decode {
+                    table: self.name.to_string(),
+                    problem,
+                }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,5 +380,94 @@ mod tests {
         assert!(CopyRow::parse(&t, b"1\tx").is_err());
         assert!(CopyRow::parse(&t, b"1\tx\t{}\t{}\textra").is_err());
         assert!(CopyRow::parse(&t, b"1\t\xff\t{}\t{}").is_err());
+    }
+
+    /// COPY text of a value: backslash, tab, newline and carriage return escaped, as
+    /// `COPY ... TO STDOUT` writes them.
+    fn copy_escaped(raw: &str) -> String {
+        raw.replace('\\', "\\\\")
+            .replace('\t', "\\t")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r")
+    }
+
+    /// The two key paths give the same bytes for every value kind: the bridge's
+    /// (pgoutput sends the raw text; it decodes it with the codec and writes the key
+    /// with `key::encode`) and the bulk load's (COPY text, escaped, through
+    /// [`CopyRow::write_object`]). Partitioning and per-partition TRUNCATE rely on it.
+    #[test]
+    fn the_bulk_load_writes_keys_byte_for_byte_as_the_bridge_does() {
+        let cases: &[(u32, u32, &str, &[&str])] = &[
+            (16, 0, "boolean", &["t", "f"]),
+            (
+                20,
+                0,
+                "bigint",
+                &["42", "-9223372036854775808", "9223372036854775807"],
+            ),
+            (23, 0, "integer", &["0", "-7"]),
+            (700, 0, "real", &["1.5", "NaN", "-Infinity"]),
+            (701, 0, "double precision", &["0.1", "1e+300", "Infinity"]),
+            (
+                1700,
+                0,
+                "numeric",
+                &["10.50", "-0.000001", "123456789012345678901234567890"],
+            ),
+            (3802, 0, "jsonb", &[r#"{"a": [1, "x\ty"]}"#, "null"]),
+            (17, 0, "bytea", &["\\x00ff10"]),
+            (
+                1184,
+                0,
+                "timestamp with time zone",
+                &["2026-11-26 07:16:50.123+00"],
+            ),
+            (1114, 0, "timestamp", &["2026-11-26 07:16:50.5"]),
+            (1082, 0, "date", &["2026-11-26"]),
+            (2950, 0, "uuid", &["0192f1c4-5b6e-7a3d-8c2b-1f0e9d8c7b6a"]),
+            (
+                25,
+                0,
+                "text",
+                &[
+                    "plain",
+                    "tab\there",
+                    "line\nbreak",
+                    "back\\slash",
+                    "quote \" é ✓",
+                    "",
+                ],
+            ),
+            (1009, 25, "text[]", &["{a,\"b c\",NULL}"]),
+            (1007, 23, "integer[]", &["{1,2,3}"]),
+        ];
+        for &(oid, elem, sql_type, values) in cases {
+            let kind = ValueKind::from_type(oid, elem);
+            let table = TableInfo {
+                name: tidemark_core::wire::TableName::parse("public.k").unwrap(),
+                columns: vec![crate::table::Column {
+                    name: "k".into(),
+                    kind: kind.clone(),
+                    sql_type: sql_type.into(),
+                    toast: crate::table::ToastCopy::Never,
+                    has_octet_length: false,
+                }],
+                key: vec![0],
+            };
+            for raw in values {
+                let bridge = key::encode([("k", &kind.decode(raw).unwrap())]);
+                let line = copy_escaped(raw);
+                let mut bulk = Vec::new();
+                CopyRow::parse(&table, line.as_bytes())
+                    .unwrap()
+                    .write_object(&[0], &mut bulk)
+                    .unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&bulk),
+                    String::from_utf8_lossy(&bridge),
+                    "{sql_type} {raw:?}"
+                );
+            }
+        }
     }
 }

@@ -22,7 +22,7 @@ pub enum Error {
     /// PostgreSQL could not be reached.
     #[error(
         "PostgreSQL is not reachable at {target}: {}; check the URL (TLS: sslmode, sslrootcert) and that the server runs",
-        crate::postgres::error_detail(source)
+        tidemark_core::pg::error_detail(source)
     )]
     PostgresUnreachable {
         /// Host, port and database (no password).

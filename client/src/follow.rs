@@ -33,12 +33,12 @@ use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 
 use crate::apply::{merge_toast, typed_key, Applier, Rejected};
-use crate::cache::{Origin, PartitionPosition, Status};
 use crate::seek::{blocking, Consumer, Start};
 use crate::snapshot::Snapshot;
+use crate::state::{Origin, PartitionPosition, Status};
 use crate::table::TableInfo;
-use crate::wire::envelope::Position;
-use crate::wire::{Envelope, Op, Row};
+use tidemark_core::wire::envelope::Position;
+use tidemark_core::wire::{Envelope, Op, Row};
 
 /// How often positions, lag and readiness are refreshed while records flow.
 const TICK: Duration = Duration::from_secs(2);

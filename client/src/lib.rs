@@ -33,29 +33,29 @@
 //! position, replays the topic from a little before the snapshot time, and skips
 //! exactly the records whose transaction the snapshot already contains. The
 //! watermark strategy ([`Strategy::Watermark`]) serves topics another tool wrote; it
-//! is exact only when its `ts` column grows in commit order per key. DESIGN.md
-//! section 1 has the full argument.
+//! is exact only when its `ts` column grows in commit order per key. `docs/design.md`
+//! has the full argument.
 //!
 //! # Types
 //!
 //! `K` is deserialised from the record key, a JSON object of the primary-key columns
 //! (`{"id": 42}`); a single-column key also deserialises from the bare value, so
 //! `Cache<i64, _>` works. `V` is deserialised from the whole row as a JSON object.
-//! Values are encoded as [`wire::codec`] describes (`numeric` as a string, `bytea`
+//! Values are encoded as [`tidemark_core::wire::codec`] describes (`numeric` as a string, `bytea`
 //! as base64, `timestamptz` as RFC 3339, ...), identically for the bulk load and
 //! the stream.
 //!
 //! | module | job |
 //! |---|---|
-//! | [`wire`] | the record format and value codec shared with the bridge |
+//! | `config` | the checked settings, their defaults and the strategy |
+//! | `state` | what the handle and the background task share: the map and its entries, changes, counters, status |
+//! | `ts` | the watermark strategy's ordering column |
 //! | `builder` | the settings and how a cache starts |
 //! | `cache` | the handle: reads, subscriptions, figures, shutdown |
 //! | `apply` | the apply rules: upsert, TOAST merge, delete, truncate per partition |
 //! | `table` | the table's shape; COPY text to the same rows and keys as the bridge's |
 //! | `load` | the snapshot, the streamed COPY and the insert LSN |
-//! | [`postgres`] | connecting with libpq-style TLS settings and the codec's session options (shared with the bridge) |
 //! | `snapshot` | transaction visibility with modulo-2³² comparison |
-//! | `partitioner` | Kafka's murmur2 partitioner, for keys from the bulk load |
 //! | `seek` | the consumer, offsetsForTimes, high watermarks, manual assignment |
 //! | `follow` | the consumer loop: filter, de-duplication, apply, readiness |
 //! | `run` | the background task: warm start, follow, warm start again |
@@ -65,24 +65,27 @@
 mod apply;
 mod builder;
 mod cache;
+mod config;
 mod copy_row;
 mod error;
 mod follow;
 mod load;
-mod partitioner;
-pub mod postgres;
 mod run;
 mod seek;
 mod snapshot;
+mod state;
 mod table;
 mod telemetry;
-pub mod wire;
+mod ts;
 
-pub use builder::{
-    Builder, Strategy, DEFAULT_CHANNEL_CAPACITY, DEFAULT_SAFETY_WINDOW, DEFAULT_TOPIC_PREFIX,
+pub use builder::Builder;
+pub use cache::{Cache, Stats};
+pub use config::{
+    Strategy, DEFAULT_CHANNEL_CAPACITY, DEFAULT_SAFETY_WINDOW, DEFAULT_TOPIC_PREFIX,
     TYPED_CONSUMER_PROPERTIES,
 };
-pub use cache::{Cache, Change, Origin, PartitionPosition, Stats};
 pub use error::{Error, Result};
-pub use partitioner::{murmur2, partition_of};
-pub use snapshot::{Snapshot, SnapshotParseError};
+pub use state::{Change, Origin, PartitionPosition};
+/// The record types an application reads: a row of a schema-agnostic cache
+/// (`Cache<Row, Row>`) and the change envelope.
+pub use tidemark_core::wire::{Envelope, Op, Row};

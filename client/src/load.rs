@@ -23,15 +23,15 @@ use tokio_postgres::{Client, IsolationLevel};
 use tracing::info;
 
 use crate::apply::{Applier, ToastCopyWriter};
-use crate::builder::Config;
-use crate::cache::Origin;
+use crate::config::Config;
 use crate::copy_row::CopyRow;
 use crate::error::{Error, Result};
-use crate::partitioner::partition_of;
-use crate::postgres::ConnectError;
 use crate::snapshot::{parse_lsn, Snapshot};
+use crate::state::Origin;
 use crate::table::{TableInfo, ToastCopy};
-use crate::wire::ValueKind;
+use tidemark_core::pg::ConnectError;
+use tidemark_core::wire::partitioner::partition_of;
+use tidemark_core::wire::ValueKind;
 
 /// How often the load reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -102,7 +102,7 @@ where
         Some(col) => {
             let sql = format!(
                 "SELECT max({})::text FROM {}",
-                crate::wire::envelope::quote_ident(col),
+                tidemark_core::wire::envelope::quote_ident(col),
                 table.name.quoted()
             );
             txn.query_one(sql.as_str(), &[])
@@ -167,7 +167,7 @@ where
     let filter = match max_ts {
         Some(m) => format!(
             " WHERE {} >= '{}'::{}",
-            crate::wire::envelope::quote_ident(ts_column),
+            tidemark_core::wire::envelope::quote_ident(ts_column),
             m.replace('\'', "''"),
             table.columns[col].sql_type
         ),
@@ -176,7 +176,7 @@ where
     let names: Vec<String> = table
         .columns
         .iter()
-        .map(|c| crate::wire::envelope::quote_ident(&c.name))
+        .map(|c| tidemark_core::wire::envelope::quote_ident(&c.name))
         .collect();
     let sql = format!(
         "COPY (SELECT {} FROM {}{filter}) TO STDOUT",

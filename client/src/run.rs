@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::apply::{Applier, Ts};
-use crate::builder::{Config, Strategy};
-use crate::cache::{PartitionPosition, Shared, Status};
+use crate::apply::Applier;
+use crate::config::{Config, Strategy};
 use crate::error::{Error, Result};
 use crate::follow::{End, Filter, Follower, PartitionState};
+use crate::state::{PartitionPosition, Shared, Status};
 use crate::table::TableInfo;
+use crate::ts::Ts;
 use crate::{load, seek};
 
 /// The longest pause between failed warm starts.

@@ -21,7 +21,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{Consumer as _, ConsumerContext, StreamConsumer};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
-use crate::builder::Config;
+use crate::config::Config;
 use crate::error::{Error, Result};
 
 /// How long one metadata, offset or watermark request may take.

@@ -2,7 +2,7 @@
 //! key, and how to turn PostgreSQL's COPY text into the same JSON rows and keys the
 //! bridge writes.
 //!
-//! The bridge decodes pgoutput text with [`crate::wire::codec`]; this module decodes
+//! The bridge decodes pgoutput text with [`tidemark_core::wire::codec`]; this module decodes
 //! `COPY ... TO STDOUT` text with the same codec, after undoing COPY's escaping, so a
 //! row reads identically from both paths. Keys are built in primary-key order
 //! ([`PRIMARY_KEY_SQL`]) so equal keys are equal bytes, which the partition
@@ -11,11 +11,10 @@
 use serde_json::Value;
 use tokio_postgres::Client;
 
-use crate::copy_row::CopyRow;
 use crate::error::{Error, Result};
-use crate::wire::codec::TYPE_INFO_SQL;
-use crate::wire::envelope::{quote_ident, PRIMARY_KEY_SQL};
-use crate::wire::{Row, TableName, ValueKind};
+use tidemark_core::wire::codec::TYPE_INFO_SQL;
+use tidemark_core::wire::envelope::{quote_ident, PRIMARY_KEY_SQL};
+use tidemark_core::wire::{Row, TableName, ValueKind};
 
 /// The columns of a table, in `attnum` order, with whether each can be TOASTed.
 const COLUMNS_SQL: &str = "SELECT c.oid, a.attname::text, a.atttypid, \
@@ -215,11 +214,6 @@ impl TableInfo {
         names.join(", ")
     }
 
-    /// Decodes one COPY text line (without its newline) into a row.
-    pub fn decode_copy_line(&self, line: &[u8]) -> Result<Row, String> {
-        CopyRow::parse(self, line)?.row()
-    }
-
     /// The columns whose values may be left out as unchanged TOAST, with their rule.
     pub fn toast_columns(&self) -> Vec<(String, ToastCopy)> {
         self.columns
@@ -251,35 +245,6 @@ impl TableInfo {
             self.name.quoted(),
             conds.join(" AND ")
         ))
-    }
-
-    /// Re-reads the current row with `key` from PostgreSQL, through COPY and the codec
-    /// like the bulk load. `None` when the row no longer exists.
-    pub async fn reread(&self, client: &Client, key: &Row) -> Result<Option<Row>> {
-        use futures::TryStreamExt;
-        let sql = self.reread_sql(key).ok_or_else(|| Error::Decode {
-            table: self.name.to_string(),
-            problem: format!("key {key:?} cannot be looked up"),
-        })?;
-        let stream = client
-            .copy_out(sql.as_str())
-            .await
-            .map_err(Error::postgres("re-reading a row"))?;
-        let chunks: Vec<bytes::Bytes> = stream
-            .try_collect()
-            .await
-            .map_err(Error::postgres("re-reading a row"))?;
-        let data: Vec<u8> = chunks.concat();
-        match data.split(|&b| b == b'\n').find(|l| !l.is_empty()) {
-            None => Ok(None),
-            Some(line) => self
-                .decode_copy_line(line)
-                .map(Some)
-                .map_err(|problem| Error::Decode {
-                    table: self.name.to_string(),
-                    problem,
-                }),
-        }
     }
 }
 

@@ -21,6 +21,8 @@ use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use tidemark_client::{Cache, Strategy};
 
+use tokio_postgres::Client;
+
 use super::*;
 
 /// A row of the race table, as the cache holds it.

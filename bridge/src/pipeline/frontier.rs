@@ -11,6 +11,8 @@
 
 use std::collections::VecDeque;
 
+use rdkafka::error::KafkaError;
+
 /// A transaction in flight.
 #[derive(Debug)]
 struct Txn {
@@ -32,7 +34,7 @@ pub struct Frontier {
     /// Commit time of the last transaction the frontier moved over.
     confirmed_commit_ms: i64,
     in_flight: u64,
-    failed: Option<String>,
+    failed: Option<KafkaError>,
 }
 
 impl Frontier {
@@ -77,7 +79,7 @@ impl Frontier {
 
     /// Records Kafka's answer for one record of transaction `id`. A failure is kept
     /// (see [`Frontier::failure`]) and the frontier stops moving for good.
-    pub fn delivered(&mut self, id: u64, result: Result<(), String>) {
+    pub fn delivered(&mut self, id: u64, result: Result<(), KafkaError>) {
         if let Err(e) = result {
             self.failed.get_or_insert(e);
             return;
@@ -144,8 +146,8 @@ impl Frontier {
     }
 
     /// The first delivery failure, if any.
-    pub fn failure(&self) -> Option<&str> {
-        self.failed.as_deref()
+    pub fn failure(&self) -> Option<&KafkaError> {
+        self.failed.as_ref()
     }
 }
 
@@ -197,10 +199,20 @@ mod tests {
         f.produced(a);
         f.produced(a);
         f.commit(a, 100);
-        f.delivered(a, Err("broker down".into()));
+        f.delivered(
+            a,
+            Err(KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
+            )),
+        );
         f.delivered(a, Ok(()));
         assert_eq!(f.confirmed(), 0);
-        assert_eq!(f.failure(), Some("broker down"));
+        assert!(matches!(
+            f.failure(),
+            Some(KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::MessageTimedOut
+            ))
+        ));
         f.confirm_idle(900);
         assert_eq!(f.confirmed(), 0);
     }

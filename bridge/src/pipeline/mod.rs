@@ -16,16 +16,17 @@
 pub mod frontier;
 pub mod records;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pgwire_replication::{Lsn, ReplicationEvent};
+use rdkafka::error::KafkaError;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::config::Config;
 use crate::error::BridgeError;
-use crate::sink::{topics, Sink};
+use crate::sink::{topics, Acks, Record, Sink};
 use crate::source::{pgoutput, setup, stream};
 use crate::telemetry::{self, Health};
 use frontier::Frontier;
@@ -48,7 +49,7 @@ impl Drop for NotStreamingOnDrop<'_> {
     }
 }
 
-fn count_record(record: &crate::sink::Record) {
+fn count_record(record: &Record) {
     let bytes = record.key.len() + record.value.as_ref().map_or(0, Vec::len);
     metrics::counter!(telemetry::BYTES).increment(bytes as u64);
     if let Some(op) = record.op {
@@ -57,14 +58,41 @@ fn count_record(record: &crate::sink::Record) {
     }
 }
 
+/// The pipeline owns the frontier; the sink reports acknowledgements to it.
+impl Acks for Mutex<Frontier> {
+    fn produced(&self, txn: u64) {
+        lock(self).produced(txn);
+    }
+
+    fn delivered(&self, txn: u64, result: Result<(), KafkaError>) {
+        lock(self).delivered(txn, result);
+    }
+
+    fn in_flight(&self) -> u64 {
+        lock(self).in_flight()
+    }
+
+    fn failure(&self) -> Option<KafkaError> {
+        lock(self).failure().cloned()
+    }
+}
+
+/// The frontier, also after a panic elsewhere left its lock poisoned (its state is
+/// updated in single steps, so it stays consistent).
+fn lock(frontier: &Mutex<Frontier>) -> MutexGuard<'_, Frontier> {
+    frontier
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Updates the progress gauges; the slot lag comes from the server.
-async fn report_progress(client: &tokio_postgres::Client, slot: &str, sink: &Sink) {
+async fn report_progress(client: &tokio_postgres::Client, slot: &str, frontier: &Mutex<Frontier>) {
     let (in_flight, confirmed, lag_seconds) = {
-        let f = sink.frontier();
+        let f = lock(frontier);
         (
             f.in_flight(),
             f.confirmed(),
-            f.lag_seconds(records::now_ms()),
+            f.lag_seconds(telemetry::now_ms()),
         )
     };
     metrics::gauge!(telemetry::IN_FLIGHT).set(in_flight as f64);
@@ -100,7 +128,7 @@ pub async fn run_session(
         .await?
         .unwrap_or(0);
     let frontier = Arc::new(Mutex::new(Frontier::new(start)));
-    let sink = Sink::new(config, frontier)?;
+    let sink = Sink::new(config, frontier.clone())?;
     let mut tables = Tables::new(
         config.tables.clone(),
         partitions,
@@ -134,7 +162,7 @@ pub async fn run_session(
                             commit_lsn: final_lsn.as_u64(),
                             commit_ms: (commit_time_micros + PG_EPOCH_MICROS) / 1000,
                         };
-                        txn = Some((sink.frontier().begin(info.commit_ms), info));
+                        txn = Some((lock(&frontier).begin(info.commit_ms), info));
                     }
                     ReplicationEvent::XLogData { wal_start, data, .. } => {
                         match pgoutput::decode(data).map_err(|e| BridgeError::Decode(e.to_string()))? {
@@ -152,12 +180,12 @@ pub async fn run_session(
                     }
                     ReplicationEvent::Commit { end_lsn, .. } => {
                         if let Some((id, _)) = txn.take() {
-                            sink.frontier().commit(id, end_lsn.as_u64());
+                            lock(&frontier).commit(id, end_lsn.as_u64());
                         }
                     }
                     ReplicationEvent::KeepAlive { wal_end, .. } => {
                         if txn.is_none() {
-                            sink.frontier().confirm_idle(wal_end.as_u64());
+                            lock(&frontier).confirm_idle(wal_end.as_u64());
                         }
                     }
                     ReplicationEvent::Message { .. } => {}
@@ -168,10 +196,10 @@ pub async fn run_session(
         if let Some(e) = sink.failure() {
             return Err(e);
         }
-        let confirmed = sink.frontier().confirmed();
+        let confirmed = lock(&frontier).confirmed();
         if lag_probe.elapsed() >= LAG_PROBE_INTERVAL {
             lag_probe = Instant::now();
-            report_progress(&client, &config.slot, &sink).await;
+            report_progress(&client, &config.slot, &frontier).await;
         }
         if confirmed > reported {
             debug!(lsn = %Lsn(confirmed), "confirm");
@@ -181,11 +209,11 @@ pub async fn run_session(
     }
 
     info!(
-        in_flight = sink.frontier().in_flight(),
+        in_flight = lock(&frontier).in_flight(),
         "stopping: draining in-flight records"
     );
     let drained = sink.drain(DRAIN_TIMEOUT).await;
-    let confirmed = sink.frontier().confirmed();
+    let confirmed = lock(&frontier).confirmed();
     repl.update_applied_lsn(Lsn(confirmed));
     repl.stop();
     while let Ok(Some(_)) = repl.recv().await {}

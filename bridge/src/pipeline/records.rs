@@ -3,7 +3,7 @@
 //! Per table it keeps what the Relation messages said (columns and their codec
 //! kinds) plus the primary-key order from the catalog. A new Relation message (after
 //! `ALTER TABLE`) replaces the entry, so later changes carry the new columns.
-//! Decisions beyond DESIGN.md section 2, as Debezium makes them:
+//! Decisions beyond the wire format in `docs/design.md`, as Debezium makes them:
 //! * an update that changes the primary key becomes a delete of the old key (with
 //!   its tombstone) followed by a create of the new key, so each key's history stays
 //!   on that key's partition;
@@ -16,8 +16,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
-use tidemark_client::wire::envelope::TRUNCATE_KEY;
-use tidemark_client::wire::{Envelope, Op, Row, Source, TableName, ValueKind};
+use tidemark_core::wire::envelope::TRUNCATE_KEY;
+use tidemark_core::wire::key;
+use tidemark_core::wire::{Envelope, Op, Row, Source, TableName, ValueKind};
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
@@ -25,6 +26,7 @@ use crate::error::BridgeError;
 use crate::sink::Record;
 use crate::source::pgoutput::{Datum, Message, OldTuple, Relation, Tuple};
 use crate::source::setup::{primary_key, TypeCache};
+use crate::telemetry::now_ms;
 
 /// The transaction a change belongs to (from its Begin message).
 #[derive(Debug, Clone, Copy)]
@@ -244,7 +246,7 @@ impl Table {
     }
 
     fn key_of(&self, tuple: &Tuple) -> Result<Vec<u8>, BridgeError> {
-        let mut key = Row::new();
+        let mut values = Vec::with_capacity(self.key.len());
         for &i in &self.key {
             let (name, kind) = &self.columns[i];
             let value = match tuple.get(i) {
@@ -262,9 +264,9 @@ impl Table {
                     )))
                 }
             };
-            key.insert(name.clone(), value);
+            values.push((name.as_str(), value));
         }
-        serde_json::to_vec(&key).map_err(|e| decode_err(e.to_string()))
+        Ok(key::encode(values.iter().map(|(n, v)| (*n, v))))
     }
 }
 
@@ -356,11 +358,4 @@ impl Writer<'_> {
             self.record(key, None),
         ])
     }
-}
-
-/// Milliseconds since the epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

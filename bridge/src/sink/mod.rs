@@ -1,7 +1,8 @@
 //! The Kafka side: [`topics`] creates the topics, [`producer`] writes records and
-//! turns delivery reports into progress of the acknowledgement frontier.
+//! reports each one's delivery to whoever numbers the transactions ([`Acks`], the
+//! pipeline's acknowledgement frontier).
 
 pub mod producer;
 pub mod topics;
 
-pub use producer::{Record, Sink, TYPED_PRODUCER_PROPERTIES};
+pub use producer::{Acks, Record, Sink};

@@ -7,7 +7,7 @@
 //! is full, [`Sink::send`] waits for acknowledgements instead of buffering more,
 //! which in turn stops reading the replication stream.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -17,16 +17,6 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::error::BridgeError;
-use crate::pipeline::frontier::Frontier;
-
-/// Producer properties the bridge sets itself, because its guarantees depend on them.
-pub const TYPED_PRODUCER_PROPERTIES: &[&str] = &[
-    "bootstrap.servers",
-    "acks",
-    "enable.idempotence",
-    "partitioner",
-    "allow.auto.create.topics",
-];
 
 /// A record ready to produce.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,9 +37,23 @@ pub struct Record {
     pub op: Option<&'static str>,
 }
 
-/// Routes delivery reports to the frontier.
+/// Where the sink reports what it produced and what Kafka answered for each record:
+/// the pipeline's acknowledgement frontier. Transactions are numbered by the caller.
+pub trait Acks: Send + Sync + 'static {
+    /// One more record of transaction `txn` is in flight.
+    fn produced(&self, txn: u64);
+    /// Kafka's answer for one record of transaction `txn`.
+    fn delivered(&self, txn: u64, result: Result<(), KafkaError>);
+    /// Records produced and not yet answered.
+    fn in_flight(&self) -> u64;
+    /// The first failed delivery, if any, with librdkafka's error (its code says
+    /// whether it is worth retrying).
+    fn failure(&self) -> Option<KafkaError>;
+}
+
+/// Routes delivery reports to the [`Acks`].
 pub struct DeliveryContext {
-    frontier: Arc<Mutex<Frontier>>,
+    acks: Arc<dyn Acks>,
     acked: Arc<Notify>,
 }
 
@@ -78,18 +82,12 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, txn: usize) {
         if let Ok(msg) = result {
             if let Some(commit_ms) = rdkafka::Message::timestamp(msg).to_millis() {
-                let seconds =
-                    (crate::pipeline::records::now_ms() - commit_ms).max(0) as f64 / 1000.0;
+                let seconds = (crate::telemetry::now_ms() - commit_ms).max(0) as f64 / 1000.0;
                 metrics::histogram!(crate::telemetry::ACK_LATENCY).record(seconds);
             }
         }
-        let outcome = result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string());
-        let mut f = self
-            .frontier
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f.delivered(txn as u64, outcome);
-        drop(f);
+        let outcome = result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone());
+        self.acks.delivered(txn as u64, outcome);
         self.acked.notify_one();
     }
 }
@@ -114,13 +112,13 @@ pub fn client_config(config: &Config) -> ClientConfig {
 /// The producer side of a replication session.
 pub struct Sink {
     producer: ThreadedProducer<DeliveryContext>,
-    frontier: Arc<Mutex<Frontier>>,
+    acks: Arc<dyn Acks>,
     acked: Arc<Notify>,
 }
 
 impl Sink {
-    /// Creates the producer; its delivery reports feed `frontier`.
-    pub fn new(config: &Config, frontier: Arc<Mutex<Frontier>>) -> Result<Self, BridgeError> {
+    /// Creates the producer; its delivery reports go to `acks`.
+    pub fn new(config: &Config, acks: Arc<dyn Acks>) -> Result<Self, BridgeError> {
         let mut cc = ClientConfig::new();
         // Defaults that a passthrough property may change.
         cc.set("linger.ms", "5")
@@ -136,7 +134,7 @@ impl Sink {
             .set("partitioner", "murmur2_random");
         let acked = Arc::new(Notify::new());
         let context = DeliveryContext {
-            frontier: frontier.clone(),
+            acks: acks.clone(),
             acked: acked.clone(),
         };
         let producer = cc
@@ -144,14 +142,14 @@ impl Sink {
             .map_err(BridgeError::kafka("creating the producer"))?;
         Ok(Sink {
             producer,
-            frontier,
+            acks,
             acked,
         })
     }
 
     /// Produces one record of transaction `txn`, waiting while the queue is full.
     pub async fn send(&self, txn: u64, record: &Record) -> Result<(), BridgeError> {
-        self.lock().produced(txn);
+        self.acks.produced(txn);
         loop {
             let mut r = BaseRecord::with_opaque_to(&record.topic, txn as usize)
                 .key(&record.key)
@@ -172,7 +170,7 @@ impl Sink {
                         .await;
                 }
                 Err((e, _)) => {
-                    self.lock().delivered(txn, Err(e.to_string()));
+                    self.acks.delivered(txn, Err(e.clone()));
                     return Err(BridgeError::kafka(format!("producing to {}", record.topic))(e));
                 }
             }
@@ -182,7 +180,7 @@ impl Sink {
     /// Waits until every produced record is acknowledged, a delivery fails, or `timeout`.
     pub async fn drain(&self, timeout: Duration) -> Result<(), BridgeError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        while self.lock().in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        while self.acks.in_flight() > 0 && tokio::time::Instant::now() < deadline {
             if let Some(e) = self.failure() {
                 return Err(e);
             }
@@ -193,20 +191,7 @@ impl Sink {
 
     /// The first failed delivery, as an error.
     pub fn failure(&self) -> Option<BridgeError> {
-        self.lock()
-            .failure()
-            .map(|e| BridgeError::Delivery(e.to_owned()))
-    }
-
-    /// The frontier this sink reports to.
-    pub fn frontier(&self) -> std::sync::MutexGuard<'_, Frontier> {
-        self.lock()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Frontier> {
-        self.frontier
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.acks.failure().map(BridgeError::Delivery)
     }
 
     /// The underlying librdkafka client, for metadata.

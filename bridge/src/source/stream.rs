@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use pgwire_replication::{ReplicationClient, ReplicationConfig, SslMode, TlsConfig};
-use tidemark_client::wire::SESSION_OPTIONS;
+use tidemark_core::wire::SESSION_OPTIONS;
 
 use crate::config::{Config, PgUrl};
 use crate::error::BridgeError;
@@ -45,7 +45,7 @@ pub fn replication_config(url: &PgUrl, config: &Config) -> Result<ReplicationCon
         db => decode(db),
     };
     // libpq's defaults and meanings, as the SQL connections use them
-    // (`tidemark_client::postgres`): `prefer` when no sslmode is given, and `require`
+    // (`tidemark_core::pg`): `prefer` when no sslmode is given, and `require`
     // with a root certificate checks the chain like `verify-ca`.
     let mut tls = TlsConfig {
         mode: SslMode::Prefer,

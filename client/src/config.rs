@@ -1,0 +1,63 @@
+//! The settings of a cache once checked, their defaults, and the strategy that makes
+//! the bulk load and the stream meet.
+
+use std::time::Duration;
+
+use tidemark_core::pg::ConnectOptions;
+use tidemark_core::wire::TableName;
+
+/// The default margin subtracted from the snapshot time before seeking the topic.
+/// It covers transactions whose commit time is earlier than the snapshot but which
+/// became visible only after it (a commit waiting for a synchronous standby).
+pub const DEFAULT_SAFETY_WINDOW: Duration = Duration::from_secs(10);
+
+/// The default topic prefix; topics are `<prefix>.<schema>.<table>`.
+pub const DEFAULT_TOPIC_PREFIX: &str = "tidemark";
+
+/// The default number of changes a subscriber may fall behind before it lags.
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
+
+/// Consumer properties the cache sets itself, because its guarantees depend on them;
+/// setting one through [`Builder::kafka_property`](crate::Builder::kafka_property) is an error.
+pub const TYPED_CONSUMER_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+];
+
+/// How the cache makes the bulk load and the stream meet without a gap or a double.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Exact, for topics written by tidemark's bridge: filter the stream by the load
+    /// snapshot's transaction visibility (`docs/design.md`).
+    #[default]
+    Snapshot,
+    /// For topics another tool wrote (no transaction ids): `m = max(ts_column)` in the
+    /// load transaction, replay from `m − safety window`, re-query rows with
+    /// `ts_column >= m`, and keep per key the row with the largest `ts_column`. Exact
+    /// only when `ts_column` increases with commit order per key; see the crate docs.
+    Watermark {
+        /// The column that orders versions of a row (a timestamp or a number).
+        ts_column: String,
+    },
+}
+
+/// Settings, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub postgres: ConnectOptions,
+    /// Host, port and database, for messages (never the password).
+    pub postgres_target: String,
+    pub kafka: String,
+    pub kafka_properties: Vec<(String, String)>,
+    pub table: TableName,
+    pub topic: String,
+    pub strategy: Strategy,
+    pub safety_window: Duration,
+    pub owner_column: Option<String>,
+    pub channel_capacity: usize,
+    /// Off only in tests that show why the filter is needed.
+    pub xid_filter: bool,
+}

@@ -1,0 +1,159 @@
+//! The state the cache handle and its background task share: the map and its
+//! entries, the change channel, the counters, the positions and the status.
+
+use std::hash::Hash;
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use tokio::sync::{broadcast, watch};
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::telemetry::Counts;
+use crate::ts::Ts;
+
+/// Where an applied change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// The row was read by a warm start's bulk load from PostgreSQL.
+    BulkLoad,
+    /// The change was read from the Kafka topic (or, for the watermark strategy, from
+    /// the re-query after the load).
+    Stream,
+    /// Like [`Origin::Stream`], but the row's owner column holds this instance's
+    /// [`Cache::instance_id`](crate::Cache::instance_id): the application's own write coming back.
+    OwnWrite,
+}
+
+/// One change, delivered to subscribers after it was applied to the map.
+#[derive(Debug)]
+pub struct Change<K, V> {
+    /// The key that changed.
+    pub key: K,
+    /// The new value; `None` when the key was removed (delete or truncate).
+    pub value: Option<Arc<V>>,
+    /// Where the change came from.
+    pub origin: Origin,
+    /// The Kafka partition that owns the key.
+    pub partition: i32,
+}
+
+impl<K: Clone, V> Clone for Change<K, V> {
+    fn clone(&self) -> Self {
+        Change {
+            key: self.key.clone(),
+            value: self.value.clone(),
+            origin: self.origin,
+            partition: self.partition,
+        }
+    }
+}
+
+/// One cached row.
+pub(crate) struct Entry<V> {
+    pub value: Arc<V>,
+    /// The Kafka partition that owns the key.
+    pub partition: i32,
+    /// The row's values that may be stored out of line (see
+    /// `ToastCopy` in `table`), as a JSON object, for
+    /// `unchanged_toast` merges. Kept as text: it is read only on such a merge, and
+    /// one string is far smaller than a map.
+    pub toast: Option<Box<str>>,
+    /// The watermark strategy's `ts` value (boxed: most caches do not use it, and
+    /// every byte here is paid once per row).
+    pub ts: Option<Box<Ts>>,
+    /// The warm start that last wrote the entry; entries of older ones are removed
+    /// after a new load.
+    pub generation: u32,
+}
+
+/// The consumer's position on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionPosition {
+    /// The partition.
+    pub partition: i32,
+    /// The offset of the next record to consume.
+    pub next_offset: i64,
+    /// The partition's high watermark at the last refresh.
+    pub high_watermark: i64,
+    /// The high watermark sampled after the last load, which readiness waits for.
+    pub ready_at: i64,
+}
+
+/// Counters updated by the background task.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    /// The counts, also exported through the `metrics` facade.
+    pub counts: Counts,
+    /// Commit time (ms since the epoch) of the last change applied from the stream.
+    pub last_commit_ms: AtomicI64,
+}
+
+/// Whether the cache is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Status {
+    Starting,
+    Ready,
+    /// Catching up again after a new warm start.
+    Rewarming,
+    Failed(String),
+}
+
+/// The state the handle and the background task share.
+pub(crate) struct Shared<K, V> {
+    pub map: DashMap<K, Entry<V>>,
+    pub changes: broadcast::Sender<Change<K, V>>,
+    pub counters: Counters,
+    pub positions: Mutex<Vec<PartitionPosition>>,
+    pub instance_id: Uuid,
+    pub status: watch::Sender<Status>,
+    /// The error that ended the start, for the first caller of `ready()`.
+    pub failure: Mutex<Option<Error>>,
+    pub table: String,
+    pub topic: String,
+}
+
+impl<K: Hash + Eq + Clone, V> Shared<K, V> {
+    pub fn new(instance_id: Uuid, table: String, topic: String, capacity: usize) -> Self {
+        Shared {
+            map: DashMap::new(),
+            changes: broadcast::channel(capacity.max(1)).0,
+            counters: Counters {
+                counts: Counts::new(&table),
+                last_commit_ms: AtomicI64::new(0),
+            },
+            positions: Mutex::new(Vec::new()),
+            instance_id,
+            status: watch::channel(Status::Starting).0,
+            failure: Mutex::new(None),
+            table,
+            topic,
+        }
+    }
+
+    /// Tells subscribers, if there are any (so an unwatched cache clones nothing).
+    pub fn notify(&self, change: impl FnOnce() -> Change<K, V>) {
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(change());
+        }
+    }
+
+    pub fn fail(&self, error: Error) {
+        let message = error.to_string();
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+        self.status.send_replace(Status::Failed(message));
+    }
+}
+
+/// Stops the background task when the last handle goes away.
+pub(crate) struct TaskGuard {
+    pub stop: watch::Sender<bool>,
+    pub task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}

@@ -1,0 +1,12 @@
+//! The contract between the bridge and the client: the record format
+//! ([`envelope`]), the value codec ([`codec`]), the key's bytes ([`key`]) and the
+//! partition of a key ([`partitioner`]). `docs/design.md` describes it; both halves of tidemark use only
+//! these types, so they cannot drift apart.
+
+pub mod codec;
+pub mod envelope;
+pub mod key;
+pub mod partitioner;
+
+pub use codec::{ValueKind, SESSION_OPTIONS};
+pub use envelope::{Envelope, Op, Row, Source, TableName};

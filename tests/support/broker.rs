@@ -1,0 +1,80 @@
+//! A Kafka node of a test's own, started and stopped through `scripts/dev-stack.sh`.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+
+/// A Kafka node of its own, for tests that stop and start it without disturbing the
+/// shared one: `scripts/dev-stack.sh node-start` / `node-stop`, the same broker and
+/// settings as the shared node, on `port` and with its own data directory. Data
+/// survives [`PrivateBroker::stop`].
+pub struct PrivateBroker {
+    dir: PathBuf,
+    port: u16,
+    running: bool,
+}
+
+impl PrivateBroker {
+    /// Starts a broker on `port` with a fresh data directory.
+    pub async fn start(port: u16) -> PrivateBroker {
+        let dir =
+            std::env::temp_dir().join(format!("tidemark-broker-{port}-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).expect("broker dir");
+        let mut b = PrivateBroker {
+            dir,
+            port,
+            running: false,
+        };
+        b.resume().await;
+        b
+    }
+
+    /// The bootstrap address.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker again on the same data; returns once it listens.
+    pub async fn resume(&mut self) {
+        let (port, dir) = (self.port.to_string(), self.dir.clone());
+        let status = tokio::task::spawn_blocking(move || {
+            dev_stack(&["node-start", &port, dir.to_str().expect("utf-8 path")])
+        })
+        .await
+        .expect("node-start");
+        assert!(
+            status.success(),
+            "scripts/dev-stack.sh node-start {} failed; its log: {}",
+            self.port,
+            self.dir.join("kafka.log").display()
+        );
+        self.running = true;
+    }
+
+    /// Stops the broker (SIGTERM, a clean shutdown); its data stays.
+    pub fn stop(&mut self) {
+        if std::mem::take(&mut self.running) {
+            let status = dev_stack(&["node-stop", self.dir.to_str().expect("utf-8 path")]);
+            assert!(status.success(), "scripts/dev-stack.sh node-stop failed");
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        if std::mem::take(&mut self.running) {
+            let _ = dev_stack(&["node-stop", self.dir.to_str().unwrap_or_default()]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `scripts/dev-stack.sh` with `args`, its output going to the test's.
+fn dev_stack(args: &[&str]) -> ExitStatus {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/dev-stack.sh");
+    Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {} ({e})", script.display()))
+}

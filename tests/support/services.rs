@@ -1,0 +1,71 @@
+//! The shared services: where the tests find PostgreSQL and Kafka, connections, and
+//! the replication slot's position.
+
+use tokio_postgres::{Client, NoTls};
+
+/// Where the tests find PostgreSQL.
+pub fn pg_url() -> String {
+    std::env::var("TIDEMARK_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Where the tests find the broker.
+pub fn kafka() -> String {
+    std::env::var("TIDEMARK_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub const START_STACK: &str = "start the development stack with: scripts/dev-stack.sh up";
+
+/// A connection to the test database. Also starts the tests' log output (once):
+/// `RUST_LOG` selects it, warnings by default.
+pub async fn pg() -> Client {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    pg_at(&pg_url()).await
+}
+
+/// A connection to `url`.
+pub async fn pg_at(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {url} ({e}); {START_STACK}"));
+    tokio::spawn(conn);
+    client
+}
+
+/// The slot's confirmed flush LSN as a number.
+pub async fn confirmed_flush(pg: &Client, slot: &str) -> Option<u64> {
+    pg.query_opt(
+        "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .expect("query pg_replication_slots")
+    .and_then(|r| r.get::<_, Option<i64>>(0))
+    .map(|v| v as u64)
+}
+
+/// The server's current WAL LSN as a number.
+pub async fn current_lsn(pg: &Client) -> u64 {
+    pg.query_one("SELECT (pg_current_wal_lsn() - '0/0')::int8", &[])
+        .await
+        .expect("pg_current_wal_lsn")
+        .get::<_, i64>(0) as u64
+}
+
+/// Drops a replication slot and publication left by an earlier run.
+pub async fn drop_slot_and_publication(pg: &Client, slot: &str, publication: &str) {
+    let _ = pg
+        .execute(
+            "SELECT pg_drop_replication_slot($1) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await;
+    let _ = pg
+        .batch_execute(&format!("DROP PUBLICATION IF EXISTS \"{publication}\""))
+        .await;
+}

@@ -1,0 +1,110 @@
+//! Reading topics back: every record of a topic, and waiting for records to arrive.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+
+use super::services::START_STACK;
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Rec {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Value,
+    /// `None` for a tombstone.
+    pub value: Option<Value>,
+}
+
+/// A consumer for reading topics back (no group, manual assignment).
+pub fn consumer(brokers: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.auto.commit", "false")
+        .set("group.id", "tidemark-tests-unused")
+        .create()
+        .unwrap_or_else(|e| {
+            panic!("cannot create a Kafka consumer for {brokers} ({e}); {START_STACK}")
+        })
+}
+
+/// Every record of `topic`, partition by partition, up to the current high watermarks.
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
+    let c = consumer(brokers);
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("broker {brokers} unreachable ({e}); {START_STACK}"));
+    let parts: Vec<i32> = md
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    let mut tpl = TopicPartitionList::new();
+    let mut highs = HashMap::new();
+    for &p in &parts {
+        let (low, high) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        if high > low {
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))
+                .expect("assign");
+            highs.insert(p, high);
+        }
+    }
+    let mut out = Vec::new();
+    if highs.is_empty() {
+        return out;
+    }
+    c.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut done: HashMap<i32, bool> = highs.keys().map(|&p| (p, false)).collect();
+    while done.values().any(|d| !d) {
+        assert!(Instant::now() < deadline, "reading {topic} timed out");
+        let Some(msg) = c.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let msg = msg.expect("consume");
+        let p = msg.partition();
+        if msg.offset() + 1 >= highs[&p] {
+            done.insert(p, true);
+        }
+        if msg.offset() >= highs[&p] {
+            continue;
+        }
+        out.push(Rec {
+            partition: p,
+            offset: msg.offset(),
+            timestamp_ms: msg.timestamp().to_millis(),
+            key: serde_json::from_slice(msg.key().unwrap_or(b"null")).expect("key is JSON"),
+            value: msg
+                .payload()
+                .map(|v| serde_json::from_slice(v).expect("value is JSON")),
+        });
+    }
+    out
+}
+
+/// Waits until `topic` holds at least `n` records and returns them.
+pub async fn wait_for_records(brokers: &str, topic: &str, n: usize, timeout: Duration) -> Vec<Rec> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (b, t) = (brokers.to_string(), topic.to_string());
+        let recs = tokio::task::spawn_blocking(move || read_topic(&b, &t))
+            .await
+            .expect("read_topic");
+        if recs.len() >= n {
+            return recs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} has {} records after {timeout:?}, expected {n}",
+            recs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
