@@ -10,7 +10,9 @@
 use std::time::Duration;
 
 use pgwire_replication::{ReplicationClient, ReplicationConfig, SslMode, TlsConfig};
+use tidemark_core::pg::{ConnectOptions, SslMode as PgSslMode, Verification};
 use tidemark_core::wire::SESSION_OPTIONS;
+use tokio_postgres::config::Host;
 
 use crate::config::{Config, PgUrl};
 use crate::error::BridgeError;
@@ -25,58 +27,46 @@ fn bad_url(problem: impl Into<String>) -> BridgeError {
     }
 }
 
-/// Translates a `postgres://` URL (with `sslmode` and `sslrootcert` query parameters)
-/// into the replication client's settings.
+/// The replication client's settings for the URL: host, port, user, password,
+/// database and TLS as `tidemark_core::pg` reads them for the SQL connections (one
+/// parser, so both connections reach the same server with the same checks).
 pub fn replication_config(url: &PgUrl, config: &Config) -> Result<ReplicationConfig, BridgeError> {
-    let u = url::Url::parse(url.expose()).map_err(|e| bad_url(format!("not a URL: {e}")))?;
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
+    let options = ConnectOptions::parse(url.expose()).map_err(|e| bad_url(e.to_string()))?;
+    let pg = options.config();
+    let host = match pg.get_hosts().first() {
+        Some(Host::Tcp(name)) => name.trim_matches(['[', ']']).to_owned(),
+        Some(Host::Unix(path)) => {
+            return Err(bad_url(format!(
+                "the replication connection needs a TCP host, not the socket {}",
+                path.display()
+            )))
+        }
+        None => "localhost".to_owned(),
     };
-    let user = if u.username().is_empty() {
-        "postgres".to_owned()
-    } else {
-        decode(u.username())
-    };
-    let password = u.password().map(decode).unwrap_or_default();
-    let database = match u.path().trim_start_matches('/') {
-        "" => user.clone(),
-        db => decode(db),
-    };
-    // libpq's defaults and meanings, as the SQL connections use them
-    // (`tidemark_core::pg`): `prefer` when no sslmode is given, and `require`
-    // with a root certificate checks the chain like `verify-ca`.
-    let mut tls = TlsConfig {
-        mode: SslMode::Prefer,
+    let user = pg.get_user().unwrap_or("postgres").to_owned();
+    let password = pg
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let database = pg.get_dbname().unwrap_or(&user).to_owned();
+    let settings = options.tls();
+    let tls = TlsConfig {
+        mode: match settings.mode {
+            PgSslMode::Disable => SslMode::Disable,
+            PgSslMode::Allow | PgSslMode::Prefer => SslMode::Prefer,
+            // libpq: `require` with a root certificate checks the chain like `verify-ca`.
+            PgSslMode::Require => match settings.verification() {
+                Verification::None => SslMode::Require,
+                _ => SslMode::VerifyCa,
+            },
+            PgSslMode::VerifyCa => SslMode::VerifyCa,
+            PgSslMode::VerifyFull => SslMode::VerifyFull,
+        },
+        ca_pem_path: settings.root_cert.clone(),
+        client_cert_pem_path: settings.cert.clone(),
+        client_key_pem_path: settings.key.clone(),
         ..TlsConfig::disabled()
     };
-    for (key, value) in u.query_pairs() {
-        match key.as_ref() {
-            "sslmode" => {
-                tls.mode = match value.as_ref() {
-                    "disable" => SslMode::Disable,
-                    "allow" | "prefer" => SslMode::Prefer,
-                    "require" => SslMode::Require,
-                    "verify-ca" => SslMode::VerifyCa,
-                    "verify-full" => SslMode::VerifyFull,
-                    other => return Err(bad_url(format!("unknown sslmode {other:?}"))),
-                }
-            }
-            "sslrootcert" => tls.ca_pem_path = Some(value.as_ref().into()),
-            "sslcert" => tls.client_cert_pem_path = Some(value.as_ref().into()),
-            "sslkey" => tls.client_key_pem_path = Some(value.as_ref().into()),
-            _ => {}
-        }
-    }
-    if tls.mode == SslMode::Require && tls.ca_pem_path.is_some() {
-        tls.mode = SslMode::VerifyCa;
-    }
-    let host = u
-        .host_str()
-        .unwrap_or("localhost")
-        .trim_matches(['[', ']'])
-        .to_owned();
     Ok(ReplicationConfig::new(
         host,
         user,
@@ -85,7 +75,7 @@ pub fn replication_config(url: &PgUrl, config: &Config) -> Result<ReplicationCon
         config.slot.clone(),
         config.publication.clone(),
     )
-    .with_port(u.port().unwrap_or(5432))
+    .with_port(pg.get_ports().first().copied().unwrap_or(5432))
     .with_tls(tls)
     .with_options(SESSION_OPTIONS)
     .with_application_name("tidemark-bridge")
