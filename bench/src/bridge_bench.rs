@@ -18,7 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::env::{
-    current_lsn, drop_slot, lsn_text, median, quantile, time_command, BoxError, BridgeProcess, Env,
+    current_lsn, drop_slot, median, quantile, time_command, BoxError, BridgeProcess, Env,
 };
 
 /// One throughput shape.
@@ -113,7 +113,7 @@ async fn one_run(env: &Env, shape: Shape, run: usize) -> Result<(f64, f64, f64),
             ])
             .args([
                 "-E",
-                &lsn_text(end),
+                &tokio_postgres::types::PgLsn::from(end).to_string(),
                 "-o",
                 "proto_version=1",
                 "-o",

@@ -94,11 +94,6 @@ pub async fn current_lsn(pg: &Client) -> Result<u64, BoxError> {
         .get::<_, i64>(0) as u64)
 }
 
-/// An LSN in PostgreSQL's text form.
-pub fn lsn_text(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
-}
-
 /// A bridge process.
 pub struct BridgeProcess {
     child: Child,

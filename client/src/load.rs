@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
+use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, IsolationLevel};
 use tracing::info;
 
@@ -26,7 +27,7 @@ use crate::apply::{Applier, ToastCopyWriter};
 use crate::config::Config;
 use crate::copy_row::CopyRow;
 use crate::error::{Error, Result};
-use crate::snapshot::{parse_lsn, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::state::Origin;
 use crate::table::{TableInfo, ToastCopy};
 use tidemark_core::pg::ConnectError;
@@ -124,18 +125,15 @@ where
         flagged,
     };
     let rows = decode_in_parallel(stream, source, table, applier, partitions).await?;
-    let lsn_text: String = txn
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+    let insert_lsn: PgLsn = txn
+        .query_one("SELECT pg_current_wal_insert_lsn()", &[])
         .await
         .map_err(Error::postgres("reading the WAL insert position"))?
         .get(0);
+    let insert_lsn = u64::from(insert_lsn);
     txn.commit()
         .await
         .map_err(Error::postgres("ending the load transaction"))?;
-    let insert_lsn = parse_lsn(&lsn_text).ok_or_else(|| Error::Decode {
-        table: table.name.to_string(),
-        problem: format!("cannot parse the LSN {lsn_text:?}"),
-    })?;
     Ok(Loaded {
         snapshot,
         snapshot_ms,

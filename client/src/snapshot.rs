@@ -95,12 +95,6 @@ impl fmt::Display for Snapshot {
     }
 }
 
-/// Parses PostgreSQL's `pg_lsn` text form `XXXXXXXX/YYYYYYYY`.
-pub fn parse_lsn(text: &str) -> Option<u64> {
-    let (hi, lo) = text.trim().split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,12 +155,5 @@ mod tests {
         assert!(s.visible(5));
         // "Just before" epoch 0 does not exist; it clamps to 0, which is in the past.
         assert!(s.visible(u32::MAX));
-    }
-
-    #[test]
-    fn lsn_text() {
-        assert_eq!(parse_lsn("0/16B3748"), Some(0x16B3748));
-        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
-        assert_eq!(parse_lsn("16B3748"), None);
     }
 }
