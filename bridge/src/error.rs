@@ -79,15 +79,7 @@ impl BridgeError {
             }
             // A slot still held by a dying walsender, a restarting server: all pass.
             BridgeError::Replication(_) => true,
-            // Connection exceptions (08), operator intervention such as a restart (57),
-            // insufficient resources (53) and serialization failures (40) pass; other
-            // server errors (permissions, syntax) do not.
-            BridgeError::Postgres { source, .. } => match source.as_db_error() {
-                None => true,
-                Some(db) => ["08", "57", "53", "40"]
-                    .iter()
-                    .any(|c| db.code().code().starts_with(c)),
-            },
+            BridgeError::Postgres { source, .. } => tidemark_core::pg::is_transient(source),
             BridgeError::Kafka { .. } | BridgeError::Delivery(_) => true,
         }
     }

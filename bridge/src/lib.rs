@@ -26,6 +26,7 @@ pub mod telemetry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tidemark_core::backoff::Backoff;
 use tokio::sync::watch;
 use tracing::{error, warn};
 
@@ -103,7 +104,7 @@ async fn supervise(
     health: &telemetry::Health,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), BridgeError> {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -117,14 +118,14 @@ async fn supervise(
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() => {
                 if started.elapsed() > HEALTHY_SESSION {
-                    backoff = FIRST_BACKOFF;
+                    backoff.reset();
                 }
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "session failed; retrying");
+                let pause = backoff.pause();
+                warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "session failed; retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = shutdown.changed() => return Ok(()),
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 metrics::counter!(telemetry::RECONNECTS).increment(1);
             }
             Err(e) => {

@@ -114,7 +114,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::PostgresUnreachable { .. } | Error::Kafka { .. } | Error::Stopped(_) => true,
-            Error::Postgres { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+            Error::Postgres { source, .. } => tidemark_core::pg::is_transient(source),
             Error::Config { .. }
             | Error::Table { .. }
             | Error::TopicMissing { .. }

@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tidemark_core::backoff::Backoff;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -29,7 +30,8 @@ use crate::table::TableInfo;
 use crate::ts::Ts;
 use crate::{load, seek};
 
-/// The longest pause between failed warm starts.
+/// The first and the longest pause between failed warm starts.
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// How many times the first warm start is tried when a Kafka request fails.
@@ -47,6 +49,7 @@ pub(crate) async fn run<K, V>(
     let mut generation = 0;
     let mut served = false;
     let mut failures = 0u32;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     loop {
         generation += 1;
         let started = tokio::select! {
@@ -58,6 +61,7 @@ pub(crate) async fn run<K, V>(
             Ok(follower) => {
                 served = true;
                 failures = 0;
+                backoff.reset();
                 match follower.run(&mut stop).await {
                     End::Stopped => return,
                     End::Rewarm(reason) => {
@@ -76,7 +80,7 @@ pub(crate) async fn run<K, V>(
                     return;
                 }
                 failures += 1;
-                let pause = Duration::from_secs(1u64 << failures.min(5)).min(MAX_BACKOFF);
+                let pause = backoff.pause();
                 warn!(table = %config.table, error = %e, retry_in_secs = pause.as_secs(), "warm start failed");
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => return,

@@ -119,6 +119,21 @@ impl TlsSettings {
     }
 }
 
+/// Whether a PostgreSQL error may pass if the same work is tried again later: a lost
+/// or refused connection (no server error at all), and the server error classes of
+/// connection exceptions (08), operator intervention such as a restart or a cancel
+/// (57), insufficient resources (53) and transaction rollbacks such as serialization
+/// failures and deadlocks (40). Anything else (permissions, a missing table, bad SQL)
+/// needs a person.
+pub fn is_transient(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        Some(db) => ["08", "57", "53", "40"]
+            .iter()
+            .any(|class| db.code().code().starts_with(class)),
+    }
+}
+
 /// A bad connection setting; names the URL parameter. Never contains the password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{parameter}: {problem}")]
