@@ -12,8 +12,8 @@ use serde_json::Value;
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
-use tidemark_core::wire::codec::TYPE_INFO_SQL;
-use tidemark_core::wire::envelope::{quote_ident, PRIMARY_KEY_SQL};
+use tidemark_core::pg::catalog::{PRIMARY_KEY_SQL, TYPE_INFO_SQL};
+use tidemark_core::wire::envelope::quote_ident;
 use tidemark_core::wire::{Row, TableName, ValueKind};
 
 /// The columns of a table, in `attnum` order, with whether each can be TOASTed.

@@ -4,7 +4,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`wire`] | the record format, the value codec, the key encoding and the partitioner |
-//! | [`pg`] | connecting to PostgreSQL: one parser of URL and TLS settings, the codec's session options, which errors are worth retrying |
+//! | [`pg`] | PostgreSQL: one parser of URL and TLS settings, the codec's session options, the catalog queries both halves make, which errors are worth retrying |
 //! | [`backoff`] | how long to wait before trying again |
 //!
 //! Nothing enters this crate unless both halves use it. `docs/design.md` describes

@@ -8,9 +8,10 @@
 
 use std::collections::HashMap;
 
+use tidemark_core::pg::catalog::{PRIMARY_KEY_SQL, TYPE_INFO_SQL};
 use tidemark_core::pg::{ConnectError, ConnectOptions, SettingsError};
 use tidemark_core::wire::envelope::quote_ident;
-use tidemark_core::wire::{codec::TYPE_INFO_SQL, TableName, ValueKind};
+use tidemark_core::wire::{TableName, ValueKind};
 use tokio_postgres::Client;
 use tracing::info;
 
@@ -246,7 +247,7 @@ pub async fn advance_slot(client: &Client, slot: &str, lsn: u64) -> Result<(), B
 /// The primary-key column names of a table, in key order.
 pub async fn primary_key(client: &Client, rel: u32) -> Result<Vec<String>, BridgeError> {
     let rows = client
-        .query(tidemark_core::wire::envelope::PRIMARY_KEY_SQL, &[&rel])
+        .query(PRIMARY_KEY_SQL, &[&rel])
         .await
         .map_err(BridgeError::postgres("reading the primary key"))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())

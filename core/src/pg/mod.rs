@@ -30,6 +30,7 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::wire::SESSION_OPTIONS;
 
+pub mod catalog;
 mod tls;
 
 /// The URL query parameters this module handles itself instead of `tokio-postgres`.

@@ -29,11 +29,6 @@ use serde_json::{Number, Value};
 /// Startup options for every PostgreSQL connection whose values reach the codec.
 pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c TimeZone=UTC -c bytea_output=hex";
 
-/// SQL that resolves type OIDs (`$1::oid[]`) to `(oid, array element oid or 0)`.
-pub const TYPE_INFO_SQL: &str =
-    "SELECT oid, CASE WHEN typcategory = 'A' THEN typelem ELSE 0::oid END \
-     FROM pg_catalog.pg_type WHERE oid = ANY($1::oid[])";
-
 /// A value the codec could not decode; names the type and the offending text.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot decode {kind:?} value {text:?}: {reason}")]

@@ -156,14 +156,6 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// SQL that lists a table's primary-key columns in key order, for the table OID `$1`.
-/// Keys are JSON objects in this order on both paths, so equal keys are equal bytes
-/// (which partitioning and compaction rely on).
-pub const PRIMARY_KEY_SQL: &str = "SELECT a.attname::text FROM pg_catalog.pg_index i \
-     JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-     WHERE i.indrelid = $1::oid AND i.indisprimary \
-     ORDER BY array_position(i.indkey::int2[], a.attnum)";
-
 /// The key a TRUNCATE record carries. Compacted topics refuse records without a key, so
 /// a truncate gets this fixed one; readers recognise truncates by `op`, not by key.
 pub const TRUNCATE_KEY: &[u8] = b"{}";
