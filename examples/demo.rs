@@ -15,17 +15,14 @@ use clap::Parser;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use tidemark_client::Cache;
+use tidemark_examples::Stack;
 use tokio::sync::watch;
 
 /// Runs the bridge, a writer and staggered caches against demo_accounts.
 #[derive(Parser, Debug)]
 struct Args {
-    /// PostgreSQL URL.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
-    postgres: String,
-    /// Kafka bootstrap servers.
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    kafka: String,
+    #[command(flatten)]
+    stack: Stack,
     /// How long the writer runs, in seconds.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
@@ -57,13 +54,9 @@ struct Account {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    tidemark_examples::init_logging("warn");
     let args = Args::parse();
-    let (pg, conn) = tokio_postgres::connect(&args.postgres, tokio_postgres::NoTls).await?;
+    let (pg, conn) = tokio_postgres::connect(&args.stack.postgres, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     pg.batch_execute(&format!(
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'tidemark_demo';
@@ -78,9 +71,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = tidemark_bridge::Config::from_cli(tidemark_bridge::Cli::parse_from([
         "tidemark-bridge",
         "--postgres",
-        &args.postgres,
+        &args.stack.postgres,
         "--kafka",
-        &args.kafka,
+        &args.stack.kafka,
         "--tables",
         &format!("public.{TABLE}"),
         "--slot",
@@ -101,7 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.rate, args.seconds
     );
     let writer = tokio::spawn(write(
-        args.postgres.clone(),
+        args.stack.postgres.clone(),
         args.seconds,
         args.rate,
         commits.clone(),
@@ -116,8 +109,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let n = caches.len() + 1;
             let t = Instant::now();
             let cache = Cache::builder()
-                .postgres(args.postgres.clone())
-                .kafka(args.kafka.clone())
+                .postgres(args.stack.postgres.clone())
+                .kafka(args.stack.kafka.clone())
                 .table(format!("public.{TABLE}"))
                 .topic_prefix(prefix.clone())
                 .build()

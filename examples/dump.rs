@@ -58,12 +58,7 @@ enum StrategyArg {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    tidemark_examples::init_logging("warn");
     let args = Args::parse();
     let strategy = match (args.strategy, args.ts_column) {
         (StrategyArg::Snapshot, _) => Strategy::Snapshot,

@@ -19,6 +19,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 use tidemark_client::{Cache, Origin};
+use tidemark_examples::Stack;
 
 /// The primary key: deserialises from `{"id": 42}` (or the bare `42`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
@@ -37,12 +38,8 @@ struct Account {
 /// Runs the quickstart service.
 #[derive(Parser, Debug)]
 struct Args {
-    /// PostgreSQL URL.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
-    postgres: String,
-    /// Kafka bootstrap servers.
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    kafka: String,
+    #[command(flatten)]
+    stack: Stack,
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -50,17 +47,13 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    tidemark_examples::init_logging("info");
     let args = Args::parse();
 
     // Returns once the cache holds the whole table and has caught up with the topic.
     let accounts: Cache<AccountId, Account> = Cache::builder()
-        .postgres(&args.postgres)
-        .kafka(&args.kafka)
+        .postgres(&args.stack.postgres)
+        .kafka(&args.stack.kafka)
         .table("public.accounts")
         .owner_column("owner")
         .build()
@@ -83,7 +76,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     // Write through PostgreSQL, stamped with this instance's id.
-    let (pg, conn) = tokio_postgres::connect(&args.postgres, tokio_postgres::NoTls).await?;
+    let (pg, conn) = tokio_postgres::connect(&args.stack.postgres, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let id: i64 = 1_000_000 + (me.as_u128() % 1_000_000) as i64;
     pg.execute(

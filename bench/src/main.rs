@@ -9,6 +9,7 @@ mod env;
 use std::fmt::Write as _;
 
 use clap::Parser;
+use tidemark_examples::Stack;
 
 use bridge_bench::Shape;
 use env::{BoxError, Env};
@@ -16,12 +17,8 @@ use env::{BoxError, Env};
 /// Benchmarks of the bridge and the cache, each beside its reference.
 #[derive(Parser, Debug)]
 struct Args {
-    /// PostgreSQL URL.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
-    postgres: String,
-    /// Kafka bootstrap servers.
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    kafka: String,
+    #[command(flatten)]
+    stack: Stack,
     /// Runs per figure; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
@@ -119,15 +116,11 @@ fn section(
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    tidemark_examples::init_logging("warn");
     let args = Args::parse();
     let env = Env {
-        postgres: args.postgres.clone(),
-        kafka: args.kafka.clone(),
+        postgres: args.stack.postgres.clone(),
+        kafka: args.stack.kafka.clone(),
     };
     let want = |s: &str| args.only.iter().any(|o| o == s);
     let mut rows = Vec::new();
