@@ -54,7 +54,7 @@ pub struct Stats {
 
 /// An in-process copy of one PostgreSQL table, kept current from its Kafka topic.
 ///
-/// Build one with [`Cache::builder`](crate::Builder). Clones share the same map and task. `K` is
+/// Build one with `Cache::builder()` (see [`Builder`](crate::Builder)). Clones share the same map and task. `K` is
 /// deserialised from the key object (`{"id": 42}`; a single-column key also
 /// deserialises from the bare value, so `Cache<i64, _>` works), `V` from the whole
 /// row as a JSON object, with values encoded as [`tidemark_core::wire::codec`] describes.

@@ -35,20 +35,31 @@ pub fn replication_config(url: &PgUrl, config: &Config) -> Result<ReplicationCon
     let pg = options.config();
     let host = match pg.get_hosts().first() {
         Some(Host::Tcp(name)) => name.trim_matches(['[', ']']).to_owned(),
+        #[cfg(unix)]
         Some(Host::Unix(path)) => {
             return Err(bad_url(format!(
-                "the replication connection needs a TCP host, not the socket {}",
+                "the replication connection needs a TCP host, not the socket {}; \
+                 give the server's address instead (host=127.0.0.1 for a local server)",
                 path.display()
             )))
         }
         None => "localhost".to_owned(),
     };
-    let user = pg.get_user().unwrap_or("postgres").to_owned();
+    // An empty user name in the URL (`postgres://@h/db`) counts as none, as before.
+    let user = pg
+        .get_user()
+        .filter(|u| !u.is_empty())
+        .unwrap_or("postgres")
+        .to_owned();
     let password = pg
         .get_password()
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .unwrap_or_default();
-    let database = pg.get_dbname().unwrap_or(&user).to_owned();
+    let database = pg
+        .get_dbname()
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_owned();
     let settings = options.tls();
     let tls = TlsConfig {
         mode: match settings.mode {
@@ -130,5 +141,35 @@ mod tests {
             SslMode::VerifyCa,
             "require with a root certificate checks the chain"
         );
+        let require = replication_config(&PgUrl::new("postgres://h/db?sslmode=require"), &config);
+        assert_eq!(require.unwrap().tls.mode, SslMode::Require);
+        let defaults = replication_config(&PgUrl::new("postgres://@h"), &config).unwrap();
+        assert_eq!(
+            (
+                defaults.user.as_str(),
+                defaults.database.as_str(),
+                defaults.port
+            ),
+            ("postgres", "postgres", 5432),
+            "libpq's defaults: the database is named after the user"
+        );
+        let params = replication_config(
+            &PgUrl::new("postgres:///shop?host=db.example&port=6432&user=app"),
+            &config,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                params.host.as_str(),
+                params.port,
+                params.user.as_str(),
+                params.database.as_str()
+            ),
+            ("db.example", 6432, "app", "shop"),
+            "the same query parameters as the SQL connection"
+        );
+        let socket =
+            replication_config(&PgUrl::new("postgres:///db?host=/run/postgresql"), &config);
+        assert!(socket.unwrap_err().to_string().contains("host=127.0.0.1"));
     }
 }
