@@ -182,12 +182,19 @@ node_start() { # node_start PORT DIR
   node_config "$port" "$dir"
   kafka_java "$dir"
   if [ ! -f "$dir/data/meta.properties" ]; then
-    # KRaft storage is formatted once, with a cluster id of 16 random bytes.
-    local cluster_id
-    cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
-    "${JAVA_CMD[@]}" kafka.tools.StorageTool format --cluster-id "$cluster_id" \
-      --config "$dir/server.properties" >>"$dir/kafka.log" 2>&1 \
-      || { log "formatting $dir/data failed; see $dir/kafka.log"; exit 1; }
+    # KRaft storage is formatted once, with a cluster id of 16 random bytes in URL-safe
+    # base64, as Kafka's own random-uuid makes it: never starting with '-', which the
+    # tool's argument parser would read as an option (1 id in 64 otherwise).
+    local cluster_id=-
+    while [ "${cluster_id:0:1}" = - ]; do
+      cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+    done
+    "${JAVA_CMD[@]}" kafka.tools.StorageTool format --cluster-id="$cluster_id" \
+      --config "$dir/server.properties" >>"$dir/kafka.log" 2>&1 || {
+      log "formatting $dir/data with cluster id $cluster_id failed; last lines of $dir/kafka.log:"
+      tail -n 20 "$dir/kafka.log" >&2
+      exit 1
+    }
   fi
   log "starting Apache Kafka $KAFKA_VERSION on 127.0.0.1:$port (data and kafka.log in $dir)"
   nohup "${JAVA_CMD[@]}" kafka.Kafka "$dir/server.properties" >>"$dir/kafka.out" 2>&1 </dev/null &
