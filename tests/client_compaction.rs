@@ -2,7 +2,6 @@
 //! warm-starts from it afterwards, replaying through the compacted history (older
 //! versions of keys gone, tombstones removed, offsets with gaps), is still exact.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -11,31 +10,8 @@ use rdkafka::consumer::Consumer;
 use rdkafka::ClientConfig;
 use tidemark_client::Cache;
 use tidemark_client::Row;
-use tokio_postgres::Client;
 
 use crate::support::*;
-
-async fn table_rows(pg: &Client, table: &str) -> BTreeMap<i64, String> {
-    pg.query(&format!("SELECT id, v FROM {table}"), &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get::<_, i32>(0) as i64, r.get(1)))
-        .collect()
-}
-
-fn cache_rows(cache: &Cache<Row, Row>) -> BTreeMap<i64, String> {
-    cache
-        .entries()
-        .into_iter()
-        .map(|(_, row)| {
-            (
-                row["id"].as_i64().unwrap(),
-                row["v"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
-}
 
 /// Records readable in `topic` and the offsets its partitions span; fewer records
 /// than offsets means the cleaner removed some.
@@ -60,12 +36,7 @@ async fn a_cache_warm_starts_exactly_from_a_compacted_topic() {
     let pg = pg().await;
     let name = unique("compact");
     let table = format!("{name}_t");
-    pg.batch_execute(&format!(
-        "CREATE TABLE {table} (id int PRIMARY KEY, v text NOT NULL);
-         INSERT INTO {table} SELECT g, 'v' || g FROM generate_series(1, 500) g;"
-    ))
-    .await
-    .unwrap();
+    create_table(&pg, &table).await;
     let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
     args.partitions = 2;
     let topic = args.topic(&format!("public.{table}"));

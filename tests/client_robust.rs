@@ -1,7 +1,6 @@
 //! The cache under bad input and failures: garbage records, deleted history, a broker
 //! outage, PostgreSQL unreachable, and dropping a cache.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -26,28 +25,6 @@ fn builder(args: &BridgeArgs, table: &str) -> tidemark_client::Builder<Row, Row>
         .topic_prefix(args.prefix.clone())
 }
 
-async fn table_rows(pg: &Client, table: &str) -> BTreeMap<i64, String> {
-    pg.query(&format!("SELECT id, v FROM {table}"), &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get::<_, i32>(0) as i64, r.get(1)))
-        .collect()
-}
-
-fn cache_rows(cache: &RowCache) -> BTreeMap<i64, String> {
-    cache
-        .entries()
-        .into_iter()
-        .map(|(_, row)| {
-            (
-                row["id"].as_i64().unwrap(),
-                row["v"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
-}
-
 /// Waits until the cache holds exactly the table.
 async fn converges(pg: &Client, table: &str, cache: &RowCache) {
     let expected = table_rows(pg, table).await;
@@ -57,16 +34,6 @@ async fn converges(pg: &Client, table: &str, cache: &RowCache) {
         || async { (cache_rows(cache) == expected).then_some(()) },
     )
     .await;
-}
-
-/// A table of 500 rows `(id, v)`.
-async fn create_table(pg: &Client, table: &str) {
-    pg.batch_execute(&format!(
-        "CREATE TABLE {table} (id int PRIMARY KEY, v text NOT NULL);
-         INSERT INTO {table} SELECT g, 'v' || g FROM generate_series(1, 500) g;"
-    ))
-    .await
-    .unwrap();
 }
 
 async fn setup(base: &str, broker: Option<&PrivateBroker>) -> (Client, String, Bridge, BridgeArgs) {

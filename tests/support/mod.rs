@@ -7,6 +7,7 @@
 //! | `topic` | reading a topic back |
 //! | `broker` | a Kafka node of a test's own (`scripts/dev-stack.sh node-start`) |
 //! | `scratch_postgres` | a throwaway PostgreSQL server with settings of its own |
+//! | `small_table` | the 500-row `(id, v)` table of the cache tests, read from PostgreSQL and from a cache |
 //! | `race` | the race harness: writers, caches starting at random moments, the checks |
 //!
 //! The tests need PostgreSQL with `wal_level=logical` and Apache Kafka;
@@ -21,12 +22,14 @@ pub mod broker;
 pub mod race;
 pub mod scratch_postgres;
 pub mod services;
+pub mod small_table;
 pub mod topic;
 
 pub use bridge::*;
 pub use broker::*;
 pub use scratch_postgres::*;
 pub use services::*;
+pub use small_table::*;
 pub use topic::*;
 
 use std::time::{Duration, Instant};
