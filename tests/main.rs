@@ -10,6 +10,7 @@ mod bridge_setup;
 mod bridge_stream;
 mod bridge_wire;
 mod client_compaction;
+mod client_copy;
 mod client_race;
 mod client_robust;
 mod client_toast;

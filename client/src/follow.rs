@@ -8,8 +8,9 @@
 //! 3. De-duplication: the bridge replays from its slot after a crash, so a
 //!    partition may repeat records. Records reach a partition in the order of their
 //!    [`Envelope::position`] `(commit_lsn, lsn, seq)`, which strictly increases (the
-//!    delete and create of a primary-key change share an LSN and differ in `seq`),
-//!    so a record whose position is not above the last one applied there is a replay.
+//!    bridge numbers the records that share an LSN, such as the rows of one `COPY`
+//!    page or the delete and create of a primary-key change, in `seq`), so a record
+//!    whose position is not above the last one applied there is a replay.
 //! 4. Snapshot filter (snapshot strategy): a record whose transaction is visible in
 //!    the load snapshot is already in the map and is skipped. Once a record's
 //!    `commit_lsn` is at or past the insert LSN read after the load, the partition's

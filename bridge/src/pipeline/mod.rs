@@ -30,7 +30,7 @@ use crate::sink::{topics, Acks, Record, Sink};
 use crate::source::{pgoutput, setup, stream};
 use crate::telemetry::{self, Health};
 use frontier::Frontier;
-use records::{Tables, TxnInfo};
+use records::{Numbering, Tables, TxnInfo};
 
 /// How long a graceful stop waits for Kafka to acknowledge in-flight records.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -141,6 +141,7 @@ pub async fn run_session(
     let _not_streaming = NotStreamingOnDrop(health);
 
     let mut txn: Option<(u64, TxnInfo)> = None;
+    let mut numbering = Numbering::default();
     let mut reported = start;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut lag_probe = Instant::now() - LAG_PROBE_INTERVAL;
@@ -163,6 +164,7 @@ pub async fn run_session(
                             commit_ms: (commit_time_micros + PG_EPOCH_MICROS) / 1000,
                         };
                         txn = Some((lock(&frontier).begin(info.commit_ms), info));
+                        numbering = Numbering::default();
                     }
                     ReplicationEvent::XLogData { wal_start, data, .. } => {
                         match pgoutput::decode(data).map_err(|e| BridgeError::Decode(e.to_string()))? {
@@ -171,7 +173,8 @@ pub async fn run_session(
                                 let Some((id, info)) = &txn else {
                                     return Err(BridgeError::Decode("change outside a transaction".into()));
                                 };
-                                for record in tables.records(msg, wal_start.as_u64(), info)? {
+                                let lsn = wal_start.as_u64();
+                                for record in tables.records(msg, lsn, numbering.at(lsn), info)? {
                                     count_record(&record);
                                     sink.send(*id, &record).await?;
                                 }

@@ -50,6 +50,32 @@ struct Table {
     key: Vec<usize>,
 }
 
+/// Numbers the changes of one transaction that share a WAL position.
+///
+/// pgoutput sends each change with the LSN of the WAL record it was decoded from,
+/// and one record can hold many changes: a `COPY` or a multi-row `INSERT` writes one
+/// `XLOG_HEAP2_MULTI_INSERT` record per heap page (`heap_multi_insert` in
+/// PostgreSQL's `heapam.c`), and an update that changes the primary key becomes two
+/// records here. Logical decoding replays a transaction's changes in WAL order every
+/// time it decodes it, so counting from 0 at each new LSN gives a replay the same
+/// numbers, and `(commit_lsn, lsn, seq)` strictly increases within a transaction.
+#[derive(Debug, Default)]
+pub struct Numbering {
+    lsn: u64,
+    next: u32,
+}
+
+impl Numbering {
+    /// The counter for a change at `lsn`: continued if the previous change of the
+    /// transaction had the same LSN, else restarted at 0.
+    pub fn at(&mut self, lsn: u64) -> &mut u32 {
+        if lsn != self.lsn {
+            *self = Numbering { lsn, next: 0 };
+        }
+        &mut self.next
+    }
+}
+
 /// The tables seen on the stream, and how to write their records.
 pub struct Tables {
     by_id: HashMap<u32, Table>,
@@ -137,18 +163,25 @@ impl Tables {
         Ok(())
     }
 
-    /// The records for one change at `lsn` of transaction `txn`.
+    /// The records for one change at `lsn` of transaction `txn`. `seq` numbers the
+    /// changes that share `lsn` (see [`Numbering`]): the first record gets `*seq`, and
+    /// `*seq` is moved past the numbers used.
     pub fn records(
         &self,
         msg: Message,
         lsn: u64,
+        seq: &mut u32,
         txn: &TxnInfo,
     ) -> Result<Vec<Record>, BridgeError> {
         let rel = match &msg {
             Message::Insert { rel, .. }
             | Message::Update { rel, .. }
             | Message::Delete { rel, .. } => *rel,
-            Message::Truncate { rels } => return self.truncates(rels, lsn, txn),
+            Message::Truncate { rels } => {
+                let out = self.truncates(rels, lsn, *seq, txn);
+                *seq += 1;
+                return out;
+            }
             Message::Relation(_) | Message::Ignored(_) => return Ok(Vec::new()),
         };
         if self.ignored.contains(&rel) {
@@ -162,10 +195,11 @@ impl Tables {
         let w = Writer {
             t,
             lsn,
-            seq: 0,
+            seq: *seq,
             txn,
             db: &self.db,
         };
+        *seq += 1;
         Ok(match msg {
             Message::Insert { new, .. } => vec![w.change(Op::Create, None, &new)?],
             Message::Update {
@@ -174,7 +208,8 @@ impl Tables {
                 ..
             } if t.key_of(&old.tuple)? != t.key_of(&new)? => {
                 let mut out = w.delete(&old)?;
-                let second = Writer { seq: 1, ..w };
+                let second = Writer { seq: *seq, ..w };
+                *seq += 1;
                 out.push(second.change(Op::Create, None, &new)?);
                 out
             }
@@ -191,13 +226,19 @@ impl Tables {
         })
     }
 
-    fn truncates(&self, rels: &[u32], lsn: u64, txn: &TxnInfo) -> Result<Vec<Record>, BridgeError> {
+    fn truncates(
+        &self,
+        rels: &[u32],
+        lsn: u64,
+        seq: u32,
+        txn: &TxnInfo,
+    ) -> Result<Vec<Record>, BridgeError> {
         let mut out = Vec::new();
         for t in rels.iter().filter_map(|r| self.by_id.get(r)) {
             let w = Writer {
                 t,
                 lsn,
-                seq: 0,
+                seq,
                 txn,
                 db: &self.db,
             };
@@ -357,5 +398,23 @@ impl Writer<'_> {
             },
             self.record(key, None),
         ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Numbering;
+
+    #[test]
+    fn numbering_counts_within_one_lsn_and_restarts_at_the_next() {
+        let mut n = Numbering::default();
+        let mut take = |lsn| {
+            let seq = n.at(lsn);
+            let got = *seq;
+            *seq += 1;
+            got
+        };
+        assert_eq!([take(100), take(100), take(100)], [0, 1, 2]);
+        assert_eq!([take(200), take(200), take(300)], [0, 1, 0]);
     }
 }
