@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::SinkExt;
-use tidemark_client::{Cache, Row};
 use tokio_postgres::Client;
 
 use crate::support::*;
@@ -36,14 +35,7 @@ async fn follows_copy_batches(partitions: u32) {
     let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
     args.partitions = partitions;
     let (mut bridge, args) = start_bridge_with(args).await;
-    let cache = Cache::<Row, Row>::builder()
-        .postgres(pg_url())
-        .kafka(args.kafka.clone())
-        .table(format!("public.{table}"))
-        .topic_prefix(args.prefix.clone())
-        .build()
-        .await
-        .expect("cache");
+    let cache = args.row_cache(&table).build().await.expect("cache");
 
     // Three COPY batches of 20,000 rows, each followed by updates of copied rows, a
     // delete, and (in the last round) a COPY inside a transaction with an update.

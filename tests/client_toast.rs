@@ -55,14 +55,7 @@ async fn unchanged_toast_values_come_from_the_cached_copy() {
     .await
     .unwrap();
     let (mut bridge, args) = start_bridge(&name, &[&format!("public.{table}")]).await;
-    let cache: Cache<Row, Row> = Cache::builder()
-        .postgres(pg_url())
-        .kafka(args.kafka.clone())
-        .table(format!("public.{table}"))
-        .topic_prefix(args.prefix.clone())
-        .build()
-        .await
-        .expect("cache");
+    let cache: Cache<Row, Row> = args.row_cache(&table).build().await.expect("cache");
     pg.execute(
         &format!("INSERT INTO {table} VALUES (2, 0, $1, 'arrived on the stream')"),
         &[&big(2)],

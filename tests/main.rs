@@ -13,6 +13,7 @@ mod client_compaction;
 mod client_copy;
 mod client_race;
 mod client_robust;
+mod client_schema;
 mod client_toast;
 mod kafka_transactions;
 mod postgres_tls;

@@ -2,16 +2,25 @@
 //! the follower needs to join the stream exactly where the snapshot ends.
 //!
 //! One `REPEATABLE READ READ ONLY` transaction:
-//! 1. `SELECT pg_current_snapshot(), clock_timestamp()`: the first statement fixes
-//!    the transaction's snapshot, so this is the snapshot every later statement
-//!    reads, and the server time at which it was taken (the seek time).
-//! 2. (watermark strategy) `max(ts_column)`, in the same snapshot.
-//! 3. `COPY table TO STDOUT`, decoded row by row as the data arrives, through the
-//!    shared codec into the map; progress (rows, rows/s) goes to the log.
-//! 4. `pg_current_wal_insert_lsn()`: every transaction whose commit record lies at
+//! 1. `LOCK TABLE ONLY table IN ACCESS SHARE MODE`. LOCK takes no snapshot, so a
+//!    schema change that holds or waits for an `ACCESS EXCLUSIVE` lock (a rewriting
+//!    `ALTER TABLE`) either commits before the snapshot below or waits until the
+//!    load ends. Without the lock, a rewrite committed between the snapshot and the
+//!    `COPY` shows the older snapshot an empty table.
+//! 2. `SELECT pg_current_snapshot(), clock_timestamp()`: the first statement that
+//!    takes a snapshot fixes the transaction's snapshot, so this is the snapshot every
+//!    later statement reads, and the server time at which it was taken (the seek time).
+//! 3. The table's columns, types and key, in that snapshot (and under the lock).
+//! 4. (watermark strategy) `max(ts_column)`, in the same snapshot.
+//! 5. `COPY (SELECT ... FROM ONLY table) TO STDOUT`, decoded row by row as the data
+//!    arrives, through the shared codec into the map; progress (rows, rows/s) goes to
+//!    the log.
+//! 6. `pg_current_wal_insert_lsn()`: every transaction whose commit record lies at
 //!    or past this point committed after the snapshot was taken.
 //!
-//! See <https://www.postgresql.org/docs/current/transaction-iso.html#XACT-REPEATABLE-READ>.
+//! See <https://www.postgresql.org/docs/current/transaction-iso.html#XACT-REPEATABLE-READ>
+//! and the notes of <https://www.postgresql.org/docs/current/sql-lock.html> (lock
+//! before the first query of a `REPEATABLE READ` transaction).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -19,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, IsolationLevel};
 use tracing::info;
@@ -32,7 +42,7 @@ use crate::state::Origin;
 use crate::table::{TableInfo, ToastCopy};
 use tidemark_core::pg::ConnectError;
 use tidemark_core::wire::partitioner::partition_of;
-use tidemark_core::wire::ValueKind;
+use tidemark_core::wire::{TableName, ValueKind};
 
 /// How often the load reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -66,14 +76,24 @@ pub(crate) async fn connect(config: &Config) -> Result<Client> {
     })
 }
 
-/// Loads the whole table into the map through `applier`.
+/// What the load transaction read besides the rows: the table's shape as the snapshot
+/// sees it, and the applier built for that shape.
+pub(crate) struct Shaped<K, V> {
+    pub table: TableInfo,
+    pub applier: Applier<K, V>,
+    pub loaded: Loaded,
+}
+
+/// Loads the whole table `name` into the map. `applier_for` checks the table's shape
+/// and builds the applier the rows go through; it runs inside the load transaction,
+/// after the lock and the snapshot, so the shape is the one the rows have.
 pub(crate) async fn load<K, V>(
     client: &mut Client,
-    table: &TableInfo,
-    applier: &Applier<K, V>,
+    name: &TableName,
     partitions: i32,
     ts_column: Option<&str>,
-) -> Result<Loaded>
+    applier_for: impl FnOnce(&TableInfo) -> Result<Applier<K, V>>,
+) -> Result<Shaped<K, V>>
 where
     K: serde::de::DeserializeOwned + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
     V: serde::de::DeserializeOwned + Send + Sync + 'static,
@@ -85,6 +105,17 @@ where
         .start()
         .await
         .map_err(Error::postgres("starting the load transaction"))?;
+    // Before the snapshot: LOCK takes none, so a DDL statement that holds or waits for
+    // a conflicting lock commits before the snapshot is taken, or waits for the load.
+    txn.batch_execute(&format!(
+        "LOCK TABLE ONLY {} IN ACCESS SHARE MODE",
+        name.quoted()
+    ))
+    .await
+    .map_err(|e| match e.code() {
+        Some(&SqlState::UNDEFINED_TABLE) => TableInfo::missing(name),
+        _ => Error::postgres("locking the table (ACCESS SHARE) for the load")(e),
+    })?;
     let row = txn
         .query_one(
             "SELECT pg_current_snapshot()::text, \
@@ -95,14 +126,16 @@ where
         .map_err(Error::postgres("reading the snapshot"))?;
     let snapshot_text: String = row.get(0);
     let snapshot = Snapshot::parse(&snapshot_text).map_err(|e| Error::Decode {
-        table: table.name.to_string(),
+        table: name.to_string(),
         problem: e.to_string(),
     })?;
     let snapshot_ms: i64 = row.get(1);
+    let table = TableInfo::read(&txn, name).await?;
+    let applier = applier_for(&table)?;
     let max_ts = match ts_column {
         Some(col) => {
             let sql = format!(
-                "SELECT max({})::text FROM {}",
+                "SELECT max({})::text FROM ONLY {}",
                 tidemark_core::wire::envelope::quote_ident(col),
                 table.name.quoted()
             );
@@ -124,7 +157,7 @@ where
         origin: Some(Origin::BulkLoad),
         flagged,
     };
-    let rows = decode_in_parallel(stream, source, table, applier, partitions).await?;
+    let rows = decode_in_parallel(stream, source, &table, &applier, partitions).await?;
     let insert_lsn: PgLsn = txn
         .query_one("SELECT pg_current_wal_insert_lsn()", &[])
         .await
@@ -134,12 +167,16 @@ where
     txn.commit()
         .await
         .map_err(Error::postgres("ending the load transaction"))?;
-    Ok(Loaded {
-        snapshot,
-        snapshot_ms,
-        insert_lsn,
-        max_ts,
-        rows,
+    Ok(Shaped {
+        table,
+        applier,
+        loaded: Loaded {
+            snapshot,
+            snapshot_ms,
+            insert_lsn,
+            max_ts,
+            rows,
+        },
     })
 }
 
@@ -177,7 +214,7 @@ where
         .map(|c| tidemark_core::wire::envelope::quote_ident(&c.name))
         .collect();
     let sql = format!(
-        "COPY (SELECT {} FROM {}{filter}) TO STDOUT",
+        "COPY (SELECT {} FROM ONLY {}{filter}) TO STDOUT",
         names.join(", "),
         table.name.quoted()
     );

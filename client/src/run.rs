@@ -1,7 +1,7 @@
 //! The background task: warm start, follow, and warm start again when needed.
 //!
-//! A warm start connects to PostgreSQL, reads the table's shape, checks the topic,
-//! bulk-loads the table (`load`), removes rows an earlier warm start left that the
+//! A warm start connects to PostgreSQL, checks the topic, bulk-loads the table and
+//! reads its shape in the same transaction (`load`), removes rows an earlier warm start left that the
 //! new snapshot no longer has, fixes each partition's start offset and ready target
 //! (`seek`), and, for the watermark strategy, re-queries the newest rows. Then the
 //! follower (`follow`) runs until the cache is shut down or its offsets are lost.
@@ -103,38 +103,50 @@ where
 {
     let started = Instant::now();
     let mut pg = load::connect(config).await?;
-    let table = TableInfo::read(&pg, &config.table).await?;
     let ts_column = match &config.strategy {
         Strategy::Snapshot => None,
         Strategy::Watermark { ts_column } => Some(ts_column.clone()),
     };
-    for (setting, col) in [
-        ("owner_column", &config.owner_column),
-        ("strategy", &ts_column),
-    ] {
-        if let Some(col) = col {
-            if table.column(col).is_none() {
-                return Err(Error::Table {
-                    table: table.name.to_string(),
-                    problem: format!("it has no column {col}"),
-                    fix: format!("set `{setting}` to a column of the table"),
-                });
-            }
-        }
-    }
     let consumer = seek::consumer(config, shared.instance_id)?;
     let partitions = seek::partitions(&consumer, config).await?;
-    let applier = Applier {
-        shared: shared.clone(),
-        toast_columns: table.toast_columns(),
-        owner: config
-            .owner_column
-            .clone()
-            .map(|c| (c, shared.instance_id.to_string())),
-        ts_column: ts_column.clone(),
-        generation,
+    let applier_for = |table: &TableInfo| {
+        for (setting, col) in [
+            ("owner_column", &config.owner_column),
+            ("strategy", &ts_column),
+        ] {
+            if let Some(col) = col {
+                if table.column(col).is_none() {
+                    return Err(Error::Table {
+                        table: table.name.to_string(),
+                        problem: format!("it has no column {col} (generated columns do not count: the stream does not carry them)"),
+                        fix: format!("set `{setting}` to a column of the table"),
+                    });
+                }
+            }
+        }
+        Ok(Applier {
+            shared: shared.clone(),
+            toast_columns: table.toast_columns(),
+            owner: config
+                .owner_column
+                .clone()
+                .map(|c| (c, shared.instance_id.to_string())),
+            ts_column: ts_column.clone(),
+            generation,
+        })
     };
-    let loaded = load::load(&mut pg, &table, &applier, partitions, ts_column.as_deref()).await?;
+    let load::Shaped {
+        table,
+        applier,
+        loaded,
+    } = load::load(
+        &mut pg,
+        &config.table,
+        partitions,
+        ts_column.as_deref(),
+        applier_for,
+    )
+    .await?;
     shared.counters.counts.loaded_rows.add(loaded.rows);
     shared.counters.counts.warm_starts.add(1);
     let removed = applier.sweep();

@@ -9,7 +9,7 @@
 //! computation relies on.
 
 use serde_json::Value;
-use tokio_postgres::Client;
+use tokio_postgres::GenericClient;
 
 use crate::error::{Error, Result};
 use tidemark_core::pg::catalog::{PRIMARY_KEY_SQL, TYPE_INFO_SQL};
@@ -17,11 +17,16 @@ use tidemark_core::wire::envelope::quote_ident;
 use tidemark_core::wire::{Row, TableName, ValueKind};
 
 /// The columns of a table, in `attnum` order, with whether each can be TOASTed.
+/// Generated columns are left out: pgoutput does not send them (up to PostgreSQL 17,
+/// and from 18 only to a publication with `publish_generated_columns`, which the
+/// bridge does not set), so the load leaves them out too and a row has the same
+/// columns whichever path it took.
 const COLUMNS_SQL: &str = "SELECT c.oid, a.attname::text, a.atttypid, \
        format_type(a.atttypid, a.atttypmod), (a.attlen = -1 AND a.attstorage <> 'p') \
      FROM pg_catalog.pg_class c \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+       AND a.attgenerated = '' \
      WHERE n.nspname = $1 AND c.relname = $2 \
      ORDER BY a.attnum";
 
@@ -105,17 +110,13 @@ pub(crate) struct TableInfo {
 
 impl TableInfo {
     /// Reads the table's columns, types and primary key.
-    pub async fn read(client: &Client, name: &TableName) -> Result<Self> {
+    pub async fn read(client: &impl GenericClient, name: &TableName) -> Result<Self> {
         let rows = client
             .query(COLUMNS_SQL, &[&name.schema, &name.table])
             .await
             .map_err(Error::postgres("reading the table's columns"))?;
         let Some(first) = rows.first() else {
-            return Err(Error::Table {
-                table: name.to_string(),
-                problem: "it does not exist".into(),
-                fix: "create it, or check the spelling (schema.table, as in the catalog)".into(),
-            });
+            return Err(Self::missing(name));
         };
         let oid: u32 = first.get(0);
         let type_oids: Vec<u32> = rows.iter().map(|r| r.get(2)).collect();
@@ -171,6 +172,15 @@ impl TableInfo {
         })
     }
 
+    /// The error for a table that does not exist.
+    pub fn missing(name: &TableName) -> Error {
+        Error::Table {
+            table: name.to_string(),
+            problem: "it does not exist".into(),
+            fix: "create it, or check the spelling (schema.table, as in the catalog)".into(),
+        }
+    }
+
     /// The index of the column `name`.
     pub fn column(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
@@ -201,7 +211,7 @@ impl TableInfo {
             .collect();
         (
             format!(
-                "COPY (SELECT {}{flags} FROM {}) TO STDOUT",
+                "COPY (SELECT {}{flags} FROM ONLY {}) TO STDOUT",
                 self.column_list(),
                 self.name.quoted()
             ),
@@ -240,7 +250,7 @@ impl TableInfo {
             conds.push(format!("{} = {literal}", quote_ident(&col.name)));
         }
         Some(format!(
-            "COPY (SELECT {} FROM {} WHERE {}) TO STDOUT",
+            "COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT",
             self.column_list(),
             self.name.quoted(),
             conds.join(" AND ")
@@ -309,7 +319,7 @@ pub(crate) mod tests {
         assert_eq!(
             sql,
             "COPY (SELECT \"id\", \"name\", \"doc\", \"tags\", \
-             pg_column_size(\"name\") <= octet_length(\"name\") FROM \"public\".\"t\") TO STDOUT"
+             pg_column_size(\"name\") <= octet_length(\"name\") FROM ONLY \"public\".\"t\") TO STDOUT"
         );
     }
 
@@ -320,7 +330,7 @@ pub(crate) mod tests {
         let key: Row = serde_json::from_value(json!({"id": 7, "name": "O'Neil"})).unwrap();
         assert_eq!(
             t.reread_sql(&key).unwrap(),
-            "COPY (SELECT \"id\", \"name\", \"doc\", \"tags\" FROM \"public\".\"t\" \
+            "COPY (SELECT \"id\", \"name\", \"doc\", \"tags\" FROM ONLY \"public\".\"t\" \
              WHERE \"id\" = '7'::bigint AND \"name\" = 'O''Neil'::text) TO STDOUT"
         );
         let null_key: Row = serde_json::from_value(json!({"id": null, "name": "x"})).unwrap();

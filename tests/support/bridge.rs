@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::services::{drop_slot_and_publication, kafka, pg, pg_url};
 use super::wait_for;
+use tidemark_client::{Cache, Row};
 
 /// The path of the bridge binary: `TIDEMARK_BRIDGE_BIN`, or the one cargo built
 /// next to this test binary's profile directory.
@@ -103,6 +104,15 @@ impl BridgeArgs {
     /// The topic of `table` (schema.table).
     pub fn topic(&self, table: &str) -> String {
         format!("{}.{table}", self.prefix)
+    }
+
+    /// A schema-agnostic cache of `public.<table>` on this bridge's topic.
+    pub fn row_cache(&self, table: &str) -> tidemark_client::Builder<Row, Row> {
+        Cache::builder()
+            .postgres(pg_url())
+            .kafka(self.kafka.clone())
+            .table(format!("public.{table}"))
+            .topic_prefix(self.prefix.clone())
     }
 }
 
