@@ -19,7 +19,7 @@ use tidemark_core::wire::TableName;
 use crate::cache::Cache;
 use crate::config::{
     Config, Strategy, DEFAULT_CHANNEL_CAPACITY, DEFAULT_SAFETY_WINDOW, DEFAULT_TOPIC_PREFIX,
-    TYPED_CONSUMER_PROPERTIES,
+    MAX_SAFETY_WINDOW, TYPED_CONSUMER_PROPERTIES,
 };
 use crate::error::{Error, Result};
 use crate::state::{Shared, TaskGuard};
@@ -224,7 +224,7 @@ impl<K, V> Builder<K, V> {
         {
             return Err(bad("owner_column", "is empty"));
         }
-        if self.safety_window > Duration::from_secs(24 * 3600) {
+        if self.safety_window > MAX_SAFETY_WINDOW {
             return Err(bad(
                 "safety_window",
                 "is longer than a day; a few seconds is enough",

@@ -6,10 +6,13 @@ use std::time::Duration;
 use tidemark_core::pg::ConnectOptions;
 use tidemark_core::wire::TableName;
 
-/// The default margin subtracted from the snapshot time before seeking the topic.
-/// It covers transactions whose commit time is earlier than the snapshot but which
-/// became visible only after it (a commit waiting for a synchronous standby).
+/// The default margin subtracted from the seek time (the snapshot time, or the start
+/// of the oldest transaction running just before it) before seeking the topic. It
+/// covers commit times that are out of order with commit positions by a little.
 pub const DEFAULT_SAFETY_WINDOW: Duration = Duration::from_secs(10);
+
+/// The longest safety window a builder accepts.
+pub const MAX_SAFETY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// The default topic prefix; topics are `<prefix>.<schema>.<table>`.
 pub const DEFAULT_TOPIC_PREFIX: &str = "tidemark";

@@ -31,7 +31,7 @@ use futures::{Stream, StreamExt};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, IsolationLevel};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::apply::{Applier, ToastCopyWriter};
 use crate::config::Config;
@@ -56,6 +56,11 @@ pub(crate) struct Loaded {
     pub snapshot_ms: i64,
     /// The WAL insert position read after the load.
     pub insert_lsn: u64,
+    /// A server time at or before the commit time of every transaction the snapshot
+    /// does not show: the earliest of the time sampled before the load, the start of
+    /// the oldest transaction then holding an xid, and the oldest prepared
+    /// transaction. Milliseconds since the epoch.
+    pub running_since_ms: i64,
     /// The watermark strategy's `max(ts_column)`, as PostgreSQL's text.
     pub max_ts: Option<String>,
     /// Rows loaded.
@@ -98,6 +103,7 @@ where
     K: serde::de::DeserializeOwned + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
     V: serde::de::DeserializeOwned + Send + Sync + 'static,
 {
+    let running_since_ms = running_since(client, name).await?;
     let txn = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -174,10 +180,64 @@ where
             snapshot,
             snapshot_ms,
             insert_lsn,
+            running_since_ms,
             max_ts,
             rows,
         },
     })
+}
+
+/// Reads, before the load transaction starts, a time at or before the commit time of
+/// every transaction that the load's snapshot will not show (see [`Loaded::running_since_ms`]).
+///
+/// A commit's time is fixed before the commit becomes visible: a transaction waiting
+/// for a synchronous standby, or slow to leave the proc array, has its commit record
+/// (and so, through the bridge, a record stamped with that time) while snapshots still
+/// count it as running. Such a transaction already held an xid now, so its commit time
+/// is at or after its `xact_start`; a transaction that takes its xid later commits
+/// after now. A prepared transaction commits after its `prepared` time.
+/// `pg_stat_activity` hides `xact_start` of other roles' sessions from a role without
+/// `pg_read_all_stats`; when a session with an xid is hidden, the time is moved back by
+/// [`MAX_SAFETY_WINDOW`](crate::config::MAX_SAFETY_WINDOW) and a warning names the fix.
+async fn running_since(client: &Client, name: &TableName) -> Result<i64> {
+    const SQL: &str = "SELECT \
+        (extract(epoch FROM clock_timestamp()) * 1000)::int8, \
+        (SELECT (extract(epoch FROM min(xact_start)) * 1000)::int8 \
+           FROM pg_catalog.pg_stat_activity WHERE backend_xid IS NOT NULL), \
+        (SELECT count(*) FROM pg_catalog.pg_stat_activity \
+           WHERE backend_xid IS NOT NULL AND xact_start IS NULL), \
+        (SELECT (extract(epoch FROM min(prepared)) * 1000)::int8 \
+           FROM pg_catalog.pg_prepared_xacts)";
+    let row = client
+        .query_one(SQL, &[])
+        .await
+        .map_err(Error::postgres("reading the oldest running transaction"))?;
+    let now: i64 = row.get(0);
+    let oldest: Option<i64> = row.get(1);
+    let hidden: i64 = row.get(2);
+    let prepared: Option<i64> = row.get(3);
+    let mut since = [Some(now), oldest, prepared]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now);
+    if hidden > 0 {
+        warn!(
+            table = %name,
+            sessions = hidden,
+            "sessions of other roles hold transaction ids but their start times are hidden from this role; \
+             the replay starts a day earlier to be safe. Fix: GRANT pg_read_all_stats TO the cache's role"
+        );
+        since -= crate::config::MAX_SAFETY_WINDOW.as_millis() as i64;
+    }
+    if now - since > 60_000 {
+        info!(
+            table = %name,
+            seconds = (now - since) / 1000,
+            "a transaction has been running for a while; the replay starts before it began"
+        );
+    }
+    Ok(since)
 }
 
 /// The watermark strategy's re-query: the rows with `ts_column >= max_ts`, read now

@@ -154,15 +154,17 @@ where
         info!(table = %table.name, removed, "rows gone since the previous warm start removed");
     }
     let window = config.safety_window.as_millis() as i64;
+    // Earlier than needed is safe; the oldest running transaction bounds it too.
     let seek_ms = match &ts_column {
-        None => loaded.snapshot_ms,
+        None => loaded.snapshot_ms.min(loaded.running_since_ms),
         Some(_) => loaded
             .max_ts
             .as_deref()
             .and_then(|m| Ts::from_value(&serde_json::Value::String(m.to_owned())))
             .and_then(|t| t.as_millis())
             .unwrap_or(loaded.snapshot_ms)
-            .min(loaded.snapshot_ms),
+            .min(loaded.snapshot_ms)
+            .min(loaded.running_since_ms),
     } - window;
     let starts = seek::seek(&consumer, &config.topic, partitions, seek_ms).await?;
     if let Some(col) = &ts_column {
