@@ -1,4 +1,6 @@
-//! No change is lost across crashes (kill -9) and a SIGTERM drains and confirms.
+//! No change is lost across crashes (kill -9) or a broker outage longer than any
+//! producer timeout, no partition has a gap that a replay fills later, and a SIGTERM
+//! drains and confirms.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -64,19 +66,39 @@ fn change_of(rec: &Rec) -> Option<Change> {
     Some((id, op, if op == 'd' { 0 } else { row["v"].as_i64()? }))
 }
 
-fn position(rec: &Rec) -> (u64, u64) {
+fn position(rec: &Rec) -> (u64, u64, u64) {
     let s = &rec.value.as_ref().expect("not a tombstone")["source"];
     (
         s["commit_lsn"].as_u64().expect("commit_lsn"),
         s["lsn"].as_u64().expect("lsn"),
+        s["seq"].as_u64().unwrap_or(0),
     )
 }
 
-/// Applies the readers' rule: per partition, a record whose (commit_lsn, lsn) is not
+/// Records written out of order: per partition, a record below the highest position
+/// before it that no earlier record had. That is a gap a replay filled later, and
+/// readers drop the record as a replay although they never saw it.
+fn gaps(recs: &[Rec]) -> Vec<&Rec> {
+    type Seen = (HashSet<(u64, u64, u64)>, (u64, u64, u64));
+    let mut seen: HashMap<i32, Seen> = HashMap::new();
+    let mut out = Vec::new();
+    for rec in recs.iter().filter(|r| r.value.is_some()) {
+        let pos = position(rec);
+        let (earlier, max) = seen.entry(rec.partition).or_default();
+        if pos < *max && !earlier.contains(&pos) {
+            out.push(rec);
+        }
+        earlier.insert(pos);
+        *max = (*max).max(pos);
+    }
+    out
+}
+
+/// Applies the readers' rule: per partition, a record whose position is not
 /// newer than the last one kept is a replay. Returns the kept changes per id, and
 /// how many replays were dropped.
 fn without_replays(recs: &[Rec]) -> (BTreeMap<i64, Vec<Change>>, usize) {
-    let mut last: HashMap<i32, (u64, u64)> = HashMap::new();
+    let mut last: HashMap<i32, (u64, u64, u64)> = HashMap::new();
     let (mut per_id, mut replays) = (BTreeMap::<i64, Vec<Change>>::new(), 0);
     for rec in recs.iter().filter(|r| r.value.is_some()) {
         let pos = position(rec);
@@ -89,6 +111,59 @@ fn without_replays(recs: &[Rec]) -> (BTreeMap<i64, Vec<Change>>, usize) {
         per_id.entry(c.0).or_default().push(c);
     }
     (per_id, replays)
+}
+
+/// Waits until the topic holds every committed change, then checks it: exactly the
+/// committed changes, no gaps, and after dropping replays each row's history in order.
+async fn check_topic(args: &BridgeArgs, table: &str, committed: &[Change], what: &str) {
+    let topic = args.topic(&format!("public.{table}"));
+    let brokers = args.kafka.clone();
+    let expected: HashSet<Change> = committed.iter().copied().collect();
+    let recs = wait_for(
+        Duration::from_secs(180),
+        "every committed change in Kafka",
+        || {
+            let (topic, expected, brokers) = (topic.clone(), expected.clone(), brokers.clone());
+            async move {
+                let recs = tokio::task::spawn_blocking(move || read_topic(&brokers, &topic))
+                    .await
+                    .unwrap();
+                let seen: HashSet<Change> = recs.iter().filter_map(change_of).collect();
+                expected.is_subset(&seen).then_some(recs)
+            }
+        },
+    )
+    .await;
+
+    let changes: Vec<Change> = recs.iter().filter_map(change_of).collect();
+    let unique: HashSet<Change> = changes.iter().copied().collect();
+    assert_eq!(
+        unique, expected,
+        "Kafka holds exactly the committed changes"
+    );
+    let gaps = gaps(&recs);
+    assert!(
+        gaps.is_empty(),
+        "{} records were written after later records of their partition, e.g. {:?}",
+        gaps.len(),
+        gaps.first()
+    );
+    let (per_id, replays) = without_replays(&recs);
+    let mut committed_per_id = BTreeMap::<i64, Vec<Change>>::new();
+    for c in committed {
+        committed_per_id.entry(c.0).or_default().push(*c);
+    }
+    assert_eq!(
+        per_id, committed_per_id,
+        "after dropping replays, every row's history is its committed history, in order"
+    );
+    eprintln!(
+        "{what}: {} committed changes, {} change records in Kafka, {} duplicates from replay ({} dropped by the position rule)",
+        committed.len(),
+        changes.len(),
+        changes.len() - unique.len(),
+        replays
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,45 +194,43 @@ async fn no_change_is_lost_across_two_crashes() {
     let committed = writer.await.unwrap();
     assert!(committed.len() >= 20_000);
 
-    let topic = args.topic(&format!("public.{table}"));
-    let expected: HashSet<Change> = committed.iter().copied().collect();
-    let recs = wait_for(
-        Duration::from_secs(180),
-        "every committed change in Kafka",
-        || {
-            let (topic, expected) = (topic.clone(), expected.clone());
-            async move {
-                let recs = tokio::task::spawn_blocking(move || read_topic(&kafka(), &topic))
-                    .await
-                    .unwrap();
-                let seen: HashSet<Change> = recs.iter().filter_map(change_of).collect();
-                expected.is_subset(&seen).then_some(recs)
-            }
-        },
-    )
-    .await;
+    check_topic(&args, &table, &committed, "crash test").await;
+    let status = bridge.sigterm(Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
+}
 
-    let changes: Vec<Change> = recs.iter().filter_map(change_of).collect();
-    let unique: HashSet<Change> = changes.iter().copied().collect();
-    assert_eq!(
-        unique, expected,
-        "Kafka holds exactly the committed changes"
-    );
-    let (per_id, replays) = without_replays(&recs);
-    let mut committed_per_id = BTreeMap::<i64, Vec<Change>>::new();
-    for c in &committed {
-        committed_per_id.entry(c.0).or_default().push(*c);
-    }
-    assert_eq!(
-        per_id, committed_per_id,
-        "after dropping replays, every row's history is its committed history, in order"
-    );
-    eprintln!(
-        "crash test: {} committed changes, {} change records in Kafka, {} duplicates from replay ({} dropped by the (commit_lsn, lsn) rule)",
-        committed.len(),
-        changes.len(),
-        changes.len() - unique.len(),
-        replays
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_longer_than_any_timeout_leaves_no_gap() {
+    let pg = pg().await;
+    let name = unique("outage");
+    let table = format!("{name}_t");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int8 PRIMARY KEY, v int8 NOT NULL, pad text)"
+    ))
+    .await
+    .unwrap();
+    let mut broker = PrivateBroker::start(19097).await;
+    let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
+    args.kafka = broker.address();
+    args.partitions = 3;
+    let (mut bridge, args) = start_bridge_with(args).await;
+
+    // About 60 s of writes; the broker is gone for 45 of them, longer than the
+    // 30 s message timeout librdkafka would otherwise apply.
+    let writer = tokio::spawn({
+        let table = table.clone();
+        async move { write_changes(&table, 6_000, 100).await }
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::task::block_in_place(|| broker.stop());
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    broker.resume().await;
+    let committed = writer.await.unwrap();
+    check_topic(&args, &table, &committed, "broker outage").await;
+    let log = bridge.log_text();
+    assert!(
+        !log.contains("timed out"),
+        "a record timed out in the producer:\n{log}"
     );
     let status = bridge.sigterm(Duration::from_secs(60));
     assert!(status.success(), "{status:?}");

@@ -21,6 +21,9 @@ pub const TYPED_PRODUCER_PROPERTIES: &[&str] = &[
     "enable.idempotence",
     "partitioner",
     "allow.auto.create.topics",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "enable.gapless.guarantee",
 ];
 
 /// Default Kafka bootstrap servers.

@@ -34,6 +34,8 @@ pub struct Frontier {
     /// Commit time of the last transaction the frontier moved over.
     confirmed_commit_ms: i64,
     in_flight: u64,
+    /// Records acknowledged since the session began.
+    acknowledged: u64,
     failed: Option<KafkaError>,
 }
 
@@ -88,6 +90,7 @@ impl Frontier {
             debug_assert!(t.pending > 0, "more acknowledgements than records");
             t.pending = t.pending.saturating_sub(1);
             self.in_flight = self.in_flight.saturating_sub(1);
+            self.acknowledged += 1;
         }
         self.advance();
     }
@@ -138,6 +141,11 @@ impl Frontier {
     /// Records produced and not yet acknowledged.
     pub fn in_flight(&self) -> u64 {
         self.in_flight
+    }
+
+    /// Records acknowledged since the session began.
+    pub fn acknowledged(&self) -> u64 {
+        self.acknowledged
     }
 
     /// Whether no transaction is open or unacknowledged.

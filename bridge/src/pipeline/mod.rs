@@ -40,6 +40,45 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 /// How often the session reads the slot's lag from the server and updates gauges.
 const LAG_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How long Kafka may acknowledge nothing while records wait before the session
+/// warns, and how often it repeats the warning.
+const STALL_WARNING: Duration = Duration::from_secs(30);
+
+/// Warns while records wait for Kafka and none is acknowledged. Records never time
+/// out (see [`crate::sink::producer`]), so a broker that is away makes the bridge
+/// wait, and this says so instead of waiting in silence.
+async fn watch_stalls(frontier: Arc<Mutex<Frontier>>) {
+    let mut last = lock(&frontier).acknowledged();
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(STALL_WARNING / 6).await;
+        let (acknowledged, in_flight) = {
+            let f = lock(&frontier);
+            (f.acknowledged(), f.in_flight())
+        };
+        if acknowledged != last || in_flight == 0 {
+            last = acknowledged;
+            since = Instant::now();
+        } else if since.elapsed() >= STALL_WARNING {
+            tracing::warn!(
+                in_flight,
+                waiting_secs = since.elapsed().as_secs(),
+                "Kafka has acknowledged nothing for a while; the records wait for it (they never time out, so no partition gets a gap) and the slot keeps the WAL. Check that the brokers are up and reachable"
+            );
+            since = Instant::now();
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Marks the bridge not streaming when the session ends, however it ends.
 struct NotStreamingOnDrop<'a>(&'a Health);
 
@@ -129,6 +168,7 @@ pub async fn run_session(
         .unwrap_or(0);
     let frontier = Arc::new(Mutex::new(Frontier::new(start)));
     let sink = Sink::new(config, frontier.clone())?;
+    let _stall_watch = AbortOnDrop(tokio::spawn(watch_stalls(frontier.clone())));
     let mut tables = Tables::new(
         config.tables.clone(),
         partitions,

@@ -6,6 +6,19 @@
 //! Back-pressure: librdkafka's queue is bounded (`queue.buffering.max.*`); when it
 //! is full, [`Sink::send`] waits for acknowledgements instead of buffering more,
 //! which in turn stops reading the replication stream.
+//!
+//! **No gaps.** Readers drop a record whose position is not above the last one they
+//! applied from its partition, so a partition must never hold a later record without
+//! every earlier one: a replay would write the missing record after the later one,
+//! and every reader would drop it. librdkafka documents two ways an idempotent,
+//! non-transactional producer leaves such a gap ("1, 4, 5"): a message that times
+//! out while later ones succeed, and errors it cannot recover from without breaking
+//! the sequence. So the producer runs with `message.timeout.ms=0` (no timeout:
+//! records wait for the broker however long it is away, and the bridge logs the
+//! wait) and `enable.gapless.guarantee=true` (any error that could leave a gap is a
+//! fatal error: every later record fails too, the session ends, and the next session
+//! replays from the slot with a new producer). Neither can be set through a
+//! passthrough property.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,8 +71,8 @@ pub struct DeliveryContext {
 }
 
 /// librdkafka reports each broker failure several times (a log line plus global
-/// errors); the bridge's own error after `message.timeout.ms` is what matters, so
-/// these go to the log at `warn` (errors) and `debug` (everything else).
+/// errors); the session's own stall warning and failed deliveries are what matter,
+/// so these go to the log at `warn` (errors) and `debug` (everything else).
 impl ClientContext for DeliveryContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         use rdkafka::config::RDKafkaLogLevel::*;
@@ -123,7 +136,6 @@ impl Sink {
         // Defaults that a passthrough property may change.
         cc.set("linger.ms", "5")
             .set("compression.type", "lz4")
-            .set("message.timeout.ms", "30000")
             .set("queue.buffering.max.messages", "100000")
             .set("queue.buffering.max.kbytes", "65536");
         for (k, v) in client_config(config).config_map() {
@@ -132,6 +144,9 @@ impl Sink {
         cc.set("acks", "all")
             .set("enable.idempotence", "true")
             .set("partitioner", "murmur2_random");
+        // No gaps: see the module doc.
+        cc.set("message.timeout.ms", "0")
+            .set("enable.gapless.guarantee", "true");
         let acked = Arc::new(Notify::new());
         let context = DeliveryContext {
             acks: acks.clone(),
