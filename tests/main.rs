@@ -5,6 +5,7 @@
 mod support;
 
 mod bridge_crash;
+mod bridge_keys;
 mod bridge_ops;
 mod bridge_setup;
 mod bridge_stream;

@@ -1,7 +1,7 @@
 //! Turns decoded pgoutput changes into Kafka records in the wire format.
 //!
-//! Per table it keeps what the Relation messages said (columns and their codec
-//! kinds) plus the primary-key order from the catalog. A new Relation message (after
+//! Per table it keeps what the Relation messages said (columns, their codec kinds
+//! and which form the key; see [`key_columns`]). A new Relation message (after
 //! `ALTER TABLE`) replaces the entry, so later changes carry the new columns.
 //! Decisions beyond the wire format in `docs/design.md`, as Debezium makes them:
 //! * an update that changes the primary key becomes a delete of the old key (with
@@ -48,6 +48,80 @@ struct Table {
     columns: Vec<(String, ValueKind)>,
     /// Indexes into `columns` of the primary key, in key order.
     key: Vec<usize>,
+}
+
+/// The key columns of a relation, as indexes into its columns in key order.
+///
+/// Key membership comes from the Relation message, which describes the schema the
+/// change was written with: with replica identity `d` (default) its flagged columns
+/// are the primary key of that schema, so a primary-key column renamed since, or a
+/// table dropped and created again, does not stop the stream. The order is the
+/// current catalog's primary-key order (`catalog_key`) when that names the same
+/// columns, as it does unless the key changed; else the relation's column order.
+/// With identity `f` (full) every column is flagged, so the key is the catalog's
+/// primary key, which must still name columns of the relation. Identity `n`
+/// (nothing) and an index other than the primary key are refused: the records could
+/// not carry the key the readers use.
+fn key_columns(
+    rel: &Relation,
+    catalog_key: &[String],
+    name: &TableName,
+) -> Result<Vec<usize>, BridgeError> {
+    let position = |k: &String| rel.columns.iter().position(|c| &c.name == k);
+    let flagged: Vec<usize> = (0..rel.columns.len())
+        .filter(|&i| rel.columns[i].key)
+        .collect();
+    let from_catalog: Option<Vec<usize>> = catalog_key.iter().map(position).collect();
+    let same_set = |cat: &Vec<usize>| {
+        let mut sorted = cat.clone();
+        sorted.sort_unstable();
+        sorted == flagged
+    };
+    let key = match (rel.replica_identity, from_catalog) {
+        (b'd', Some(cat)) if !cat.is_empty() && same_set(&cat) => cat,
+        (b'd', _) => flagged,
+        (b'f', Some(cat)) if !cat.is_empty() => cat,
+        (b'i', Some(cat)) if !cat.is_empty() && same_set(&cat) => cat,
+        (b'f', _) => {
+            return Err(BridgeError::Setup {
+                problem: format!(
+                    "table {name} has REPLICA IDENTITY FULL and its primary key in the catalog ({}) no longer names columns of the changes being decoded; the key of these changes is unknown",
+                    catalog_key.join(", ")
+                ),
+                fix: format!(
+                    "use REPLICA IDENTITY DEFAULT, which carries the key in the WAL (ALTER TABLE {} REPLICA IDENTITY DEFAULT), or drop the slot and warm-start the caches again",
+                    name.quoted()
+                ),
+            })
+        }
+        (b'n', _) => {
+            return Err(BridgeError::Setup {
+                problem: format!("table {name} has REPLICA IDENTITY NOTHING: its updates and deletes carry no key"),
+                fix: format!("ALTER TABLE {} REPLICA IDENTITY DEFAULT", name.quoted()),
+            })
+        }
+        _ => {
+            return Err(BridgeError::Setup {
+                problem: format!(
+                    "table {name} has a replica identity index that is not its primary key; records are keyed by the primary key"
+                ),
+                fix: format!("ALTER TABLE {} REPLICA IDENTITY DEFAULT", name.quoted()),
+            })
+        }
+    };
+    if key.is_empty() {
+        return Err(BridgeError::Setup {
+            problem: format!("table {name} has no primary key any more"),
+            fix: format!(
+                "add one back: ALTER TABLE {} ADD PRIMARY KEY (...)",
+                name.quoted()
+            ),
+        });
+    }
+    if rel.replica_identity == b'd' && key.iter().map(|&i| &rel.columns[i].name).ne(catalog_key) {
+        warn!(table = %name, "the primary key in the catalog differs from the one these changes were written with (renamed, or the table was created again); keys follow the WAL");
+    }
+    Ok(key)
 }
 
 /// Numbers the changes of one transaction that share a WAL position.
@@ -124,28 +198,9 @@ impl Tables {
         }
         let oids: Vec<u32> = rel.columns.iter().map(|c| c.type_oid).collect();
         let kinds = self.types.kinds(client, &oids).await?;
+        let key = key_columns(&rel, &primary_key(client, rel.id).await?, &name)?;
         let columns: Vec<(String, ValueKind)> =
             rel.columns.into_iter().map(|c| c.name).zip(kinds).collect();
-        let key = primary_key(client, rel.id)
-            .await?
-            .iter()
-            .map(|k| {
-                columns.iter().position(|(n, _)| n == k).ok_or_else(|| {
-                    decode_err(format!(
-                        "primary-key column {k} of {name} is missing from the relation message"
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if key.is_empty() {
-            return Err(BridgeError::Setup {
-                problem: format!("table {name} has no primary key any more"),
-                fix: format!(
-                    "add one back: ALTER TABLE {} ADD PRIMARY KEY (...)",
-                    name.quoted()
-                ),
-            });
-        }
         let topic = name.topic(&self.prefix);
         let partitions = *self.partitions.get(&topic).unwrap_or(&1);
         info!(table = %name, columns = columns.len(), "relation");
@@ -403,7 +458,56 @@ impl Writer<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::Numbering;
+    use super::{key_columns, Numbering};
+    use crate::source::pgoutput::{RelColumn, Relation};
+    use tidemark_core::wire::TableName;
+
+    fn rel(identity: u8, columns: &[(&str, bool)]) -> Relation {
+        Relation {
+            id: 1,
+            schema: "public".into(),
+            table: "t".into(),
+            replica_identity: identity,
+            columns: columns
+                .iter()
+                .map(|&(name, key)| RelColumn {
+                    name: name.into(),
+                    type_oid: 23,
+                    key,
+                })
+                .collect(),
+        }
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn key_membership_follows_the_wal_and_order_the_catalog() {
+        let t = TableName::parse("public.t").unwrap();
+        // Key (b, a) in the catalog, columns a, b, c.
+        let r = rel(b'd', &[("a", true), ("b", true), ("c", false)]);
+        assert_eq!(key_columns(&r, &names(&["b", "a"]), &t).unwrap(), [1, 0]);
+        // Renamed since the change was written, or the table is gone: the WAL's key.
+        let r = rel(b'd', &[("id", true), ("v", false)]);
+        assert_eq!(key_columns(&r, &names(&["id2"]), &t).unwrap(), [0]);
+        assert_eq!(key_columns(&r, &[], &t).unwrap(), [0]);
+        // FULL flags every column: the catalog's key.
+        let r = rel(b'f', &[("id", true), ("v", true)]);
+        assert_eq!(key_columns(&r, &names(&["id"]), &t).unwrap(), [0]);
+        assert!(key_columns(&r, &names(&["id2"]), &t).is_err());
+        // NOTHING, and an index that is not the primary key, are refused.
+        let r = rel(b'n', &[("id", false), ("v", false)]);
+        assert!(key_columns(&r, &names(&["id"]), &t).is_err());
+        let r = rel(b'i', &[("id", false), ("v", true)]);
+        assert!(key_columns(&r, &names(&["id"]), &t).is_err());
+        let r = rel(b'i', &[("id", true), ("v", false)]);
+        assert_eq!(key_columns(&r, &names(&["id"]), &t).unwrap(), [0]);
+        // No key at all.
+        let r = rel(b'd', &[("id", false)]);
+        assert!(key_columns(&r, &[], &t).is_err());
+    }
 
     #[test]
     fn numbering_counts_within_one_lsn_and_restarts_at_the_next() {

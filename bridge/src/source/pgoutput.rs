@@ -40,6 +40,9 @@ pub struct Relation {
     pub schema: String,
     /// Table name.
     pub table: String,
+    /// The table's replica identity when the change was written: `d` default (the
+    /// primary key), `n` nothing, `f` full, `i` an index.
+    pub replica_identity: u8,
     /// Column names and type OIDs, in attribute order.
     pub columns: Vec<RelColumn>,
 }
@@ -51,6 +54,10 @@ pub struct RelColumn {
     pub name: String,
     /// Type OID.
     pub type_oid: u32,
+    /// Whether the column is part of the replica identity's key (flag bit 1). With
+    /// identity `d` these are the primary-key columns of the schema the change was
+    /// written with; with `f` every column is flagged.
+    pub key: bool,
 }
 
 /// One column value of a tuple.
@@ -158,20 +165,25 @@ pub fn decode(payload: Bytes) -> Result<Message, DecodeError> {
             let id = r.u32()?;
             let schema = r.string()?;
             let table = r.string()?;
-            let _replica_identity = r.u8()?;
+            let replica_identity = r.u8()?;
             let n = r.u16()?;
             let mut columns = Vec::with_capacity(n as usize);
             for _ in 0..n {
-                let _flags = r.u8()?;
+                let flags = r.u8()?;
                 let name = r.string()?;
                 let type_oid = r.u32()?;
                 let _typmod = r.u32()?;
-                columns.push(RelColumn { name, type_oid });
+                columns.push(RelColumn {
+                    name,
+                    type_oid,
+                    key: flags & 1 == 1,
+                });
             }
             Message::Relation(Relation {
                 id,
                 schema,
                 table,
+                replica_identity,
                 columns,
             })
         }
@@ -265,9 +277,12 @@ mod tests {
             r.columns[1],
             RelColumn {
                 name: "note".into(),
-                type_oid: 25
+                type_oid: 25,
+                key: false,
             }
         );
+        assert!(r.columns[0].key);
+        assert_eq!(r.replica_identity, b'd');
 
         let mut upd = vec![b'U'];
         upd.extend(16384u32.to_be_bytes());
