@@ -147,15 +147,26 @@ node_config() { # node_config PORT DIR: one node as both broker and controller
   local port=$1 dir=$2 controller=$(($1 + 1000))
   # Apache Kafka's defaults, but for what a single node needs: its listeners, and
   # replication factor 1 for the internal topics. Automatic topic creation stays on.
+  # TIDEMARK_NODE_PROXY_PORT=P adds a listener on PORT+2000 that tells clients to come
+  # back through 127.0.0.1:P (a test's proxy in front of it), and
+  # TIDEMARK_NODE_PROPERTIES="k=v;k=v" adds broker settings; tests use both.
+  local listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller"
+  local advertised="PLAINTEXT://127.0.0.1:$port"
+  local protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  if [ -n "${TIDEMARK_NODE_PROXY_PORT:-}" ]; then
+    listeners="$listeners,PROXIED://127.0.0.1:$((port + 2000))"
+    advertised="$advertised,PROXIED://127.0.0.1:$TIDEMARK_NODE_PROXY_PORT"
+    protocols="$protocols,PROXIED:PLAINTEXT"
+  fi
   cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$controller
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
 log.dirs=$dir/data
 offsets.topic.replication.factor=1
 transaction.state.log.replication.factor=1
@@ -163,6 +174,9 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 EOF
+  if [ -n "${TIDEMARK_NODE_PROPERTIES:-}" ]; then
+    tr ';' '\n' <<<"$TIDEMARK_NODE_PROPERTIES" >>"$dir/server.properties"
+  fi
 }
 
 kafka_java() { # kafka_java DIR: sets JAVA_CMD, a JVM on the stack's Kafka jars

@@ -36,6 +36,10 @@ pub const DEFAULT_PUBLICATION: &str = "tidemark";
 pub const DEFAULT_TOPIC_PREFIX: &str = "tidemark";
 /// Default partition count of topics the bridge creates.
 pub const DEFAULT_PARTITIONS: i32 = 1;
+/// Default `min.compaction.lag.ms` of topics the bridge creates: an hour. A cache
+/// that warm-starts replays from shortly before its snapshot; records younger than
+/// the lag are never compacted, so that replay sees every change after its snapshot.
+pub const DEFAULT_MIN_COMPACTION_LAG_MS: u64 = 3_600_000;
 /// Default replication factor of topics the bridge creates.
 pub const DEFAULT_REPLICATION_FACTOR: i32 = 1;
 
@@ -77,6 +81,9 @@ pub struct Cli {
     /// Replication factor of the topics the bridge creates [default: 1].
     #[arg(long, env = "TIDEMARK_REPLICATION_FACTOR")]
     pub replication_factor: Option<i32>,
+    /// min.compaction.lag.ms of the topics the bridge creates: records younger than this are never compacted; keep it longer than the slowest cache warm start plus its safety window [default: 3600000].
+    #[arg(long, env = "TIDEMARK_MIN_COMPACTION_LAG_MS")]
+    pub min_compaction_lag_ms: Option<u64>,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address, e.g. 0.0.0.0:9187 [default: off].
     #[arg(long, env = "TIDEMARK_HTTP")]
     pub http: Option<std::net::SocketAddr>,
@@ -101,6 +108,7 @@ struct FileConfig {
     topic_prefix: Option<String>,
     partitions: Option<i32>,
     replication_factor: Option<i32>,
+    min_compaction_lag_ms: Option<u64>,
     http: Option<std::net::SocketAddr>,
     #[serde(default)]
     kafka_properties: BTreeMap<String, String>,
@@ -160,6 +168,8 @@ pub struct Config {
     pub partitions: i32,
     /// Replication factor for new topics.
     pub replication_factor: i32,
+    /// `min.compaction.lag.ms` for new topics.
+    pub min_compaction_lag_ms: u64,
     /// Address of the metrics and health endpoint, if any.
     pub http: Option<std::net::SocketAddr>,
     /// Extra librdkafka properties.
@@ -232,6 +242,10 @@ impl Config {
                 .replication_factor
                 .or(file.replication_factor)
                 .unwrap_or(DEFAULT_REPLICATION_FACTOR),
+            min_compaction_lag_ms: cli
+                .min_compaction_lag_ms
+                .or(file.min_compaction_lag_ms)
+                .unwrap_or(DEFAULT_MIN_COMPACTION_LAG_MS),
             http: cli.http.or(file.http),
             kafka_properties,
         };

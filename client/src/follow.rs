@@ -2,7 +2,10 @@
 //! applies each change that the loaded snapshot does not already contain.
 //!
 //! For each record, in order:
-//! 1. A tombstone (null value) is ignored: its delete came just before it.
+//! 1. A tombstone (null value) is placed in the stream by the stamp the bridge gives
+//!    it (the position and transaction of its delete) and applied as a delete unless
+//!    that delete was already applied or is in the snapshot; compaction may have
+//!    removed the delete and kept the tombstone. Unstamped tombstones are ignored.
 //! 2. A record that is not an envelope of this table is counted, logged with its
 //!    partition and offset, and skipped.
 //! 3. De-duplication: the bridge replays from its slot after a crash, so a
@@ -38,7 +41,8 @@ use crate::seek::{blocking, Consumer, Start};
 use crate::snapshot::Snapshot;
 use crate::state::{Origin, PartitionPosition, Status};
 use crate::table::TableInfo;
-use tidemark_core::wire::envelope::Position;
+use rdkafka::message::Headers as _;
+use tidemark_core::wire::envelope::{Position, TombstoneStamp, TOMBSTONE_HEADER};
 use tidemark_core::wire::{Envelope, Op, Row};
 
 /// How often positions, lag and readiness are refreshed while records flow.
@@ -119,13 +123,21 @@ struct Record {
     key: Option<Vec<u8>>,
     /// The envelope; `Ok(None)` for a tombstone.
     value: Result<Option<Envelope>, String>,
+    /// A tombstone's stamp: the delete it follows (the bridge writes one).
+    stamp: Option<TombstoneStamp>,
 }
 
 impl Record {
     fn read<M: Message>(m: &M) -> Self {
+        let stamp = m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == TOMBSTONE_HEADER)
+                .and_then(|h| serde_json::from_slice(h.value?).ok())
+        });
         Record {
             partition: m.partition(),
             offset: m.offset(),
+            stamp,
             key: m.key().map(<[u8]>::to_vec),
             value: match m.payload() {
                 None => Ok(None),
@@ -228,6 +240,35 @@ where
         }
     }
 
+    /// A tombstone. The bridge stamps each with the position and transaction of the
+    /// delete it follows, so it is placed in the stream like that delete: dropped as a
+    /// replay when the delete (or anything later) was already applied on the
+    /// partition, skipped when the snapshot holds the delete, and otherwise applied
+    /// as a delete of its key. That matters when compaction removed the delete and
+    /// kept the tombstone. A tombstone without a stamp is ignored.
+    fn tombstone(&mut self, rec: &Record) {
+        let Some(stamp) = rec.stamp else { return };
+        let state = &mut self.states[rec.partition as usize];
+        if state.is_duplicate(stamp.position())
+            || state.in_snapshot(Some(stamp.commit_lsn), Some(stamp.tx_id)) != Ok(false)
+        {
+            return;
+        }
+        let key = rec
+            .key
+            .as_deref()
+            .and_then(|k| serde_json::from_slice::<Row>(k).ok())
+            .and_then(|k| typed_key::<K>(&k).ok());
+        match key {
+            Some(key) => {
+                if self.applier.delete(key, None, Origin::Stream).is_ok() {
+                    self.applier.count_applied(stamp.ts_ms);
+                }
+            }
+            None => self.bad(rec, "a tombstone whose key does not fit the key type"),
+        }
+    }
+
     /// Applies one record; `Some` when the loop must end.
     async fn handle(&mut self, rec: Record) -> Option<End> {
         let p = rec.partition as usize;
@@ -240,7 +281,10 @@ where
         }
         self.next[p] = self.next[p].max(rec.offset + 1);
         let env = match &rec.value {
-            Ok(None) => return None,
+            Ok(None) => {
+                self.tombstone(&rec);
+                return None;
+            }
             Ok(Some(env)) => env,
             Err(problem) => {
                 self.bad(&rec, problem);

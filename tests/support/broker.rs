@@ -11,11 +11,20 @@ pub struct PrivateBroker {
     dir: PathBuf,
     port: u16,
     running: bool,
+    /// `dev-stack.sh` settings for the node (`TIDEMARK_NODE_*`).
+    env: Vec<(String, String)>,
 }
 
 impl PrivateBroker {
     /// Starts a broker on `port` with a fresh data directory.
     pub async fn start(port: u16) -> PrivateBroker {
+        Self::start_with(port, &[]).await
+    }
+
+    /// Starts a broker on `port` with `dev-stack.sh` node settings: for example
+    /// `TIDEMARK_NODE_PROXY_PORT` (a second listener reached through a proxy) and
+    /// `TIDEMARK_NODE_PROPERTIES` (broker settings, `k=v;k=v`).
+    pub async fn start_with(port: u16, env: &[(&str, &str)]) -> PrivateBroker {
         let dir =
             std::env::temp_dir().join(format!("tidemark-broker-{port}-{}", rand::random::<u32>()));
         std::fs::create_dir_all(&dir).expect("broker dir");
@@ -23,9 +32,18 @@ impl PrivateBroker {
             dir,
             port,
             running: false,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         b.resume().await;
         b
+    }
+
+    /// The port of the listener behind the proxy (`TIDEMARK_NODE_PROXY_PORT`).
+    pub fn proxied_listener_port(&self) -> u16 {
+        self.port + 2000
     }
 
     /// The bootstrap address.
@@ -35,9 +53,12 @@ impl PrivateBroker {
 
     /// Starts the broker again on the same data; returns once it listens.
     pub async fn resume(&mut self) {
-        let (port, dir) = (self.port.to_string(), self.dir.clone());
+        let (port, dir, env) = (self.port.to_string(), self.dir.clone(), self.env.clone());
         let status = tokio::task::spawn_blocking(move || {
-            dev_stack(&["node-start", &port, dir.to_str().expect("utf-8 path")])
+            dev_stack_with(
+                &["node-start", &port, dir.to_str().expect("utf-8 path")],
+                &env,
+            )
         })
         .await
         .expect("node-start");
@@ -70,10 +91,16 @@ impl Drop for PrivateBroker {
 
 /// Runs `scripts/dev-stack.sh` with `args`, its output going to the test's.
 fn dev_stack(args: &[&str]) -> ExitStatus {
+    dev_stack_with(args, &[])
+}
+
+/// Runs `scripts/dev-stack.sh` with `args` and environment `env`.
+fn dev_stack_with(args: &[&str], env: &[(String, String)]) -> ExitStatus {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/dev-stack.sh");
     Command::new("bash")
         .arg(&script)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .status()
         .unwrap_or_else(|e| panic!("cannot run {} ({e})", script.display()))

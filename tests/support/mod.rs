@@ -6,6 +6,7 @@
 //! | `bridge` | the bridge process: settings, start, crash, stop, its HTTP endpoints |
 //! | `topic` | reading a topic back |
 //! | `broker` | a Kafka node of a test's own (`scripts/dev-stack.sh node-start`) |
+//! | `proxy` | a TCP proxy a test can pause, to cut one client off from Kafka |
 //! | `scratch_postgres` | a throwaway PostgreSQL server with settings of its own |
 //! | `small_table` | the 500-row `(id, v)` table of the cache tests, read from PostgreSQL and from a cache |
 //! | `race` | the race harness: writers, caches starting at random moments, the checks |
@@ -19,6 +20,7 @@
 
 pub mod bridge;
 pub mod broker;
+pub mod proxy;
 pub mod race;
 pub mod scratch_postgres;
 pub mod services;
@@ -27,6 +29,7 @@ pub mod topic;
 
 pub use bridge::*;
 pub use broker::*;
+pub use proxy::*;
 pub use scratch_postgres::*;
 pub use services::*;
 pub use small_table::*;

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
-use tidemark_core::wire::envelope::TRUNCATE_KEY;
+use tidemark_core::wire::envelope::{TombstoneStamp, TRUNCATE_KEY};
 use tidemark_core::wire::key;
 use tidemark_core::wire::{Envelope, Op, Row, Source, TableName, ValueKind};
 use tokio_postgres::Client;
@@ -417,7 +417,24 @@ impl Writer<'_> {
             timestamp_ms: self.txn.commit_ms,
             table: self.t.label.clone(),
             op: None,
+            stamp: None,
         }
+    }
+
+    /// The tombstone that follows a delete, stamped with the delete's transaction
+    /// and position ([`TOMBSTONE_HEADER`](tidemark_core::wire::envelope::TOMBSTONE_HEADER)).
+    fn tombstone(&self, key: Vec<u8>) -> Result<Record, BridgeError> {
+        let stamp = TombstoneStamp {
+            tx_id: u64::from(self.txn.xid),
+            commit_lsn: self.txn.commit_lsn,
+            lsn: self.lsn,
+            seq: self.seq,
+            ts_ms: self.txn.commit_ms,
+        };
+        Ok(Record {
+            stamp: Some(serde_json::to_vec(&stamp).map_err(|e| decode_err(e.to_string()))?),
+            ..self.record(key, None)
+        })
     }
 
     fn change(&self, op: Op, before: Option<Row>, new: &Tuple) -> Result<Record, BridgeError> {
@@ -451,7 +468,7 @@ impl Writer<'_> {
                 op: Some("d"),
                 ..self.record(key.clone(), Some(value))
             },
-            self.record(key, None),
+            self.tombstone(key)?,
         ])
     }
 }

@@ -24,8 +24,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
+use tidemark_core::wire::envelope::TOMBSTONE_HEADER;
 use tokio::sync::Notify;
 
 use crate::config::Config;
@@ -48,6 +50,8 @@ pub struct Record {
     pub table: Arc<str>,
     /// The change's `op` code; `None` for a tombstone.
     pub op: Option<&'static str>,
+    /// A tombstone's [`TOMBSTONE_HEADER`] value.
+    pub stamp: Option<Vec<u8>>,
 }
 
 /// Where the sink reports what it produced and what Kafka answered for each record:
@@ -174,6 +178,12 @@ impl Sink {
             }
             if let Some(v) = &record.value {
                 r = r.payload(v);
+            }
+            if let Some(stamp) = &record.stamp {
+                r = r.headers(OwnedHeaders::new().insert(Header {
+                    key: TOMBSTONE_HEADER,
+                    value: Some(stamp),
+                }));
             }
             match self.producer.send(r) {
                 Ok(()) => return Ok(()),

@@ -1,8 +1,9 @@
 //! Topics: creates the missing ones and learns every topic's partition count.
 //!
-//! New topics get the configured partition count and `cleanup.policy=compact`, so
+//! New topics get the configured partition count, `cleanup.policy=compact`, so
 //! Kafka keeps the latest record per key and drops deleted keys after their
-//! tombstone. Existing topics are used as they are. Creating them first matters on
+//! tombstone, and `min.compaction.lag.ms` (an hour by default), so the records a
+//! warm-starting cache replays are still all there. Existing topics are used as they are. Creating them first matters on
 //! Apache Kafka, whose default `auto.create.topics.enable=true` would otherwise
 //! create a topic on the first produce with the broker's defaults (one partition,
 //! `cleanup.policy=delete`); brokers that do not create topics on demand need it too.
@@ -49,6 +50,7 @@ pub async fn ensure_topics(config: &Config) -> Result<HashMap<String, i32>, Brid
             .map_or(0, |t| t.partitions().len());
         existing.insert(name, count);
     }
+    let lag = config.min_compaction_lag_ms.to_string();
     let new: Vec<NewTopic<'_>> = names
         .iter()
         .filter(|n| existing.get(n.as_str()).is_none_or(|&p| p == 0))
@@ -59,6 +61,7 @@ pub async fn ensure_topics(config: &Config) -> Result<HashMap<String, i32>, Brid
                 TopicReplication::Fixed(config.replication_factor),
             )
             .set("cleanup.policy", "compact")
+            .set("min.compaction.lag.ms", &lag)
         })
         .collect();
     if !new.is_empty() {

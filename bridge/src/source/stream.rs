@@ -115,6 +115,7 @@ mod tests {
             topic_prefix: "t".into(),
             partitions: 1,
             replication_factor: 1,
+            min_compaction_lag_ms: 0,
             http: None,
             kafka_properties: Default::default(),
         };

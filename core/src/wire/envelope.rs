@@ -57,9 +57,9 @@ pub struct Source {
     /// The LSN of the commit record of the change's transaction.
     #[serde(default)]
     pub commit_lsn: Option<u64>,
-    /// Orders the records that one change produces: 0 for the first, 1 for the create
-    /// that follows the delete when an update changes the primary key (both carry the
-    /// change's `lsn`). Left out when 0.
+    /// Numbers the records of one transaction that share `lsn` (the rows of one
+    /// `COPY` page, the delete and create of a primary-key change), from 0 in stream
+    /// order. Left out when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub seq: u32,
     /// The transaction's commit time, in milliseconds since the epoch.
@@ -78,6 +78,35 @@ fn is_zero(n: &u32) -> bool {
 /// each partition in this order, so a reader drops a record whose position is not
 /// newer than the last one it applied from that partition: that is a replay.
 pub type Position = (u64, u64, u32);
+
+/// The record header a tombstone carries: the [`TombstoneStamp`] of the delete it
+/// follows, as JSON. Headers survive compaction, so a reader that meets the tombstone
+/// without its delete (compacted away) can still place it in the stream and apply it.
+pub const TOMBSTONE_HEADER: &str = "tidemark.delete";
+
+/// Where the delete a tombstone follows stands: the same transaction and position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TombstoneStamp {
+    /// The deleting transaction's 32-bit id.
+    #[serde(rename = "txId")]
+    pub tx_id: u64,
+    /// The LSN of its commit record.
+    pub commit_lsn: u64,
+    /// The LSN of the delete.
+    pub lsn: u64,
+    /// See [`Source::seq`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u32,
+    /// The commit time, milliseconds since the epoch.
+    pub ts_ms: i64,
+}
+
+impl TombstoneStamp {
+    /// The delete's [`Position`].
+    pub fn position(&self) -> Position {
+        (self.commit_lsn, self.lsn, self.seq)
+    }
+}
 
 /// One record value: a change to one row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
