@@ -124,3 +124,56 @@ async fn generated_columns_are_left_out_of_the_load_as_the_stream_leaves_them_ou
     cache.shutdown().await;
     assert!(bridge.sigterm(Duration::from_secs(30)).success());
 }
+
+/// The value type of the typed cache below.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+struct Item {
+    id: i64,
+    v: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_stops_fitting_the_value_type_is_removed_not_left_stale() {
+    let pg = pg().await;
+    let name = unique("unfit");
+    let table = format!("{name}_t");
+    create_table(&pg, &table).await;
+    let (mut bridge, args) = start_bridge(&name, &[&format!("public.{table}")]).await;
+    let cache = tidemark_client::Cache::<i64, Item>::builder()
+        .postgres(pg_url())
+        .kafka(args.kafka.clone())
+        .table(format!("public.{table}"))
+        .topic_prefix(args.prefix.clone())
+        .build()
+        .await
+        .expect("cache");
+    let mut changes = cache.subscribe();
+    // `v` becomes a number, which no longer fits `Item::v: String`.
+    pg.batch_execute(&format!(
+        "ALTER TABLE {table} ALTER COLUMN v TYPE int USING length(v);
+         UPDATE {table} SET v = v + 1 WHERE id <= 3;"
+    ))
+    .await
+    .unwrap();
+    wait_for(Duration::from_secs(60), "the unfit rows to go", || async {
+        (cache.stats().unfit_rows == 3).then_some(())
+    })
+    .await;
+    for id in 1..=3 {
+        assert!(cache.get(&id).is_none(), "key {id} kept a stale value");
+    }
+    assert_eq!(cache.get(&4).map(|i| i.v.clone()).as_deref(), Some("v4"));
+    let stats = cache.stats();
+    assert!(stats.degraded, "{stats:?}");
+    assert_eq!(cache.len(), 497);
+    let mut removed = Vec::new();
+    while let Ok(change) = changes.try_recv() {
+        assert!(change.value.is_none());
+        assert_eq!(change.origin, tidemark_client::Origin::Unfit);
+        removed.push(change.key);
+    }
+    removed.sort();
+    assert_eq!(removed, [1, 2, 3]);
+    cache.shutdown().await;
+    assert!(bridge.sigterm(Duration::from_secs(30)).success());
+}

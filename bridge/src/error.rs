@@ -46,6 +46,17 @@ pub enum BridgeError {
     /// Kafka did not acknowledge a record (after librdkafka's own retries).
     #[error("kafka delivery failed: {0}")]
     Delivery(rdkafka::error::KafkaError),
+    /// A topic's partition count changed while a session wrote to it; the next
+    /// session writes with the new count.
+    #[error("topic {topic} now has {to} partitions, not {from}; a new session writes with the new count")]
+    PartitionsChanged {
+        /// The topic.
+        topic: String,
+        /// The count the session wrote with.
+        from: i32,
+        /// The count now.
+        to: i32,
+    },
     /// Kafka failed: unreachable, refused a topic, or failed a delivery.
     #[error("kafka: {context}: {source}")]
     Kafka {
@@ -68,6 +79,7 @@ impl BridgeError {
             BridgeError::Decode(_) => "decode",
             BridgeError::Delivery(_) => "delivery",
             BridgeError::Kafka { .. } => "kafka",
+            BridgeError::PartitionsChanged { .. } => "partitions",
         }
     }
 
@@ -80,7 +92,9 @@ impl BridgeError {
             // A slot still held by a dying walsender, a restarting server: all pass.
             BridgeError::Replication(_) => true,
             BridgeError::Postgres { source, .. } => tidemark_core::pg::is_transient(source),
-            BridgeError::Kafka { .. } | BridgeError::Delivery(_) => true,
+            BridgeError::Kafka { .. }
+            | BridgeError::Delivery(_)
+            | BridgeError::PartitionsChanged { .. } => true,
         }
     }
 

@@ -37,6 +37,13 @@ pub struct Stats {
     pub stale: u64,
     /// Records that could not be used (not JSON, wrong shape, another table).
     pub bad_records: u64,
+    /// Keys removed because a change's new row did not fit the value type (after a
+    /// schema change, say): the key is absent rather than stale.
+    pub unfit_rows: u64,
+    /// Whether the cache has removed any key for not fitting the value type: it no
+    /// longer mirrors the whole table. Each such removal is also a [`Change`] with
+    /// [`Origin::Unfit`](crate::Origin::Unfit).
+    pub degraded: bool,
     /// Rows re-read from PostgreSQL because a change left a value out as unchanged
     /// TOAST and the cache held no copy of it.
     pub toast_rereads: u64,
@@ -197,6 +204,8 @@ where
             duplicates: c.counts.duplicates.get(),
             stale: c.counts.stale.get(),
             bad_records: c.counts.bad_records.get(),
+            unfit_rows: c.counts.unfit_rows.get(),
+            degraded: c.counts.unfit_rows.get() > 0,
             toast_rereads: c.counts.toast_rereads.get(),
             warm_starts: c.counts.warm_starts.get(),
             lag_records: positions

@@ -62,6 +62,18 @@ pub enum Error {
         brokers: String,
     },
 
+    /// Records the warm start must replay are gone: the topic's log starts after
+    /// the replay's start time.
+    #[error("topic {topic} partition {partition}: the replay must start at or before offset {low}, the first the broker still has, so changes after the cache's snapshot may have been deleted by retention; the cache cannot start exactly. Use cleanup.policy=compact without retention on the topic (as the bridge creates it), or a retention.ms far longer than a warm start")]
+    RetentionGap {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// Its low watermark.
+        low: i64,
+    },
+
     /// A Kafka request failed.
     #[error(
         "Kafka failed while {during}: {source}; check the brokers and the librdkafka properties"
@@ -118,6 +130,7 @@ impl Error {
             Error::Config { .. }
             | Error::Table { .. }
             | Error::TopicMissing { .. }
+            | Error::RetentionGap { .. }
             | Error::Deserialize { .. }
             | Error::Decode { .. } => false,
         }

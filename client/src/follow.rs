@@ -43,6 +43,7 @@ use crate::state::{Origin, PartitionPosition, Status};
 use crate::table::TableInfo;
 use rdkafka::message::Headers as _;
 use tidemark_core::wire::envelope::{Position, TombstoneStamp, TOMBSTONE_HEADER};
+use tidemark_core::wire::partitioner::partition_of;
 use tidemark_core::wire::{Envelope, Op, Row};
 
 /// How often positions, lag and readiness are refreshed while records flow.
@@ -168,6 +169,9 @@ pub(crate) struct Follower<K, V> {
     pub started: Instant,
     /// When a consumer error was last logged at `warn`.
     pub last_error_log: Option<Instant>,
+    /// Whether a change must sit on its key's partition under the current count
+    /// (tidemark's topics; see `handle`).
+    pub check_partitioning: bool,
 }
 
 impl<K, V> Follower<K, V>
@@ -191,7 +195,9 @@ where
                     continue;
                 }
                 _ = tick.tick() => {
-                    self.refresh().await;
+                    if let Some(end) = self.refresh().await {
+                        return end;
+                    }
                     continue;
                 }
                 received = consumer.recv() => match received {
@@ -273,11 +279,10 @@ where
     async fn handle(&mut self, rec: Record) -> Option<End> {
         let p = rec.partition as usize;
         if p >= self.states.len() {
-            self.bad(
-                &rec,
-                "partition outside the topic's partition count at start",
-            );
-            return None;
+            return Some(End::Rewarm(format!(
+                "a record on partition {p}, beyond the {} partitions the topic had at the warm start",
+                self.states.len()
+            )));
         }
         self.next[p] = self.next[p].max(rec.offset + 1);
         let env = match &rec.value {
@@ -317,6 +322,17 @@ where
             Err(problem) => {
                 self.bad(&rec, problem);
                 return None;
+            }
+        }
+        if self.check_partitioning && env.op != Op::Truncate {
+            let n = self.states.len() as i32;
+            let owner = rec.key.as_deref().map(|k| partition_of(k, n));
+            if owner.is_some_and(|o| o != rec.partition) {
+                return Some(End::Rewarm(format!(
+                    "partition {} holds a change the snapshot does not, written for another partition count (its key belongs on partition {} of {n}); a snapshot after the bridge's switch is needed",
+                    rec.partition,
+                    owner.unwrap_or_default()
+                )));
             }
         }
         let commit_ms = env.source.ts_ms;
@@ -383,7 +399,23 @@ where
                     }
                 }
                 let origin = self.applier.origin_of(&after);
-                self.applier.upsert(key, after, rec.partition, origin)
+                let result = self
+                    .applier
+                    .upsert(key.clone(), after, rec.partition, origin);
+                if let Err(Rejected::Type { what: "row", error }) = &result {
+                    // No stale value: the key goes, and the cache says it is degraded.
+                    let _ = self.applier.delete(key, None, Origin::Unfit);
+                    counters.counts.unfit_rows.add(1);
+                    warn!(
+                        table = %name,
+                        partition = rec.partition,
+                        offset = rec.offset,
+                        error = %error,
+                        "a changed row does not fit the value type; its key is removed and the cache is degraded. Fix: make the value type match the table"
+                    );
+                    return None;
+                }
+                result
             }
             Op::Truncate => unreachable!("handled above"),
         };
@@ -439,21 +471,33 @@ where
         }
     }
 
-    /// Refreshes the high watermarks (for lag figures) and publishes positions.
-    async fn refresh(&mut self) {
+    /// Refreshes the high watermarks (for lag figures) and publishes positions; ends
+    /// the loop (`Some`) when the topic's partition count changed.
+    async fn refresh(&mut self) -> Option<End> {
         let topic = self.topic.clone();
         let n = self.starts.len() as i32;
-        let highs = blocking(&self.consumer, move |c| {
-            Ok((0..n)
+        let (count, highs) = blocking(&self.consumer, move |c| {
+            let count = c
+                .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                .ok()
+                .and_then(|md| md.topics().first().map(|t| t.partitions().len() as i32))
+                .filter(|&c| c > 0);
+            let highs = (0..n)
                 .map(|p| {
                     c.fetch_watermarks(&topic, p, Duration::from_secs(2))
                         .map(|(_, h)| h)
                         .ok()
                 })
-                .collect::<Vec<_>>())
+                .collect::<Vec<_>>();
+            Ok((count, highs))
         })
         .await
         .unwrap_or_default();
+        if let Some(count) = count.filter(|&c| c != n) {
+            return Some(End::Rewarm(format!(
+                "the topic now has {count} partitions, not {n}: keys move to new partitions"
+            )));
+        }
         for (p, h) in highs.into_iter().enumerate() {
             if let (Some(h), Some(slot)) = (h, self.high.get_mut(p)) {
                 *slot = h;
@@ -466,6 +510,7 @@ where
         }
         let filtering = self.states.iter().filter(|s| s.filtering()).count();
         debug!(table = %self.table.name, filtering, "positions refreshed");
+        None
     }
 
     fn publish_positions(&self) {

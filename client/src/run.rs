@@ -34,6 +34,10 @@ use crate::{load, seek};
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// A warm start that followed the topic at least this long before it had to warm
+/// start again resets the backoff.
+const STEADY: Duration = Duration::from_secs(30);
+
 /// How many times the first warm start is tried when a Kafka request fails.
 const FIRST_START_ATTEMPTS: u32 = 3;
 
@@ -61,12 +65,24 @@ pub(crate) async fn run<K, V>(
             Ok(follower) => {
                 served = true;
                 failures = 0;
-                backoff.reset();
+                let following = Instant::now();
                 match follower.run(&mut stop).await {
                     End::Stopped => return,
                     End::Rewarm(reason) => {
-                        warn!(table = %config.table, reason, "warming up again");
                         shared.status.send_replace(Status::Rewarming);
+                        // Warm starts that end soon after they began (the bridge has
+                        // not switched to a new partition count yet, say) back off.
+                        if following.elapsed() >= STEADY {
+                            backoff.reset();
+                            warn!(table = %config.table, reason, "warming up again");
+                        } else {
+                            let pause = backoff.pause();
+                            warn!(table = %config.table, reason, retry_in_secs = pause.as_secs(), "warming up again");
+                            tokio::select! {
+                                _ = stop.wait_for(|s| *s) => return,
+                                _ = tokio::time::sleep(pause) => {}
+                            }
+                        }
                     }
                 }
             }
@@ -222,5 +238,6 @@ where
         ready: false,
         started,
         last_error_log: None,
+        check_partitioning: ts_column.is_none(),
     })
 }

@@ -128,6 +128,13 @@ pub(crate) async fn partitions(consumer: &Arc<Consumer>, config: &Config) -> Res
 
 /// The start of every partition for a replay from `time_ms`, with the high
 /// watermarks sampled now.
+///
+/// A replay that would start at the low watermark of a partition whose log no longer
+/// starts at offset 0 fails with [`Error::RetentionGap`]: the records before the low
+/// watermark are gone (retention, or records deleted by an operator), and some of them
+/// may have been written after `time_ms`. Compaction alone never moves the low
+/// watermark, so the bridge's compacted topics do not meet this. (A partition with
+/// no record at or after `time_ms`, "end", is fine: the deleted records are older.)
 pub(crate) async fn seek(
     consumer: &Arc<Consumer>,
     topic: &str,
@@ -153,9 +160,17 @@ pub(crate) async fn seek(
                 .find_partition(&topic, p)
                 .filter(|e| e.error().is_ok())
                 .map(|e| e.offset());
+            let offset = start_offset(answer, low, high);
+            if offset == low && low > 0 && !matches!(answer, Some(Offset::End)) {
+                return Err(Error::RetentionGap {
+                    topic: topic.clone(),
+                    partition: p,
+                    low,
+                });
+            }
             starts.push(Start {
                 partition: p,
-                offset: start_offset(answer, low, high),
+                offset,
                 high,
             });
         }

@@ -24,6 +24,10 @@ pub enum Origin {
     /// Like [`Origin::Stream`], but the row's owner column holds this instance's
     /// [`Cache::instance_id`](crate::Cache::instance_id): the application's own write coming back.
     OwnWrite,
+    /// The key was removed because its new row does not fit the cache's value type
+    /// (a column changed type, say); the cache is degraded
+    /// ([`Stats::degraded`](crate::Stats::degraded)).
+    Unfit,
 }
 
 /// One change, delivered to subscribers after it was applied to the map.

@@ -119,6 +119,7 @@ impl TableInfo {
             return Err(Self::missing(name));
         };
         let oid: u32 = first.get(0);
+        Self::check_readable(client, name, oid).await?;
         let type_oids: Vec<u32> = rows.iter().map(|r| r.get(2)).collect();
         let mut elems = std::collections::HashMap::new();
         for r in client
@@ -170,6 +171,41 @@ impl TableInfo {
             columns,
             key,
         })
+    }
+
+    /// Refuses a table whose rows a `COPY ... FROM ONLY` cannot read exactly: a
+    /// partitioned table (its rows and its changes belong to its partitions), and a
+    /// table whose row-level security applies to this role (some rows would be hidden
+    /// from the load but not from the stream).
+    async fn check_readable(client: &impl GenericClient, name: &TableName, oid: u32) -> Result<()> {
+        let row = client
+            .query_one(
+                "SELECT c.relkind::text, c.relrowsecurity \
+                   AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r \
+                            WHERE r.rolname = current_user) \
+                   AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')) \
+                 FROM pg_catalog.pg_class c WHERE c.oid = $1",
+                &[&oid],
+            )
+            .await
+            .map_err(Error::postgres("reading the table's kind and row security"))?;
+        let (kind, hidden): (String, bool) = (row.get(0), row.get(1));
+        if kind == "p" {
+            return Err(Error::Table {
+                table: name.to_string(),
+                problem: "it is partitioned: its rows and changes belong to its partitions".into(),
+                fix: "cache each partition as a table (the bridge follows each as its own topic)"
+                    .into(),
+            });
+        }
+        if hidden {
+            return Err(Error::Table {
+                table: name.to_string(),
+                problem: "row-level security applies to this role, so the load would miss rows that the stream carries".into(),
+                fix: "connect as a role with BYPASSRLS (ALTER ROLE ... BYPASSRLS), or the table's owner without FORCE ROW LEVEL SECURITY".into(),
+            });
+        }
+        Ok(())
     }
 
     /// The error for a table that does not exist.

@@ -13,6 +13,7 @@
 //! | `tidemark_client_duplicates_total` | counter: replayed records dropped |
 //! | `tidemark_client_stale_total` | counter: changes older than the cached row (watermark strategy) |
 //! | `tidemark_client_bad_records_total` | counter: records that could not be used |
+//! | `tidemark_client_unfit_rows_total` | counter: keys removed because their new row does not fit the value type |
 //! | `tidemark_client_toast_rereads_total` | counter: rows re-read from PostgreSQL for unchanged TOAST values the cache had no copy of |
 //! | `tidemark_client_lag_records` | gauge: high watermark minus next offset, per partition |
 
@@ -54,6 +55,7 @@ pub(crate) struct Counts {
     pub duplicates: Count,
     pub stale: Count,
     pub bad_records: Count,
+    pub unfit_rows: Count,
     pub toast_rereads: Count,
     pub warm_starts: Count,
     warm_start_seconds: metrics::Histogram,
@@ -70,6 +72,7 @@ impl Counts {
             duplicates: Count::new("tidemark_client_duplicates_total", table),
             stale: Count::new("tidemark_client_stale_total", table),
             bad_records: Count::new("tidemark_client_bad_records_total", table),
+            unfit_rows: Count::new("tidemark_client_unfit_rows_total", table),
             toast_rereads: Count::new("tidemark_client_toast_rereads_total", table),
             warm_starts: Count::new("tidemark_client_warm_starts_total", table),
             warm_start_seconds: metrics::histogram!("tidemark_client_warm_start_seconds", "table" => table.to_owned()),

@@ -40,6 +40,40 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 /// How often the session reads the slot's lag from the server and updates gauges.
 const LAG_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How often the session compares its topics' partition counts with Kafka's.
+const PARTITION_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Ends the session when a topic's partition count is no longer the one the session
+/// writes with. Records carry an explicit partition computed with the session's count
+/// (`records.rs`), so a key moves to its new partition only at a session boundary,
+/// a transaction boundary that readers can detect (see `docs/design.md`).
+fn check_partitions(
+    sink: &Sink,
+    partitions: &std::collections::HashMap<String, i32>,
+) -> Result<(), BridgeError> {
+    for (topic, &from) in partitions {
+        let md = tokio::task::block_in_place(|| {
+            sink.client()
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+        });
+        let to = match md {
+            Ok(md) => md.topics().first().map_or(0, |t| t.partitions().len()) as i32,
+            Err(e) => {
+                debug!(error = %e, topic, "reading the partition count");
+                continue;
+            }
+        };
+        if to > 0 && to != from {
+            return Err(BridgeError::PartitionsChanged {
+                topic: topic.clone(),
+                from,
+                to,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// How long Kafka may acknowledge nothing while records wait before the session
 /// warns, and how often it repeats the warning.
 const STALL_WARNING: Duration = Duration::from_secs(30);
@@ -171,7 +205,7 @@ pub async fn run_session(
     let _stall_watch = AbortOnDrop(tokio::spawn(watch_stalls(frontier.clone())));
     let mut tables = Tables::new(
         config.tables.clone(),
-        partitions,
+        partitions.clone(),
         config.topic_prefix.clone(),
         db,
     );
@@ -185,6 +219,7 @@ pub async fn run_session(
     let mut reported = start;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut lag_probe = Instant::now() - LAG_PROBE_INTERVAL;
+    let mut partition_probe = Instant::now();
     loop {
         tokio::select! {
             biased;
@@ -243,6 +278,10 @@ pub async fn run_session(
         if lag_probe.elapsed() >= LAG_PROBE_INTERVAL {
             lag_probe = Instant::now();
             report_progress(&client, &config.slot, &frontier).await;
+        }
+        if partition_probe.elapsed() >= PARTITION_PROBE_INTERVAL {
+            partition_probe = Instant::now();
+            check_partitions(&sink, &partitions)?;
         }
         if confirmed > reported {
             debug!(lsn = %Lsn(confirmed), "confirm");

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tidemark_core::wire::envelope::{TombstoneStamp, TRUNCATE_KEY};
 use tidemark_core::wire::key;
+use tidemark_core::wire::partitioner::partition_of;
 use tidemark_core::wire::{Envelope, Op, Row, Source, TableName, ValueKind};
 use tokio_postgres::Client;
 use tracing::{info, warn};
@@ -408,10 +409,11 @@ impl Writer<'_> {
         serde_json::to_vec(&env).map_err(|e| decode_err(e.to_string()))
     }
 
+    /// A record of `key`, on the key's partition under the session's partition count.
     fn record(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Record {
         Record {
             topic: self.t.topic.clone(),
-            partition: None,
+            partition: Some(partition_of(&key, self.t.partitions)),
             key,
             value,
             timestamp_ms: self.txn.commit_ms,

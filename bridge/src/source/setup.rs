@@ -88,6 +88,105 @@ async fn check_table(client: &Client, table: &TableName) -> Result<(), BridgeErr
             ),
         ));
     }
+    check_shape(client, table, oid).await
+}
+
+/// Refuses tables whose changes the bridge and the caches cannot mirror exactly.
+///
+/// * A partitioned table: its rows live in the partitions, and pgoutput sends their
+///   changes under the partitions' names unless the publication publishes via the
+///   root. Each partition can be followed as a table of its own.
+/// * Replica identity `NOTHING`: adding the table to a publication that publishes
+///   updates and deletes would make the application's UPDATE and DELETE fail.
+/// * Replica identity `USING INDEX` on an index other than the primary key: records are
+///   keyed by the primary key, and the old tuple would carry the index's columns.
+async fn check_shape(client: &Client, table: &TableName, oid: u32) -> Result<(), BridgeError> {
+    let row = client
+        .query_one(
+            "SELECT c.relkind::text, c.relreplident::text, \
+                    COALESCE((SELECT i.indisprimary FROM pg_catalog.pg_index i \
+                              WHERE i.indrelid = c.oid AND i.indisreplident), false) \
+             FROM pg_catalog.pg_class c WHERE c.oid = $1",
+            &[&oid],
+        )
+        .await
+        .map_err(BridgeError::postgres(format!(
+            "reading the shape of {table}"
+        )))?;
+    let (kind, identity, index_is_pk): (String, String, bool) =
+        (row.get(0), row.get(1), row.get(2));
+    let quoted = table.quoted();
+    if kind == "p" {
+        return Err(setup(
+            format!("table {table} is partitioned; its rows and changes belong to its partitions"),
+            "list the partitions in --tables (each gets its own topic and can be cached as a table)",
+        ));
+    }
+    match identity.as_str() {
+        "n" => Err(setup(
+            format!("table {table} has REPLICA IDENTITY NOTHING; publishing it would make every UPDATE and DELETE on it fail"),
+            format!("ALTER TABLE {quoted} REPLICA IDENTITY DEFAULT"),
+        )),
+        "i" if !index_is_pk => Err(setup(
+            format!("table {table} has a replica identity index that is not its primary key; records are keyed by the primary key"),
+            format!("ALTER TABLE {quoted} REPLICA IDENTITY DEFAULT"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses an existing publication that would hide changes of `tables`: one that does
+/// not publish every operation, or (PostgreSQL 15 and later) publishes a table with a
+/// row filter or a column list.
+async fn check_publication(
+    client: &Client,
+    name: &str,
+    tables: &[TableName],
+) -> Result<(), BridgeError> {
+    let row = client
+        .query_one(
+            "SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate, \
+                    current_setting('server_version_num')::int >= 150000 \
+             FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(BridgeError::postgres("reading the publication's settings"))?;
+    let (all_ops, has_filters): (bool, bool) = (row.get(0), row.get(1));
+    if !all_ops {
+        return Err(setup(
+            format!("publication {name} does not publish every operation, so some changes would never reach Kafka"),
+            format!("ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate'), or use another --publication", quote_ident(name)),
+        ));
+    }
+    if !has_filters {
+        return Ok(());
+    }
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_publication_rel pr \
+             JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid \
+             JOIN pg_catalog.pg_class c ON c.oid = pr.prrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE p.pubname = $1 AND (pr.prqual IS NOT NULL OR pr.prattrs IS NOT NULL)",
+            &[&name],
+        )
+        .await
+        .map_err(BridgeError::postgres(
+            "reading the publication's row filters and column lists",
+        ))?;
+    for r in rows {
+        let t = TableName {
+            schema: r.get(0),
+            table: r.get(1),
+        };
+        if tables.contains(&t) {
+            return Err(setup(
+                format!("publication {name} publishes {t} with a row filter or a column list, so the topic would not mirror the table"),
+                format!("publish the whole table (ALTER PUBLICATION {} SET TABLE ...), or use another --publication", quote_ident(name)),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -121,6 +220,7 @@ async fn ensure_publication(client: &Client, config: &Config) -> Result<(), Brid
         info!(publication = %name, tables = %list(&tables), "created publication");
         return Ok(());
     }
+    check_publication(client, name, &config.tables).await?;
     let rows = client
         .query(
             "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1",

@@ -1,0 +1,117 @@
+//! The topic's history changes under the caches: its partition count grows, or
+//! retention removes records a warm start needs. A cache warm-starts again, or fails
+//! loudly, and never silently diverges.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tidemark_client::Error;
+
+use crate::support::*;
+
+fn admin(brokers: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_increase_makes_running_caches_warm_start_again() {
+    let pg = pg().await;
+    let name = unique("repartition");
+    let table = format!("{name}_t");
+    create_table(&pg, &table).await;
+    let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
+    // librdkafka would otherwise notice the new partitions only after 5 minutes.
+    args.extra = vec![
+        "--kafka-property".into(),
+        "topic.metadata.refresh.interval.ms=1000".into(),
+    ];
+    let (mut bridge, args) = start_bridge_with(args).await;
+    let topic = args.topic(&format!("public.{table}"));
+    let cache = args.row_cache(&table).build().await.expect("cache");
+
+    let added = admin(&args.kafka)
+        .create_partitions(&[NewPartitions::new(&topic, 3)], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(added.iter().all(|r| r.is_ok()), "{added:?}");
+    // Writes for 30 s, across the bridge's switch to three partitions.
+    for round in 0..15 {
+        pg.batch_execute(&format!(
+            "UPDATE {table} SET v = 'round {round} ' || id WHERE id % 5 = {} ;
+             DELETE FROM {table} WHERE id = {};
+             INSERT INTO {table} VALUES ({}, 'new {round}');",
+            round % 5,
+            round + 1,
+            1000 + round
+        ))
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let recs = {
+        let (b, t) = (args.kafka.clone(), topic.clone());
+        tokio::task::spawn_blocking(move || read_topic(&b, &t))
+            .await
+            .unwrap()
+    };
+    assert!(
+        recs.iter().any(|r| r.partition > 0),
+        "no record reached the new partitions, so this test proves nothing"
+    );
+    let expected = table_rows(&pg, &table).await;
+    wait_for(
+        Duration::from_secs(90),
+        "the running cache to equal the table",
+        || async { (cache_rows(&cache) == expected).then_some(()) },
+    )
+    .await;
+    assert!(cache.stats().warm_starts >= 2, "{:?}", cache.stats());
+    // And a cache that starts now.
+    let late = args.row_cache(&table).build().await.expect("late cache");
+    assert_eq!(cache_rows(&late), expected);
+    late.shutdown().await;
+    cache.shutdown().await;
+    assert!(bridge.sigterm(Duration::from_secs(30)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_retention_cut_short_fails_loudly() {
+    let pg = pg().await;
+    let name = unique("retention");
+    let table = format!("{name}_t");
+    create_table(&pg, &table).await;
+    let (mut bridge, args) = start_bridge(&name, &[&format!("public.{table}")]).await;
+    let topic = args.topic(&format!("public.{table}"));
+    pg.batch_execute(&format!("UPDATE {table} SET v = 'changed' WHERE id <= 10"))
+        .await
+        .unwrap();
+    wait_for_records(&args.kafka, &topic, 10, Duration::from_secs(60)).await;
+    // What retention does to old segments, done at once: the log now starts at 5.
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(5))
+        .unwrap();
+    admin(&args.kafka)
+        .delete_records(&tpl, &AdminOptions::new())
+        .await
+        .expect("delete records");
+    // A replay from an hour ago needs the deleted records.
+    let started = args
+        .row_cache(&table)
+        .safety_window(Duration::from_secs(3600))
+        .build()
+        .await;
+    match started {
+        Err(e @ Error::RetentionGap { .. }) => {
+            assert!(e.to_string().contains("retention"), "{e}");
+            assert!(!e.is_transient());
+        }
+        Err(e) => panic!("the wrong error: {e}"),
+        Ok(_) => panic!("the cache started although records its replay needs are gone"),
+    }
+    assert!(bridge.sigterm(Duration::from_secs(30)).success());
+}
