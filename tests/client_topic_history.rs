@@ -115,3 +115,47 @@ async fn a_replay_that_retention_cut_short_fails_loudly() {
     }
     assert!(bridge.sigterm(Duration::from_secs(30)).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_created_anew_makes_running_caches_warm_start_again() {
+    let pg = pg().await;
+    let name = unique("newslot");
+    let table = format!("{name}_t");
+    create_table(&pg, &table).await;
+    let (mut bridge, args) = start_bridge(&name, &[&format!("public.{table}")]).await;
+    let cache = args.row_cache(&table).build().await.expect("cache");
+    assert!(bridge.sigterm(Duration::from_secs(30)).success());
+    // The slot goes (dropped by an operator, or lost to max_slot_wal_keep_size), and
+    // changes made until a new one exists never reach the topic.
+    pg.batch_execute(&format!(
+        "UPDATE {table} SET v = 'before the drop' WHERE id <= 10;
+         SELECT pg_drop_replication_slot('{}');
+         UPDATE {table} SET v = 'while no slot existed' WHERE id > 490;",
+        args.slot
+    ))
+    .await
+    .unwrap();
+    let mut bridge = Bridge::start(&args);
+    wait_for(Duration::from_secs(60), "the bridge to stream", || async {
+        bridge.log_text().contains("streaming").then_some(())
+    })
+    .await;
+    assert!(
+        bridge.log_text().contains("created replication slot"),
+        "{}",
+        bridge.log_text()
+    );
+    pg.batch_execute(&format!("UPDATE {table} SET v = 'after' WHERE id = 250"))
+        .await
+        .unwrap();
+    let expected = table_rows(&pg, &table).await;
+    wait_for(
+        Duration::from_secs(90),
+        "the running cache to equal the table",
+        || async { (cache_rows(&cache) == expected).then_some(()) },
+    )
+    .await;
+    assert!(cache.stats().warm_starts >= 2, "{:?}", cache.stats());
+    cache.shutdown().await;
+    assert!(bridge.sigterm(Duration::from_secs(30)).success());
+}

@@ -6,6 +6,9 @@
 //!    it (the position and transaction of its delete) and applied as a delete unless
 //!    that delete was already applied or is in the snapshot; compaction may have
 //!    removed the delete and kept the tombstone. Unstamped tombstones are ignored.
+//!    A slot marker (the bridge created its slot anew) beyond the WAL position at
+//!    which the load began ends the loop with [`End::Rewarm`]: changes between the
+//!    old slot and the new one never reached the topic.
 //! 2. A record that is not an envelope of this table is counted, logged with its
 //!    partition and offset, and skipped.
 //! 3. De-duplication: the bridge replays from its slot after a crash, so a
@@ -42,7 +45,9 @@ use crate::snapshot::Snapshot;
 use crate::state::{Origin, PartitionPosition, Status};
 use crate::table::TableInfo;
 use rdkafka::message::Headers as _;
-use tidemark_core::wire::envelope::{Position, TombstoneStamp, TOMBSTONE_HEADER};
+use tidemark_core::wire::envelope::{
+    Position, SlotMarker, TombstoneStamp, SLOT_MARKER_HEADER, TOMBSTONE_HEADER,
+};
 use tidemark_core::wire::partitioner::partition_of;
 use tidemark_core::wire::{Envelope, Op, Row};
 
@@ -126,19 +131,37 @@ struct Record {
     value: Result<Option<Envelope>, String>,
     /// A tombstone's stamp: the delete it follows (the bridge writes one).
     stamp: Option<TombstoneStamp>,
+    /// A slot marker: the bridge created its slot anew.
+    marker: Option<SlotMarker>,
 }
 
 impl Record {
     fn read<M: Message>(m: &M) -> Self {
-        let stamp = m.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == TOMBSTONE_HEADER)
-                .and_then(|h| serde_json::from_slice(h.value?).ok())
-        });
+        let header = |name: &str| {
+            m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value.map(<[u8]>::to_vec))
+            })
+        };
+        let stamp = header(TOMBSTONE_HEADER).and_then(|v| serde_json::from_slice(&v).ok());
+        let marker: Option<SlotMarker> =
+            header(SLOT_MARKER_HEADER).and_then(|v| serde_json::from_slice(&v).ok());
+        if marker.is_some() {
+            return Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                stamp: None,
+                marker,
+                key: None,
+                value: Ok(None),
+            };
+        }
         Record {
             partition: m.partition(),
             offset: m.offset(),
             stamp,
+            marker: None,
             key: m.key().map(<[u8]>::to_vec),
             value: match m.payload() {
                 None => Ok(None),
@@ -172,6 +195,9 @@ pub(crate) struct Follower<K, V> {
     /// Whether a change must sit on its key's partition under the current count
     /// (tidemark's topics; see `handle`).
     pub check_partitioning: bool,
+    /// The WAL position sampled just before the load: a slot marker beyond it means
+    /// changes the load did not see may be missing from the topic.
+    pub start_lsn: u64,
 }
 
 impl<K, V> Follower<K, V>
@@ -285,6 +311,17 @@ where
             )));
         }
         self.next[p] = self.next[p].max(rec.offset + 1);
+        if let Some(marker) = &rec.marker {
+            if marker.lsn > self.start_lsn {
+                return Some(End::Rewarm(format!(
+                    "the bridge created slot {} anew at {:X}/{:X}, after this cache's load began: changes before it may never have reached the topic",
+                    marker.slot,
+                    marker.lsn >> 32,
+                    marker.lsn & 0xffff_ffff
+                )));
+            }
+            return None;
+        }
         let env = match &rec.value {
             Ok(None) => {
                 self.tombstone(&rec);

@@ -61,6 +61,9 @@ pub(crate) struct Loaded {
     /// the oldest transaction then holding an xid, and the oldest prepared
     /// transaction. Milliseconds since the epoch.
     pub running_since_ms: i64,
+    /// The WAL insert position sampled just before the load transaction: a change
+    /// committed before it is in the snapshot or in the topic.
+    pub start_lsn: u64,
     /// The watermark strategy's `max(ts_column)`, as PostgreSQL's text.
     pub max_ts: Option<String>,
     /// Rows loaded.
@@ -103,7 +106,7 @@ where
     K: serde::de::DeserializeOwned + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
     V: serde::de::DeserializeOwned + Send + Sync + 'static,
 {
-    let running_since_ms = running_since(client, name).await?;
+    let (running_since_ms, start_lsn) = running_since(client, name).await?;
     let txn = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -181,6 +184,7 @@ where
             snapshot_ms,
             insert_lsn,
             running_since_ms,
+            start_lsn,
             max_ts,
             rows,
         },
@@ -199,9 +203,12 @@ where
 /// `pg_stat_activity` hides `xact_start` of other roles' sessions from a role without
 /// `pg_read_all_stats`; when a session with an xid is hidden, the time is moved back by
 /// [`MAX_SAFETY_WINDOW`](crate::config::MAX_SAFETY_WINDOW) and a warning names the fix.
-async fn running_since(client: &Client, name: &TableName) -> Result<i64> {
+///
+/// Also returns the WAL insert position at the same moment ([`Loaded::start_lsn`]).
+async fn running_since(client: &Client, name: &TableName) -> Result<(i64, u64)> {
     const SQL: &str = "SELECT \
         (extract(epoch FROM clock_timestamp()) * 1000)::int8, \
+        pg_current_wal_insert_lsn(), \
         (SELECT (extract(epoch FROM min(xact_start)) * 1000)::int8 \
            FROM pg_catalog.pg_stat_activity WHERE backend_xid IS NOT NULL), \
         (SELECT count(*) FROM pg_catalog.pg_stat_activity \
@@ -213,9 +220,10 @@ async fn running_since(client: &Client, name: &TableName) -> Result<i64> {
         .await
         .map_err(Error::postgres("reading the oldest running transaction"))?;
     let now: i64 = row.get(0);
-    let oldest: Option<i64> = row.get(1);
-    let hidden: i64 = row.get(2);
-    let prepared: Option<i64> = row.get(3);
+    let lsn: PgLsn = row.get(1);
+    let oldest: Option<i64> = row.get(2);
+    let hidden: i64 = row.get(3);
+    let prepared: Option<i64> = row.get(4);
     let mut since = [Some(now), oldest, prepared]
         .into_iter()
         .flatten()
@@ -237,7 +245,7 @@ async fn running_since(client: &Client, name: &TableName) -> Result<i64> {
             "a transaction has been running for a while; the replay starts before it began"
         );
     }
-    Ok(since)
+    Ok((since, u64::from(lsn)))
 }
 
 /// The watermark strategy's re-query: the rows with `ts_column >= max_ts`, read now

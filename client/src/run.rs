@@ -239,5 +239,6 @@ where
         started,
         last_error_log: None,
         check_partitioning: ts_column.is_none(),
+        start_lsn: loaded.start_lsn,
     })
 }

@@ -113,6 +113,51 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Writes a slot marker on every partition of every topic, before the new slot's first
+/// change: the changes between the old slot's last position and `lsn` never reached
+/// the topics, and caches that loaded before `lsn` must warm-start again. The markers
+/// form a transaction of their own in the frontier, ahead of every change, so the
+/// slot confirms nothing until Kafka has them. (A crash between creating the slot and
+/// writing the markers leaves a slot without markers: see `docs/design.md`.)
+async fn mark_new_slot(
+    sink: &Sink,
+    frontier: &Mutex<Frontier>,
+    slot: &str,
+    lsn: u64,
+    partitions: &std::collections::HashMap<String, i32>,
+    start: u64,
+) -> Result<(), BridgeError> {
+    let marker = tidemark_core::wire::envelope::SlotMarker {
+        slot: slot.to_owned(),
+        lsn,
+    };
+    let value = serde_json::to_vec(&marker).map_err(|e| BridgeError::Decode(e.to_string()))?;
+    let now = telemetry::now_ms();
+    let txn = lock(frontier).begin(now);
+    for (topic, &count) in partitions {
+        let topic: Arc<str> = topic.as_str().into();
+        for p in 0..count {
+            let record = Record {
+                topic: topic.clone(),
+                partition: Some(p),
+                key: marker.key(),
+                value: Some(value.clone()),
+                timestamp_ms: now,
+                table: topic.clone(),
+                op: None,
+                header: Some((
+                    tidemark_core::wire::envelope::SLOT_MARKER_HEADER,
+                    value.clone(),
+                )),
+            };
+            sink.send(txn, &record).await?;
+        }
+    }
+    lock(frontier).commit(txn, start);
+    info!(slot, lsn = %Lsn(lsn), "new slot: markers written so that caches loaded before it warm-start again");
+    Ok(())
+}
+
 /// Marks the bridge not streaming when the session ends, however it ends.
 struct NotStreamingOnDrop<'a>(&'a Health);
 
@@ -190,7 +235,7 @@ pub async fn run_session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), BridgeError> {
     let client = setup::connect(&config.postgres).await?;
-    setup::prepare(&client, config).await?;
+    let created_slot = setup::prepare(&client, config).await?;
     let partitions = topics::ensure_topics(config).await?;
     let db: String = client
         .query_one("SELECT current_database()::text", &[])
@@ -209,6 +254,9 @@ pub async fn run_session(
         config.topic_prefix.clone(),
         db,
     );
+    if let Some(lsn) = created_slot {
+        mark_new_slot(&sink, &frontier, &config.slot, lsn, &partitions, start).await?;
+    }
     let mut repl = stream::start(config).await?;
     info!(slot = %config.slot, start_lsn = %Lsn(start), "streaming");
     health.set_streaming(true);

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
-use tidemark_core::wire::envelope::{TombstoneStamp, TRUNCATE_KEY};
+use tidemark_core::wire::envelope::{TombstoneStamp, TOMBSTONE_HEADER, TRUNCATE_KEY};
 use tidemark_core::wire::key;
 use tidemark_core::wire::partitioner::partition_of;
 use tidemark_core::wire::{Envelope, Op, Row, Source, TableName, ValueKind};
@@ -419,12 +419,12 @@ impl Writer<'_> {
             timestamp_ms: self.txn.commit_ms,
             table: self.t.label.clone(),
             op: None,
-            stamp: None,
+            header: None,
         }
     }
 
     /// The tombstone that follows a delete, stamped with the delete's transaction
-    /// and position ([`TOMBSTONE_HEADER`](tidemark_core::wire::envelope::TOMBSTONE_HEADER)).
+    /// and position ([`TOMBSTONE_HEADER`]).
     fn tombstone(&self, key: Vec<u8>) -> Result<Record, BridgeError> {
         let stamp = TombstoneStamp {
             tx_id: u64::from(self.txn.xid),
@@ -434,7 +434,10 @@ impl Writer<'_> {
             ts_ms: self.txn.commit_ms,
         };
         Ok(Record {
-            stamp: Some(serde_json::to_vec(&stamp).map_err(|e| decode_err(e.to_string()))?),
+            header: Some((
+                TOMBSTONE_HEADER,
+                serde_json::to_vec(&stamp).map_err(|e| decode_err(e.to_string()))?,
+            )),
             ..self.record(key, None)
         })
     }

@@ -27,7 +27,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
-use tidemark_core::wire::envelope::TOMBSTONE_HEADER;
 use tokio::sync::Notify;
 
 use crate::config::Config;
@@ -50,8 +49,10 @@ pub struct Record {
     pub table: Arc<str>,
     /// The change's `op` code; `None` for a tombstone.
     pub op: Option<&'static str>,
-    /// A tombstone's [`TOMBSTONE_HEADER`] value.
-    pub stamp: Option<Vec<u8>>,
+    /// One record header, name and value: a tombstone's stamp
+    /// ([`TOMBSTONE_HEADER`](tidemark_core::wire::envelope::TOMBSTONE_HEADER)) or a
+    /// slot marker's ([`SLOT_MARKER_HEADER`](tidemark_core::wire::envelope::SLOT_MARKER_HEADER)).
+    pub header: Option<(&'static str, Vec<u8>)>,
 }
 
 /// Where the sink reports what it produced and what Kafka answered for each record:
@@ -179,10 +180,10 @@ impl Sink {
             if let Some(v) = &record.value {
                 r = r.payload(v);
             }
-            if let Some(stamp) = &record.stamp {
+            if let Some((name, value)) = &record.header {
                 r = r.headers(OwnedHeaders::new().insert(Header {
-                    key: TOMBSTONE_HEADER,
-                    value: Some(stamp),
+                    key: name,
+                    value: Some(value),
                 }));
             }
             match self.producer.send(r) {

@@ -49,7 +49,8 @@ fn setup(problem: impl Into<String>, fix: impl Into<String>) -> BridgeError {
 }
 
 /// Verifies the server and tables, then creates the publication and slot if missing.
-pub async fn prepare(client: &Client, config: &Config) -> Result<(), BridgeError> {
+/// Returns the new slot's start LSN when it created the slot.
+pub async fn prepare(client: &Client, config: &Config) -> Result<Option<u64>, BridgeError> {
     let level: String = client
         .query_one("SELECT current_setting('wal_level')", &[])
         .await
@@ -258,7 +259,7 @@ async fn ensure_publication(client: &Client, config: &Config) -> Result<(), Brid
     Ok(())
 }
 
-async fn ensure_slot(client: &Client, slot: &str) -> Result<(), BridgeError> {
+async fn ensure_slot(client: &Client, slot: &str) -> Result<Option<u64>, BridgeError> {
     let row = client
         .query_opt(
             "SELECT plugin, slot_type FROM pg_replication_slots WHERE slot_name = $1",
@@ -277,19 +278,21 @@ async fn ensure_slot(client: &Client, slot: &str) -> Result<(), BridgeError> {
             }
         }
         None => {
-            client
+            let lsn: i64 = client
                 .query_one(
-                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                    "SELECT (lsn - '0/0')::int8 FROM pg_create_logical_replication_slot($1, 'pgoutput')",
                     &[&slot],
                 )
                 .await
                 .map_err(BridgeError::postgres(format!(
                     "creating replication slot {slot}"
-                )))?;
+                )))?
+                .get(0);
             info!(slot, "created replication slot");
+            return Ok(Some(lsn as u64));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The slot's confirmed flush LSN.

@@ -108,6 +108,30 @@ impl TombstoneStamp {
     }
 }
 
+/// The record header of a slot marker: the bridge created its replication slot anew
+/// (the first time, or after the old one was dropped or lost), so the changes between
+/// the old slot's last position and the new slot's start never reached the topic.
+/// The bridge writes one marker, with a [`SlotMarker`] as its value and this header,
+/// on every partition before the new slot's first change.
+pub const SLOT_MARKER_HEADER: &str = "tidemark.slot-created";
+
+/// What a slot marker says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotMarker {
+    /// The slot's name.
+    pub slot: String,
+    /// The LSN from which the new slot streams (its consistent point): every change
+    /// committed before it is either in an older part of the topic or nowhere.
+    pub lsn: u64,
+}
+
+impl SlotMarker {
+    /// The marker's record key: `{"tidemark.slot": "<slot>"}` (never a row's key).
+    pub fn key(&self) -> Vec<u8> {
+        crate::wire::key::encode([("tidemark.slot", &Value::String(self.slot.clone()))])
+    }
+}
+
 /// One record value: a change to one row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
