@@ -262,7 +262,7 @@ async fn ensure_publication(client: &Client, config: &Config) -> Result<(), Brid
 async fn ensure_slot(client: &Client, slot: &str) -> Result<Option<u64>, BridgeError> {
     let row = client
         .query_opt(
-            "SELECT plugin, slot_type FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT plugin, slot_type, wal_status = 'lost' FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
@@ -270,6 +270,12 @@ async fn ensure_slot(client: &Client, slot: &str) -> Result<Option<u64>, BridgeE
     match row {
         Some(r) => {
             let (plugin, kind): (Option<String>, String) = (r.get(0), r.get(1));
+            if r.get::<_, Option<bool>>(2) == Some(true) {
+                return Err(setup(
+                    format!("replication slot {slot} was invalidated (wal_status = lost): PostgreSQL removed WAL it still needed, so changes since its last position can no longer be read"),
+                    format!("drop it (SELECT pg_drop_replication_slot('{slot}')) and start the bridge again: it creates a new slot and marks the topics, so caches warm-start again; consider a larger max_slot_wal_keep_size"),
+                ));
+            }
             if kind != "logical" || plugin.as_deref() != Some("pgoutput") {
                 return Err(setup(
                     format!("replication slot {slot} exists but is {kind} with plugin {plugin:?}, not logical pgoutput"),
