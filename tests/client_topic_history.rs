@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tidemark_client::Error;
@@ -85,20 +85,43 @@ async fn a_replay_that_retention_cut_short_fails_loudly() {
     let name = unique("retention");
     let table = format!("{name}_t");
     create_table(&pg, &table).await;
-    let (mut bridge, args) = start_bridge(&name, &[&format!("public.{table}")]).await;
+    // A topic with retention as well as compaction (Kafka refuses to delete records
+    // of a topic that is only compacted).
+    let args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
     let topic = args.topic(&format!("public.{table}"));
+    let created = admin(&args.kafka)
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))
+                .set("cleanup.policy", "compact,delete")],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let (mut bridge, args) = start_bridge_with(args).await;
     pg.batch_execute(&format!("UPDATE {table} SET v = 'changed' WHERE id <= 10"))
         .await
         .unwrap();
-    wait_for_records(&args.kafka, &topic, 10, Duration::from_secs(60)).await;
+    // The slot marker and ten changes.
+    wait_for_records(&args.kafka, &topic, 11, Duration::from_secs(60)).await;
     // What retention does to old segments, done at once: the log now starts at 5.
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&topic, 0, Offset::Offset(5))
         .unwrap();
-    admin(&args.kafka)
+    let deleted = admin(&args.kafka)
         .delete_records(&tpl, &AdminOptions::new())
         .await
         .expect("delete records");
+    let (b, t) = (args.kafka.clone(), topic.clone());
+    let (low, high) = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::Consumer;
+        consumer(&b)
+            .fetch_watermarks(&t, 0, Duration::from_secs(10))
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!((low, high), (5, 11), "{deleted:?}");
     // A replay from an hour ago needs the deleted records.
     let started = args
         .row_cache(&table)

@@ -198,10 +198,12 @@ async fn ensure_publication(client: &Client, config: &Config) -> Result<(), Brid
         .await
         .map_err(BridgeError::postgres("looking up the publication"))?
         .is_some();
+    // ONLY: without it, a table's inheritance children join the publication too, and
+    // an UPDATE or DELETE on a child without a replica identity starts to fail.
     let list = |tables: &[&TableName]| {
         tables
             .iter()
-            .map(|t| t.quoted())
+            .map(|t| format!("ONLY {}", t.quoted()))
             .collect::<Vec<_>>()
             .join(", ")
     };
