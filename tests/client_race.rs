@@ -75,6 +75,21 @@ async fn caches_converge_when_the_bridge_crashes_during_the_race() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn caches_converge_under_copy_key_changes_truncate_and_a_rewrite() {
+    let outcome = race(
+        &unique("racehostile"),
+        RaceConfig {
+            hostile: true,
+            caches: 12,
+            duration: Duration::from_secs(30),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_exact(&outcome);
+}
+
 /// The test is only worth something if it fails when the xid filter is off: with
 /// the filter disabled, changes already in a cache's snapshot are applied again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -53,6 +53,9 @@ pub struct RaceConfig {
     pub bridge_crashes: usize,
     /// Builds the caches with the xid filter switched off (to prove the test catches it).
     pub disable_xid_filter: bool,
+    /// Adds the hostile writers: `COPY` batches, primary-key changes, a `TRUNCATE`
+    /// and a rewriting `ALTER TABLE` during the race.
+    pub hostile: bool,
 }
 
 impl Default for RaceConfig {
@@ -65,6 +68,7 @@ impl Default for RaceConfig {
             strategy: Strategy::Snapshot,
             bridge_crashes: 0,
             disable_xid_filter: false,
+            hostile: false,
         }
     }
 }
@@ -90,13 +94,17 @@ pub struct RaceOutcome {
     pub applied: u64,
 }
 
+/// Keys above the writers' range: `COPY` batches use the first half, primary-key
+/// changes move keys into the second half.
+const SPARE_KEYS: i64 = 8_000;
+
 /// Creates the race table and its version table.
 pub async fn create_tables(pg: &Client, table: &str, keys: i64) {
     pg.batch_execute(&format!(
         "CREATE TABLE {table} (id int8 PRIMARY KEY, v int8 NOT NULL, owner text, pad text NOT NULL,
                                ts timestamptz NOT NULL DEFAULT clock_timestamp());
          CREATE TABLE {table}_vers (id int8 PRIMARY KEY, v int8 NOT NULL);
-         INSERT INTO {table}_vers SELECT g, 1 FROM generate_series(0, {keys} - 1) g;
+         INSERT INTO {table}_vers SELECT g, 1 FROM generate_series(0, {keys} + {SPARE_KEYS} - 1) g;
          INSERT INTO {table} SELECT g, 1, NULL, 'initial', clock_timestamp() FROM generate_series(0, {keys} - 1, 2) g;"
     ))
     .await
@@ -211,6 +219,129 @@ async fn reversed_pairs(
     }
 }
 
+/// `COPY` batches of 1,000 rows into the first half of the spare keys (one WAL record
+/// per heap page, so hundreds of changes share an LSN), each block deleted again the
+/// next time round; versions are bumped in the same transaction.
+async fn copy_writer(table: String, keys: i64, stop: Arc<AtomicBool>, commits: Arc<AtomicU64>) {
+    use futures::SinkExt;
+    let pg = pg().await;
+    let mut round = 0i64;
+    while !stop.load(Ordering::Relaxed) {
+        let from = keys + (round % 4) * 1_000;
+        let to = from + 999;
+        round += 1;
+        let present: i64 = pg
+            .query_one(
+                &format!("SELECT count(*) FROM {table} WHERE id BETWEEN {from} AND {to}"),
+                &[],
+            )
+            .await
+            .expect("count block")
+            .get(0);
+        pg.batch_execute(&format!(
+            "BEGIN; UPDATE {table}_vers SET v = v + 1 WHERE id BETWEEN {from} AND {to}"
+        ))
+        .await
+        .expect("bump block");
+        let done = if present > 0 {
+            pg.batch_execute(&format!(
+                "DELETE FROM {table} WHERE id BETWEEN {from} AND {to}"
+            ))
+            .await
+            .is_ok()
+        } else {
+            let versions = pg
+                .query(
+                    &format!("SELECT id, v FROM {table}_vers WHERE id BETWEEN {from} AND {to}"),
+                    &[],
+                )
+                .await
+                .expect("block versions");
+            let mut data = String::new();
+            for r in versions {
+                data += &format!(
+                    "{}\t{}\tcopy\tcopied\n",
+                    r.get::<_, i64>(0),
+                    r.get::<_, i64>(1)
+                );
+            }
+            match pg
+                .copy_in::<_, bytes::Bytes>(&format!("COPY {table} (id, v, owner, pad) FROM STDIN"))
+                .await
+            {
+                Ok(sink) => {
+                    futures::pin_mut!(sink);
+                    sink.send(bytes::Bytes::from(data)).await.is_ok() && sink.finish().await.is_ok()
+                }
+                Err(_) => false,
+            }
+        };
+        if done && pg.batch_execute("COMMIT").await.is_ok() {
+            commits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let _ = pg.batch_execute("ROLLBACK").await;
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+}
+
+/// Primary-key changes: a key of the writers' range moves to a spare key (a delete
+/// of the old key and a create of the new one in the stream), and back later.
+async fn key_changer(
+    table: String,
+    keys: i64,
+    stop: Arc<AtomicBool>,
+    commits: Arc<AtomicU64>,
+    seed: u64,
+) {
+    let pg = pg().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let (a, b) = (
+            rng.gen_range(0..keys),
+            keys + SPARE_KEYS / 2 + rng.gen_range(0..SPARE_KEYS / 2),
+        );
+        let (from, to) = if rng.gen_bool(0.5) { (a, b) } else { (b, a) };
+        let sql = format!(
+            "BEGIN;
+             UPDATE {table}_vers SET v = v + 1 WHERE id IN ({from}, {to});
+             UPDATE {table} SET id = {to}, v = (SELECT v FROM {table}_vers WHERE id = {to}),
+                    owner = 'moved', ts = clock_timestamp() WHERE id = {from};
+             COMMIT;"
+        );
+        if pg.batch_execute(&sql).await.is_ok() {
+            commits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let _ = pg.batch_execute("ROLLBACK").await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(5..30))).await;
+    }
+}
+
+/// One rewriting `ALTER TABLE` (which makes a table look empty to older snapshots)
+/// and one `TRUNCATE` (a record on every partition), at set moments. Each waits for
+/// its lock at most 2 s a time and tries again: the pair writers hold a lock while
+/// the test waits on another of their statements, which would queue behind it.
+async fn schema_writer(table: String, duration: Duration, commits: Arc<AtomicU64>) {
+    let pg = pg().await;
+    pg.batch_execute("SET lock_timeout = '2s'")
+        .await
+        .expect("lock_timeout");
+    for sql in [
+        format!("ALTER TABLE {table} ALTER COLUMN pad TYPE text USING pad || ''"),
+        format!("TRUNCATE {table}"),
+    ] {
+        tokio::time::sleep(duration / 3).await;
+        let mut attempts = 0;
+        while let Err(e) = pg.batch_execute(&sql).await {
+            attempts += 1;
+            assert!(attempts < 20, "{sql}: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        commits.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The table as a map, for comparing with a cache.
 pub async fn table_contents(pg: &Client, table: &str) -> BTreeMap<i64, RaceRow> {
     pg.query(&format!("SELECT id, v, owner, pad, to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') FROM {table}"), &[])
@@ -302,6 +433,26 @@ pub async fn run(
             stop.clone(),
             commits.clone(),
             seed,
+        )));
+    }
+    if cfg.hostile {
+        writers.push(tokio::spawn(copy_writer(
+            table.into(),
+            cfg.keys,
+            stop.clone(),
+            commits.clone(),
+        )));
+        writers.push(tokio::spawn(key_changer(
+            table.into(),
+            cfg.keys,
+            stop.clone(),
+            commits.clone(),
+            300,
+        )));
+        writers.push(tokio::spawn(schema_writer(
+            table.into(),
+            cfg.duration,
+            commits.clone(),
         )));
     }
 
