@@ -279,7 +279,10 @@ where
     /// as a delete of its key. That matters when compaction removed the delete and
     /// kept the tombstone. A tombstone without a stamp is ignored.
     fn tombstone(&mut self, rec: &Record) {
-        let Some(stamp) = rec.stamp else { return };
+        // The watermark strategy orders by the ts column, which a tombstone lacks.
+        let Some(stamp) = rec.stamp.filter(|_| self.applier.ts_column.is_none()) else {
+            return;
+        };
         let state = &mut self.states[rec.partition as usize];
         if state.is_duplicate(stamp.position())
             || state.in_snapshot(Some(stamp.commit_lsn), Some(stamp.tx_id)) != Ok(false)

@@ -161,7 +161,7 @@ pub(crate) async fn seek(
                 .filter(|e| e.error().is_ok())
                 .map(|e| e.offset());
             let offset = start_offset(answer, low, high);
-            if offset == low && low > 0 && !matches!(answer, Some(Offset::End)) {
+            if low > 0 && matches!(answer, Some(Offset::Offset(o)) if o <= low) {
                 return Err(Error::RetentionGap {
                     topic: topic.clone(),
                     partition: p,

@@ -116,9 +116,10 @@ impl Drop for AbortOnDrop {
 /// Writes a slot marker on every partition of every topic, before the new slot's first
 /// change: the changes between the old slot's last position and `lsn` never reached
 /// the topics, and caches that loaded before `lsn` must warm-start again. The markers
-/// form a transaction of their own in the frontier, ahead of every change, so the
-/// slot confirms nothing until Kafka has them. (A crash between creating the slot and
-/// writing the markers leaves a slot without markers: see `docs/design.md`.)
+/// form a transaction of their own in the frontier, ahead of every change, and the
+/// session waits for Kafka to acknowledge them before it streams; if they fail, the
+/// session drops the new slot, so the next one creates it and marks again. (Only a
+/// crash of the process in that moment leaves a slot without markers.)
 async fn mark_new_slot(
     sink: &Sink,
     frontier: &Mutex<Frontier>,
@@ -126,13 +127,15 @@ async fn mark_new_slot(
     lsn: u64,
     partitions: &std::collections::HashMap<String, i32>,
     start: u64,
+    now_ms: i64,
 ) -> Result<(), BridgeError> {
     let marker = tidemark_core::wire::envelope::SlotMarker {
         slot: slot.to_owned(),
         lsn,
     };
     let value = serde_json::to_vec(&marker).map_err(|e| BridgeError::Decode(e.to_string()))?;
-    let now = telemetry::now_ms();
+    // The server's time, as every record's: caches seek by the server's clock.
+    let now = now_ms;
     let txn = lock(frontier).begin(now);
     for (topic, &count) in partitions {
         let topic: Arc<str> = topic.as_str().into();
@@ -235,13 +238,16 @@ pub async fn run_session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), BridgeError> {
     let client = setup::connect(&config.postgres).await?;
-    let created_slot = setup::prepare(&client, config).await?;
+    setup::prepare(&client, config).await?;
     let partitions = topics::ensure_topics(config).await?;
     let db: String = client
         .query_one("SELECT current_database()::text", &[])
         .await
         .map_err(BridgeError::postgres("reading the database name"))?
         .get(0);
+    // The slot comes after the topics, so that a new slot's markers can be written
+    // at once (see `mark_new_slot`).
+    let created_slot = setup::ensure_slot(&client, &config.slot).await?;
     let start = setup::confirmed_flush_lsn(&client, &config.slot)
         .await?
         .unwrap_or(0);
@@ -255,7 +261,31 @@ pub async fn run_session(
         db,
     );
     if let Some(lsn) = created_slot {
-        mark_new_slot(&sink, &frontier, &config.slot, lsn, &partitions, start).await?;
+        let marked = async {
+            let now_ms: i64 = client
+                .query_one("SELECT (extract(epoch FROM now()) * 1000)::int8", &[])
+                .await
+                .map_err(BridgeError::postgres("reading the server's time"))?
+                .get(0);
+            mark_new_slot(&sink, &frontier, &config.slot, lsn, &partitions, start, now_ms).await?;
+            sink.drain(DRAIN_TIMEOUT).await?;
+            match lock(&frontier).in_flight() {
+                0 => Ok(()),
+                n => Err(BridgeError::Kafka {
+                    context: format!("writing the new slot's markers: {n} not acknowledged within {DRAIN_TIMEOUT:?}"),
+                    source: KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageTimedOut),
+                }),
+            }
+        }
+        .await;
+        if let Err(e) = marked {
+            // Without its markers the new slot must not stream: drop it, and the next
+            // session creates it again and writes them.
+            if let Err(drop) = setup::drop_slot(&client, &config.slot).await {
+                tracing::warn!(error = %drop, "dropping the unmarked new slot");
+            }
+            return Err(e);
+        }
     }
     let mut repl = stream::start(config).await?;
     info!(slot = %config.slot, start_lsn = %Lsn(start), "streaming");

@@ -48,9 +48,8 @@ fn setup(problem: impl Into<String>, fix: impl Into<String>) -> BridgeError {
     }
 }
 
-/// Verifies the server and tables, then creates the publication and slot if missing.
-/// Returns the new slot's start LSN when it created the slot.
-pub async fn prepare(client: &Client, config: &Config) -> Result<Option<u64>, BridgeError> {
+/// Verifies the server and tables, then creates or extends the publication.
+pub async fn prepare(client: &Client, config: &Config) -> Result<(), BridgeError> {
     let level: String = client
         .query_one("SELECT current_setting('wal_level')", &[])
         .await
@@ -65,8 +64,7 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<Option<u64>, Br
     for table in &config.tables {
         check_table(client, table).await?;
     }
-    ensure_publication(client, config).await?;
-    ensure_slot(client, &config.slot).await
+    ensure_publication(client, config).await
 }
 
 async fn check_table(client: &Client, table: &TableName) -> Result<(), BridgeError> {
@@ -147,13 +145,33 @@ async fn check_publication(
     let row = client
         .query_one(
             "SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate, \
-                    current_setting('server_version_num')::int >= 150000 \
+                    current_setting('server_version_num')::int >= 150000, pubviaroot \
              FROM pg_catalog.pg_publication WHERE pubname = $1",
             &[&name],
         )
         .await
         .map_err(BridgeError::postgres("reading the publication's settings"))?;
-    let (all_ops, has_filters): (bool, bool) = (row.get(0), row.get(1));
+    let (all_ops, has_filters, via_root): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    if via_root {
+        for t in tables {
+            let partition: Option<bool> = client
+                .query_one(
+                    "SELECT relispartition FROM pg_catalog.pg_class WHERE oid = to_regclass($1)",
+                    &[&t.quoted()],
+                )
+                .await
+                .map_err(BridgeError::postgres(
+                    "reading whether a table is a partition",
+                ))?
+                .get(0);
+            if partition == Some(true) {
+                return Err(setup(
+                    format!("publication {name} publishes via the partition root, so the changes of partition {t} would arrive under its root's name"),
+                    format!("ALTER PUBLICATION {} SET (publish_via_partition_root = false), or use another --publication", quote_ident(name)),
+                ));
+            }
+        }
+    }
     if !all_ops {
         return Err(setup(
             format!("publication {name} does not publish every operation, so some changes would never reach Kafka"),
@@ -261,7 +279,8 @@ async fn ensure_publication(client: &Client, config: &Config) -> Result<(), Brid
     Ok(())
 }
 
-async fn ensure_slot(client: &Client, slot: &str) -> Result<Option<u64>, BridgeError> {
+/// Checks the slot, or creates it; returns the new slot's start LSN when it created it.
+pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Option<u64>, BridgeError> {
     let row = client
         .query_opt(
             "SELECT plugin, slot_type, wal_status = 'lost' FROM pg_replication_slots WHERE slot_name = $1",
@@ -304,6 +323,17 @@ async fn ensure_slot(client: &Client, slot: &str) -> Result<Option<u64>, BridgeE
 }
 
 /// The slot's confirmed flush LSN.
+/// Drops `slot` (a slot this session created and could not mark).
+pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), BridgeError> {
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map_err(BridgeError::postgres(format!(
+            "dropping replication slot {slot}"
+        )))?;
+    Ok(())
+}
+
 pub async fn confirmed_flush_lsn(client: &Client, slot: &str) -> Result<Option<u64>, BridgeError> {
     let row = client
         .query_opt(
