@@ -21,6 +21,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use tidemark_client::Cache;
+use tidemark_core::wire::envelope::SLOT_MARKER_HEADER;
 use tidemark_core::wire::{Envelope, Op, Row};
 
 use crate::env::{drop_slot, median, time_command, BoxError, BridgeProcess, Env};
@@ -255,7 +256,13 @@ fn replay_topic(env: &Env, topic: &str) -> Result<(Duration, usize), BoxError> {
         };
         let msg = msg?;
         let key = msg.key().unwrap_or_default().to_vec();
-        if let Some(payload) = msg.payload() {
+        // The bridge's slot markers are not changes.
+        let marker = {
+            use rdkafka::message::Headers as _;
+            msg.headers()
+                .is_some_and(|h| h.iter().any(|h| h.key == SLOT_MARKER_HEADER))
+        };
+        if let Some(payload) = msg.payload().filter(|_| !marker) {
             let env: Envelope = serde_json::from_slice(payload)?;
             match env.op {
                 Op::Delete => {

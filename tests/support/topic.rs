@@ -33,7 +33,18 @@ pub fn consumer(brokers: &str) -> BaseConsumer {
         })
 }
 
-/// Every record of `topic`, partition by partition, up to the current high watermarks.
+/// Whether `msg` is one of the bridge's slot markers (not a change; see
+/// `SLOT_MARKER_HEADER`).
+fn is_slot_marker(msg: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+    use rdkafka::message::Headers;
+    msg.headers().is_some_and(|h| {
+        h.iter()
+            .any(|h| h.key == tidemark_core::wire::envelope::SLOT_MARKER_HEADER)
+    })
+}
+
+/// Every record of `topic` but the slot markers, partition by partition, up to the
+/// current high watermarks.
 pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
     let c = consumer(brokers);
     let md = c
@@ -73,7 +84,7 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
         if msg.offset() + 1 >= highs[&p] {
             done.insert(p, true);
         }
-        if msg.offset() >= highs[&p] {
+        if msg.offset() >= highs[&p] || is_slot_marker(&msg) {
             continue;
         }
         out.push(Rec {
