@@ -230,3 +230,55 @@ async fn topics_are_created_compacted_with_their_partitions_on_an_auto_creating_
     );
     assert!(bridge.sigterm(Duration::from_secs(30)).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidated_slot_stops_the_bridge_with_the_fix() {
+    // A server of its own that keeps at most 1 MB of WAL for a slot.
+    let scratch = ScratchPostgres::start_with(
+        55434,
+        "-c wal_level=logical -c max_replication_slots=4 -c max_wal_senders=4 \
+         -c max_slot_wal_keep_size=1MB",
+    );
+    let pg = pg_at(&scratch.url).await;
+    let name = unique("lost");
+    let table = format!("{name}_t");
+    create_table(&pg, &table).await;
+    let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
+    args.postgres = scratch.url.clone();
+    let mut bridge = Bridge::start(&args);
+    wait_for(Duration::from_secs(60), "the bridge to stream", || async {
+        bridge.log_text().contains("streaming").then_some(())
+    })
+    .await;
+    assert!(bridge.sigterm(Duration::from_secs(30)).success());
+    // WAL beyond what the slot may keep, then a checkpoint: PostgreSQL invalidates it.
+    wait_for(
+        Duration::from_secs(60),
+        "the slot to be invalidated",
+        || async {
+            pg.batch_execute(&format!(
+                "INSERT INTO {table} SELECT g, repeat('x', 500) FROM generate_series(1000, 5000) g
+               ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v;
+             SELECT pg_switch_wal(); CHECKPOINT;"
+            ))
+            .await
+            .unwrap();
+            let status: Option<String> = pg
+                .query_one(
+                    "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&args.slot],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (status.as_deref() == Some("lost")).then_some(())
+        },
+    )
+    .await;
+    let mut bridge = Bridge::start(&args);
+    let status = bridge.wait_exit(Duration::from_secs(60));
+    let log = bridge.log_text();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("was invalidated"), "{log}");
+    assert!(log.contains("pg_drop_replication_slot"), "{log}");
+}

@@ -35,6 +35,12 @@ impl ScratchPostgres {
         Self::launch(port, &format!("-c wal_level={wal_level}"), |_, _| {})
     }
 
+    /// Creates and starts a server on `port` with the server options `opts`
+    /// (`-c name=value ...`).
+    pub fn start_with(port: u16, opts: &str) -> ScratchPostgres {
+        Self::launch(port, opts, |_, _| {})
+    }
+
     /// Creates and starts a server on `port` with `ssl=on` (a certificate for
     /// `localhost` and 127.0.0.1, signed by a throwaway CA, see [`Self::ca_pem`]),
     /// `wal_level=logical`, and TCP connections, replication included, allowed only
