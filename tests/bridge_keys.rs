@@ -30,10 +30,9 @@ async fn replay_across(ddl: &str, after: &str) -> Vec<Rec> {
     .await
     .unwrap();
     let mut bridge = Bridge::start(&args);
-    wait_for(Duration::from_secs(60), "the bridge to stream", || async {
-        bridge.log_text().contains("streaming").then_some(())
-    })
-    .await;
+    bridge
+        .wait_for_log("streaming", Duration::from_secs(60))
+        .await;
     pg.batch_execute(&after.replace("{table}", &table))
         .await
         .unwrap();

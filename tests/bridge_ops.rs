@@ -104,17 +104,9 @@ async fn metrics_move_and_readiness_follows_the_broker() {
     .await
     .unwrap();
     // Records never time out (no gaps): the session waits for the broker, and says so.
-    wait_for(
-        Duration::from_secs(90),
-        "the bridge to warn that Kafka acknowledges nothing",
-        || async {
-            bridge
-                .log_text()
-                .contains("Kafka has acknowledged nothing")
-                .then_some(())
-        },
-    )
-    .await;
+    bridge
+        .wait_for_log("Kafka has acknowledged nothing", Duration::from_secs(90))
+        .await;
     let (_, text) = http_get(http, "/metrics").await.unwrap();
     assert!(
         metric_value(&text, "tidemark_in_flight_records", &[]).unwrap_or(0.0) >= 1.0,

@@ -99,17 +99,9 @@ async fn an_unreachable_broker_is_waited_out_and_nothing_unsent_is_confirmed() {
     .unwrap();
     let after_writes = current_lsn(&pg).await;
     // Records never time out (no gaps): the bridge waits, and says so.
-    wait_for(
-        Duration::from_secs(90),
-        "the bridge to warn that Kafka acknowledges nothing",
-        || async {
-            bridge
-                .log_text()
-                .contains("Kafka has acknowledged nothing")
-                .then_some(())
-        },
-    )
-    .await;
+    bridge
+        .wait_for_log("Kafka has acknowledged nothing", Duration::from_secs(90))
+        .await;
     let confirmed = confirmed_flush(&pg, &args.slot).await.expect("slot");
     assert!(
         confirmed < after_writes,
@@ -246,10 +238,9 @@ async fn an_invalidated_slot_stops_the_bridge_with_the_fix() {
     let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
     args.postgres = scratch.url.clone();
     let mut bridge = Bridge::start(&args);
-    wait_for(Duration::from_secs(60), "the bridge to stream", || async {
-        bridge.log_text().contains("streaming").then_some(())
-    })
-    .await;
+    bridge
+        .wait_for_log("streaming", Duration::from_secs(60))
+        .await;
     assert!(bridge.sigterm(Duration::from_secs(30)).success());
     // WAL beyond what the slot may keep, then a checkpoint: PostgreSQL invalidates it.
     wait_for(

@@ -159,10 +159,9 @@ async fn a_slot_created_anew_makes_running_caches_warm_start_again() {
     .await
     .unwrap();
     let mut bridge = Bridge::start(&args);
-    wait_for(Duration::from_secs(60), "the bridge to stream", || async {
-        bridge.log_text().contains("streaming").then_some(())
-    })
-    .await;
+    bridge
+        .wait_for_log("streaming", Duration::from_secs(60))
+        .await;
     assert!(
         bridge.log_text().contains("created replication slot"),
         "{}",

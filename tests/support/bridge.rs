@@ -190,6 +190,16 @@ impl Bridge {
             .ok()
     }
 
+    /// Waits until the process's log contains `text`, for at most `timeout`.
+    pub async fn wait_for_log(&self, text: &str, timeout: Duration) {
+        wait_for(
+            timeout,
+            &format!("the bridge to log \"{text}\""),
+            || async { self.log_text().contains(text).then_some(()) },
+        )
+        .await;
+    }
+
     /// The process's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -213,12 +223,9 @@ pub async fn start_bridge_with(args: BridgeArgs) -> (Bridge, BridgeArgs) {
     let pg = pg().await;
     drop_slot_and_publication(&pg, &args.slot, &args.publication).await;
     let bridge = Bridge::start(&args);
-    wait_for(
-        Duration::from_secs(60),
-        "the bridge to start streaming",
-        || async { bridge.log_text().contains("streaming").then_some(()) },
-    )
-    .await;
+    bridge
+        .wait_for_log("streaming", Duration::from_secs(60))
+        .await;
     (bridge, args)
 }
 
