@@ -58,9 +58,7 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
     let mut tpl = TopicPartitionList::new();
     let mut highs = HashMap::new();
     for &p in &parts {
-        let (low, high) = c
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .expect("watermarks");
+        let (low, high) = watermarks(&c, topic, p);
         if high > low {
             tpl.add_partition_offset(topic, p, Offset::Offset(low))
                 .expect("assign");
@@ -98,6 +96,23 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
         });
     }
     out
+}
+
+/// The low and high watermarks of one partition. A broker that has just restarted
+/// answers "not leader" (or "leader not available") until its partitions have a
+/// leader again, so those answers are retried for up to 30 s.
+fn watermarks(c: &BaseConsumer, topic: &str, partition: i32) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok(w) => return w,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("watermarks of {topic}/{partition}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("watermarks of {topic}/{partition}: {e}"),
+        }
+    }
 }
 
 /// Waits until `topic` holds at least `n` records and returns them.
