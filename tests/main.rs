@@ -9,6 +9,7 @@ mod bridge_keys;
 mod bridge_ops;
 mod bridge_setup;
 mod bridge_stream;
+mod bridge_values;
 mod bridge_wire;
 mod client_commit_visibility;
 mod client_compaction;

@@ -37,6 +37,8 @@ pub const ACK_LATENCY: &str = "tidemark_ack_latency_seconds";
 pub const RECONNECTS: &str = "tidemark_reconnects_total";
 /// Errors, labelled by `kind`.
 pub const ERRORS: &str = "tidemark_errors_total";
+/// Values the codec could not read and wrote as their text, labelled by `table`.
+pub const UNDECODABLE_VALUES: &str = "tidemark_undecodable_values_total";
 
 /// Whether the bridge is ready: streaming, and the broker reachable.
 #[derive(Debug, Default)]
@@ -111,6 +113,10 @@ fn describe() {
         "Replication sessions restarted after a transient error."
     );
     describe_counter!(ERRORS, "Errors by kind.");
+    describe_counter!(
+        UNDECODABLE_VALUES,
+        "Values the codec could not read, written as their PostgreSQL text, by table."
+    );
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`.

@@ -306,7 +306,13 @@ mod tests {
         assert_eq!(c.postgres_target, "db:6432/shop");
         assert_eq!(
             c.postgres.config().get_options(),
-            Some("-c statement_timeout=0 -c DateStyle=ISO -c TimeZone=UTC -c bytea_output=hex")
+            Some(
+                format!(
+                    "-c statement_timeout=0 {}",
+                    tidemark_core::wire::SESSION_OPTIONS
+                )
+                .as_str()
+            )
         );
         assert_eq!(c.safety_window, DEFAULT_SAFETY_WINDOW);
         assert_eq!(

@@ -71,8 +71,14 @@ pub(crate) struct Loaded {
 }
 
 /// Connects to PostgreSQL with the URL's TLS settings and the codec's session options.
+///
+/// In a `SQL_ASCII` database the session's client encoding becomes `SQL_ASCII` too:
+/// PostgreSQL checks text it sends from such a database against a UTF-8 client's
+/// encoding and fails the whole `COPY` on the first byte that is not UTF-8, while with
+/// no conversion it sends the bytes as stored, which the codec reads losslessly
+/// (`tidemark_core::wire::codec::text_of`).
 pub(crate) async fn connect(config: &Config) -> Result<Client> {
-    config.postgres.connect().await.map_err(|e| match e {
+    let client = config.postgres.connect().await.map_err(|e| match e {
         ConnectError::Settings(e) => Error::Config {
             field: "postgres",
             problem: e.to_string(),
@@ -81,7 +87,17 @@ pub(crate) async fn connect(config: &Config) -> Result<Client> {
             target: config.postgres_target.clone(),
             source,
         },
-    })
+    })?;
+    client
+        .batch_execute(
+            "SELECT pg_catalog.set_config('client_encoding', 'SQL_ASCII', false) \
+             WHERE pg_catalog.current_setting('server_encoding') = 'SQL_ASCII'",
+        )
+        .await
+        .map_err(Error::postgres(
+            "matching the client encoding to a SQL_ASCII database",
+        ))?;
+    Ok(client)
 }
 
 /// What the load transaction read besides the rows: the table's shape as the snapshot

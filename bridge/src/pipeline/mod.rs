@@ -240,11 +240,14 @@ pub async fn run_session(
     let client = setup::connect(&config.postgres).await?;
     setup::prepare(&client, config).await?;
     let partitions = topics::ensure_topics(config).await?;
-    let db: String = client
-        .query_one("SELECT current_database()::text", &[])
+    let row = client
+        .query_one(
+            "SELECT current_database()::text, current_setting('server_encoding') = 'SQL_ASCII'",
+            &[],
+        )
         .await
-        .map_err(BridgeError::postgres("reading the database name"))?
-        .get(0);
+        .map_err(BridgeError::postgres("reading the database name"))?;
+    let (db, sql_ascii): (String, bool) = (row.get(0), row.get(1));
     // The slot comes after the topics, so that a new slot's markers can be written
     // at once (see `mark_new_slot`).
     let created_slot = setup::ensure_slot(&client, &config.slot).await?;
@@ -287,7 +290,7 @@ pub async fn run_session(
             return Err(e);
         }
     }
-    let mut repl = stream::start(config).await?;
+    let mut repl = stream::start(config, sql_ascii).await?;
     info!(slot = %config.slot, start_lsn = %Lsn(start), "streaming");
     health.set_streaming(true);
     let _not_streaming = NotStreamingOnDrop(health);

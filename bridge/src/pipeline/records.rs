@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tidemark_core::wire::envelope::{TombstoneStamp, TOMBSTONE_HEADER, TRUNCATE_KEY};
-use tidemark_core::wire::key;
 use tidemark_core::wire::partitioner::partition_of;
+use tidemark_core::wire::{codec, key};
 use tidemark_core::wire::{Envelope, Op, Row, Source, TableName, ValueKind};
 use tokio_postgres::Client;
 use tracing::{info, warn};
@@ -310,6 +310,19 @@ impl Tables {
 }
 
 impl Table {
+    /// One column's value through the codec. A value the codec cannot read travels as
+    /// its text (the client's bulk load does the same, see
+    /// [`ValueKind::decode_lenient`]): one odd value must not stop every table's stream.
+    fn decode(&self, column: &str, kind: &ValueKind, bytes: &[u8]) -> Value {
+        let (value, error) = kind.decode_lenient(&codec::text_of(bytes));
+        if let Some(e) = error {
+            metrics::counter!(crate::telemetry::UNDECODABLE_VALUES, "table" => self.name.to_string())
+                .increment(1);
+            warn!(table = %self.name, column, error = %e, "a value the codec cannot read is written as its text");
+        }
+        value
+    }
+
     /// The row of a tuple: all sent columns, or only the non-null ones for a key-only
     /// old tuple. Unchanged TOAST columns are left out and named.
     fn row(&self, tuple: &Tuple) -> Result<(Row, Vec<String>), BridgeError> {
@@ -330,12 +343,7 @@ impl Table {
                 }
                 Datum::UnchangedToast => unchanged.push(name.clone()),
                 Datum::Text(bytes) => {
-                    let text = std::str::from_utf8(bytes)
-                        .map_err(|_| decode_err(format!("{}.{name} is not UTF-8", self.name)))?;
-                    let value = kind
-                        .decode(text)
-                        .map_err(|e| decode_err(format!("{}.{name}: {e}", self.name)))?;
-                    row.insert(name.clone(), value);
+                    row.insert(name.clone(), self.decode(name, kind, bytes));
                 }
             }
         }
@@ -347,12 +355,7 @@ impl Table {
         for &i in &self.key {
             let (name, kind) = &self.columns[i];
             let value = match tuple.get(i) {
-                Some(Datum::Text(b)) => {
-                    let text = std::str::from_utf8(b)
-                        .map_err(|_| decode_err(format!("{}.{name} is not UTF-8", self.name)))?;
-                    kind.decode(text)
-                        .map_err(|e| decode_err(format!("{}.{name}: {e}", self.name)))?
-                }
+                Some(Datum::Text(b)) => self.decode(name, kind, b),
                 Some(Datum::Null) | None => Value::Null,
                 Some(Datum::UnchangedToast) => {
                     return Err(decode_err(format!(

@@ -127,10 +127,8 @@ impl Reader {
         };
         let s = self.take(end)?;
         self.take(1)?;
-        match std::str::from_utf8(&s) {
-            Ok(s) => Ok(s.to_owned()),
-            Err(_) => self.fail("string is not UTF-8"),
-        }
+        // Names are UTF-8 but in a SQL_ASCII database, read as values are read there.
+        Ok(tidemark_core::wire::codec::text_of(&s).into_owned())
     }
     fn tuple(&mut self) -> Result<Tuple, DecodeError> {
         let n = self.u16()?;

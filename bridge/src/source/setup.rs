@@ -416,8 +416,10 @@ impl TypeCache {
                 .await
                 .map_err(BridgeError::postgres("resolving column types"))?
             {
-                let (oid, elem): (u32, u32) = (row.get(0), row.get(1));
-                self.0.insert(oid, ValueKind::from_type(oid, elem));
+                let (oid, base, elem): (u32, Option<u32>, u32) =
+                    (row.get(0), row.get(1), row.get(2));
+                self.0
+                    .insert(oid, ValueKind::from_type(base.unwrap_or(oid), elem));
             }
         }
         Ok(oids

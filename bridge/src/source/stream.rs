@@ -89,14 +89,41 @@ pub fn replication_config(url: &PgUrl, config: &Config) -> Result<ReplicationCon
     .with_port(pg.get_ports().first().copied().unwrap_or(5432))
     .with_tls(tls)
     .with_options(SESSION_OPTIONS)
-    .with_application_name("tidemark-bridge")
+    .with_application_name(APPLICATION_NAME)
     .with_status_interval(STATUS_INTERVAL)
     .with_wakeup_interval(Duration::from_secs(1)))
 }
 
-/// Starts streaming from the slot's confirmed position.
-pub async fn start(config: &Config) -> Result<ReplicationClient, BridgeError> {
-    let cfg = replication_config(&config.postgres, config)?;
+/// The replication connection's `application_name`.
+const APPLICATION_NAME: &str = "tidemark-bridge";
+
+/// The `application_name` startup value that also sets `client_encoding=SQL_ASCII`.
+///
+/// In a `SQL_ASCII` database PostgreSQL checks the text it sends a UTF-8 client and the
+/// walsender fails on the first value that is not UTF-8 (SQLSTATE 22021), on every
+/// retry, so no later change of any table would reach Kafka. With a `SQL_ASCII`
+/// client nothing is converted or checked, and the codec reads the bytes losslessly
+/// (`tidemark_core::wire::codec::text_of`). `pgwire-replication` always sends
+/// `client_encoding=UTF8` in the startup packet, after the `options` (where PostgreSQL
+/// would let `-c client_encoding` be overridden) and before `application_name`, and
+/// writes each value between NUL terminators as given: a value with an embedded
+/// `client_encoding` pair is therefore read by the server as one more parameter, the
+/// last `client_encoding`, which wins. The end-to-end test
+/// `text_that_is_not_utf8_in_a_sql_ascii_database_does_not_stop_the_stream`
+/// test pins this against the library's framing.
+fn application_name(sql_ascii: bool) -> String {
+    if sql_ascii {
+        format!("{APPLICATION_NAME}\0client_encoding\0SQL_ASCII")
+    } else {
+        APPLICATION_NAME.to_owned()
+    }
+}
+
+/// Starts streaming from the slot's confirmed position; `sql_ascii` when the database's
+/// encoding is `SQL_ASCII` (see [`application_name`]).
+pub async fn start(config: &Config, sql_ascii: bool) -> Result<ReplicationClient, BridgeError> {
+    let cfg = replication_config(&config.postgres, config)?
+        .with_application_name(application_name(sql_ascii));
     Ok(ReplicationClient::connect(cfg).await?)
 }
 

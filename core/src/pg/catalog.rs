@@ -9,7 +9,20 @@ pub const PRIMARY_KEY_SQL: &str = "SELECT a.attname::text FROM pg_catalog.pg_ind
      WHERE i.indrelid = $1::oid AND i.indisprimary \
      ORDER BY array_position(i.indkey::int2[], a.attnum)";
 
-/// SQL that resolves type OIDs (`$1::oid[]`) to `(oid, array element oid or 0)`.
-pub const TYPE_INFO_SQL: &str =
-    "SELECT oid, CASE WHEN typcategory = 'A' THEN typelem ELSE 0::oid END \
-     FROM pg_catalog.pg_type WHERE oid = ANY($1::oid[])";
+/// SQL that resolves type OIDs (`$1::oid[]`) to `(oid, base type oid, array element
+/// oid or 0)`. Domains are followed to their base type, for the type itself and for an
+/// array's element (`CREATE DOMAIN d AS int4` is `int4`; `d[]` is an array of
+/// `int4`), so a value reads as its base type. `int2vector` and `oidvector` are in
+/// the array category but print as space-separated lists, so they are not arrays here.
+pub const TYPE_INFO_SQL: &str = "WITH RECURSIVE walk(root, is_elem, cur) AS ( \
+         SELECT oid, false, oid FROM pg_catalog.pg_type WHERE oid = ANY($1::oid[]) \
+       UNION ALL \
+         SELECT w.root, w.is_elem OR t.typtype <> 'd', \
+                CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END \
+         FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.cur \
+         WHERE t.typtype = 'd' OR (NOT w.is_elem AND t.typcategory = 'A' \
+               AND t.typelem <> 0 AND t.oid NOT IN (22, 30))) \
+     SELECT w.root, \
+            max(w.cur) FILTER (WHERE NOT w.is_elem AND t.typtype <> 'd'), \
+            coalesce(max(w.cur) FILTER (WHERE w.is_elem AND t.typtype <> 'd'), 0::oid) \
+     FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.cur GROUP BY w.root";
