@@ -22,7 +22,7 @@ use tidemark_client::{Cache, Strategy};
 #[derive(Parser, Debug)]
 struct Args {
     /// PostgreSQL URL.
-    #[arg(long, env = "TIDEMARK_POSTGRES")]
+    #[arg(long, env = "TIDEMARK_POSTGRES", hide_env_values = true)]
     postgres: String,
     /// Kafka bootstrap servers.
     #[arg(long, env = "TIDEMARK_KAFKA")]

@@ -8,35 +8,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tidemark_client::Cache;
 use tidemark_core::wire::Row;
-use tokio_postgres::Client;
 
 use crate::support::*;
-
-/// A login role whose settings change how values print: the bridge and the cache
-/// connect as it, and must pin every such setting themselves.
-const ROLE: &str = "tidemark_values";
-const ROLE_PASSWORD: &str = "values-pw";
-
-async fn ensure_role(pg: &Client) {
-    pg.batch_execute(&format!(
-        "DO $$ BEGIN CREATE ROLE {ROLE} LOGIN SUPERUSER PASSWORD '{ROLE_PASSWORD}';
-         EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-         ALTER ROLE {ROLE} SET IntervalStyle = 'sql_standard';
-         ALTER ROLE {ROLE} SET extra_float_digits = -15;
-         ALTER ROLE {ROLE} SET DateStyle = 'SQL, DMY';
-         ALTER ROLE {ROLE} SET TimeZone = 'Asia/Kolkata';"
-    ))
-    .await
-    .unwrap();
-}
-
-/// `url` with the role's user name and password.
-fn as_role(url: &str) -> String {
-    let mut u = url::Url::parse(url).expect("test URL");
-    u.set_username(ROLE).unwrap();
-    u.set_password(Some(ROLE_PASSWORD)).unwrap();
-    u.to_string()
-}
 
 /// The rows of a `Cache<Row, Row>` by their `id`.
 fn rows_by_id(cache: &Cache<Row, Row>) -> BTreeMap<i64, Row> {
@@ -64,7 +37,7 @@ async fn wait_for_ids(cache: &Cache<Row, Row>, ids: &[i64]) -> BTreeMap<i64, Row
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_postgres_accepts_reach_kafka_and_read_alike_on_both_paths() {
     let pg = pg().await;
-    ensure_role(&pg).await;
+    ensure_password_role(&pg).await;
     let name = unique("values");
     let table = format!("{name}_t");
     let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
@@ -92,11 +65,11 @@ async fn values_postgres_accepts_reach_kafka_and_read_alike_on_both_paths() {
     pg.batch_execute(&insert(1)).await.unwrap();
 
     let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
-    args.postgres = as_role(&args.postgres);
+    args.postgres = as_password_role(&args.postgres);
     let (mut bridge, args) = start_bridge_with(args).await;
     let cache = args
         .row_cache(&table)
-        .postgres(as_role(&pg_url()))
+        .postgres(as_password_role(&pg_url()))
         .build()
         .await
         .expect("cache");

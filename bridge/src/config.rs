@@ -3,7 +3,14 @@
 //!
 //! Unknown TOML keys are rejected so that a typo cannot silently fall back to a
 //! default. The PostgreSQL URL is held in [`PgUrl`], whose `Debug` and `Display`
-//! hide the password, so it cannot reach a log line or an error message.
+//! hide the password, and [`Config`]'s `Debug` hides secret Kafka properties, so
+//! neither can reach a log line or an error message; `--help` never shows the
+//! values of the environment variables that may hold them.
+//!
+//! Secrets can also come from files: `--postgres-password-file`, and for every
+//! `TIDEMARK_*` variable the Docker and Kubernetes convention `TIDEMARK_*_FILE`, a file
+//! holding the value ([`load_env_files`]). Without a password in the URL or a file,
+//! `PGPASSWORD` and the password file (`PGPASSFILE`, `~/.pgpass`) apply, as in libpq.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,6 +18,9 @@ use std::path::PathBuf;
 use clap::Parser;
 use serde::Deserialize;
 use tidemark_core::wire::TableName;
+
+use tidemark_core::pg::{ConnectOptions, SettingsError};
+use tidemark_core::secrets::{redact_url, shown_properties};
 
 use crate::error::BridgeError;
 
@@ -40,8 +50,11 @@ pub const DEFAULT_PARTITIONS: i32 = 1;
 /// that warm-starts replays from shortly before its snapshot; records younger than
 /// the lag are never compacted, so that replay sees every change after its snapshot.
 pub const DEFAULT_MIN_COMPACTION_LAG_MS: u64 = 3_600_000;
-/// Default replication factor of topics the bridge creates.
-pub const DEFAULT_REPLICATION_FACTOR: i32 = 1;
+/// Replication factor of topics the bridge creates when none is set: -1, the broker's
+/// `default.replication.factor` (Kafka 2.4 and later).
+pub const DEFAULT_REPLICATION_FACTOR: i32 = -1;
+/// Topic settings the bridge sets itself on the topics it creates.
+pub const TYPED_TOPIC_CONFIGS: &[&str] = &["cleanup.policy", "min.compaction.lag.ms"];
 
 /// Command-line flags; each also reads a `TIDEMARK_*` environment variable.
 #[derive(Debug, Parser)]
@@ -58,8 +71,11 @@ pub struct Cli {
     /// PostgreSQL URL, e.g. postgres://user:pass@host:5432/db?sslmode=verify-full&sslrootcert=/ca.pem;
     /// the TLS parameters (sslmode, sslrootcert, sslcert, sslkey) apply to every connection,
     /// as in libpq. The user needs the REPLICATION attribute, and CREATE on the database when the publication does not exist yet.
-    #[arg(long, env = "TIDEMARK_POSTGRES")]
+    #[arg(long, env = "TIDEMARK_POSTGRES", hide_env_values = true)]
     pub postgres: Option<String>,
+    /// File holding the PostgreSQL password (a trailing newline is ignored); it wins over one in the URL.
+    #[arg(long, env = "TIDEMARK_POSTGRES_PASSWORD_FILE")]
+    pub postgres_password_file: Option<PathBuf>,
     /// Kafka bootstrap servers, comma-separated [default: 127.0.0.1:9092].
     #[arg(long, env = "TIDEMARK_KAFKA")]
     pub kafka: Option<String>,
@@ -69,7 +85,7 @@ pub struct Cli {
     /// Logical replication slot; created (pgoutput) when missing [default: tidemark].
     #[arg(long, env = "TIDEMARK_SLOT")]
     pub slot: Option<String>,
-    /// Publication; created for the tables when missing, extended when a table is missing from it [default: tidemark].
+    /// Publication (1-63 lower-case letters, digits and underscores); created for the tables when missing, extended when a table is missing from it [default: tidemark].
     #[arg(long, env = "TIDEMARK_PUBLICATION")]
     pub publication: Option<String>,
     /// Topic prefix: each table goes to <prefix>.<schema>.<table> [default: tidemark].
@@ -78,7 +94,7 @@ pub struct Cli {
     /// Partitions of the topics the bridge creates (cleanup.policy=compact); existing topics are kept as they are [default: 1].
     #[arg(long, env = "TIDEMARK_PARTITIONS")]
     pub partitions: Option<i32>,
-    /// Replication factor of the topics the bridge creates [default: 1].
+    /// Replication factor of the topics the bridge creates; -1 is the broker's default.replication.factor [default: -1].
     #[arg(long, env = "TIDEMARK_REPLICATION_FACTOR")]
     pub replication_factor: Option<i32>,
     /// min.compaction.lag.ms of the topics the bridge creates: records younger than this are never compacted; keep it longer than the slowest cache warm start plus its safety window [default: 3600000].
@@ -91,9 +107,17 @@ pub struct Cli {
     #[arg(
         long = "kafka-property",
         env = "TIDEMARK_KAFKA_PROPERTIES",
-        value_delimiter = ';'
+        value_delimiter = ';',
+        hide_env_values = true
     )]
     pub kafka_properties: Vec<String>,
+    /// A setting of the topics the bridge creates, key=value; repeatable (e.g. min.insync.replicas=2, retention.ms). cleanup.policy and min.compaction.lag.ms are the bridge's own.
+    #[arg(
+        long = "topic-config",
+        env = "TIDEMARK_TOPIC_CONFIG",
+        value_delimiter = ';'
+    )]
+    pub topic_config: Vec<String>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -101,6 +125,7 @@ pub struct Cli {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     postgres: Option<String>,
+    postgres_password_file: Option<PathBuf>,
     kafka: Option<String>,
     tables: Option<Vec<String>>,
     slot: Option<String>,
@@ -112,34 +137,49 @@ struct FileConfig {
     http: Option<std::net::SocketAddr>,
     #[serde(default)]
     kafka_properties: BTreeMap<String, String>,
+    #[serde(default)]
+    topic_config: BTreeMap<String, String>,
 }
 
-/// A PostgreSQL URL whose `Debug` and `Display` hide the password.
+/// A PostgreSQL URL, and a password given apart from it, whose `Debug` and `Display`
+/// hide the password (in the user info and in a `password=` parameter).
 #[derive(Clone, PartialEq, Eq)]
-pub struct PgUrl(String);
+pub struct PgUrl {
+    url: String,
+    password: Option<String>,
+}
 
 impl PgUrl {
     /// Wraps a URL.
     pub fn new(url: impl Into<String>) -> Self {
-        PgUrl(url.into())
+        PgUrl {
+            url: url.into(),
+            password: None,
+        }
+    }
+    /// The URL with a password given apart from it (read from a file).
+    pub fn with_password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
     }
     /// The URL with its password, for connecting only.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.url
+    }
+    /// The connection settings: the URL's, with the separate password if there is one
+    /// (else the URL's, else `PGPASSWORD` or the password file, as libpq).
+    pub fn options(&self) -> Result<ConnectOptions, SettingsError> {
+        let options = ConnectOptions::parse(&self.url)?;
+        Ok(match &self.password {
+            Some(p) => options.with_password(p),
+            None => options,
+        })
     }
 }
 
 impl std::fmt::Display for PgUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match url::Url::parse(&self.0) {
-            Ok(mut u) => {
-                if u.password().is_some() {
-                    let _ = u.set_password(Some("***"));
-                }
-                write!(f, "{u}")
-            }
-            Err(_) => f.write_str("<unparseable postgres url>"),
-        }
+        f.write_str(&redact_url(&self.url))
     }
 }
 
@@ -149,8 +189,8 @@ impl std::fmt::Debug for PgUrl {
     }
 }
 
-/// The bridge's validated settings.
-#[derive(Debug, Clone)]
+/// The bridge's validated settings. `Debug` hides secrets.
+#[derive(Clone)]
 pub struct Config {
     /// PostgreSQL URL.
     pub postgres: PgUrl,
@@ -174,6 +214,89 @@ pub struct Config {
     pub http: Option<std::net::SocketAddr>,
     /// Extra librdkafka properties.
     pub kafka_properties: BTreeMap<String, String>,
+    /// Extra settings of the topics the bridge creates.
+    pub topic_config: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("postgres", &self.postgres)
+            .field("kafka", &self.kafka)
+            .field("tables", &self.tables)
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("min_compaction_lag_ms", &self.min_compaction_lag_ms)
+            .field("http", &self.http)
+            .field(
+                "kafka_properties",
+                &shown_properties(
+                    self.kafka_properties
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                ),
+            )
+            .field("topic_config", &self.topic_config)
+            .finish()
+    }
+}
+
+/// For every `TIDEMARK_*` variable of a flag, reads the value from the file named by
+/// the same variable with `_FILE` appended, when only that one is set (the Docker and
+/// Kubernetes secrets convention); a trailing newline is dropped. Call it before any
+/// other thread runs: it sets environment variables.
+pub fn load_env_files() -> Result<(), BridgeError> {
+    use clap::CommandFactory;
+    for arg in Cli::command().get_arguments() {
+        let Some(var) = arg.get_env().and_then(|e| e.to_str()) else {
+            continue;
+        };
+        let file_var = format!("{var}_FILE");
+        let Some(path) = std::env::var_os(&file_var) else {
+            continue;
+        };
+        if std::env::var_os(var).is_some() {
+            return Err(invalid(
+                "environment",
+                format!("both {var} and {file_var} are set; set one"),
+            ));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            invalid(
+                "environment",
+                format!(
+                    "{file_var}: cannot read {}: {e}",
+                    PathBuf::from(&path).display()
+                ),
+            )
+        })?;
+        std::env::set_var(
+            var,
+            text.strip_suffix('\n')
+                .unwrap_or(&text)
+                .trim_end_matches('\r'),
+        );
+    }
+    Ok(())
+}
+
+/// Splits `key=value` settings of `field` into `into`.
+fn key_values(
+    field: &'static str,
+    items: &[String],
+    into: &mut BTreeMap<String, String>,
+) -> Result<(), BridgeError> {
+    for (i, kv) in items.iter().filter(|s| !s.trim().is_empty()).enumerate() {
+        // Not shown: an item without `=` may be a secret that lost its key.
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| invalid(field, format!("item {} has no '='; write key=value", i + 1)))?;
+        into.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(())
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> BridgeError {
@@ -197,19 +320,40 @@ impl Config {
             None => FileConfig::default(),
         };
         let mut kafka_properties = file.kafka_properties;
-        for kv in cli.kafka_properties.iter().filter(|s| !s.trim().is_empty()) {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| invalid("kafka-property", format!("{kv:?} is not key=value")))?;
-            kafka_properties.insert(k.trim().to_owned(), v.trim().to_owned());
-        }
+        key_values(
+            "kafka-property",
+            &cli.kafka_properties,
+            &mut kafka_properties,
+        )?;
+        let mut topic_config = file.topic_config;
+        key_values("topic-config", &cli.topic_config, &mut topic_config)?;
         let tables = cli.tables.or(file.tables).unwrap_or_default();
+        let mut postgres = PgUrl::new(
+            cli.postgres
+                .or(file.postgres)
+                .ok_or_else(|| invalid("postgres", "is required"))?,
+        );
+        if let Some(path) = cli.postgres_password_file.or(file.postgres_password_file) {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                invalid(
+                    "postgres-password-file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let password = text
+                .strip_suffix('\n')
+                .unwrap_or(&text)
+                .trim_end_matches('\r');
+            if password.is_empty() {
+                return Err(invalid(
+                    "postgres-password-file",
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            postgres = postgres.with_password(password);
+        }
         let config = Config {
-            postgres: PgUrl::new(
-                cli.postgres
-                    .or(file.postgres)
-                    .ok_or_else(|| invalid("postgres", "is required"))?,
-            ),
+            postgres,
             kafka: cli
                 .kafka
                 .or(file.kafka)
@@ -248,6 +392,7 @@ impl Config {
                 .unwrap_or(DEFAULT_MIN_COMPACTION_LAG_MS),
             http: cli.http.or(file.http),
             kafka_properties,
+            topic_config,
         };
         config.validate()?;
         Ok(config)
@@ -285,14 +430,50 @@ impl Config {
                 "use 1-63 lower-case letters, digits and underscores",
             ));
         }
-        if self.publication.is_empty() {
-            return Err(invalid("publication", "must not be empty"));
-        }
-        if self.kafka.trim().is_empty() {
-            return Err(invalid("kafka", "must not be empty"));
+        // The bridge names the publication in SQL and in START_REPLICATION as it is;
+        // PostgreSQL folds an unquoted name to lower case, so only names that survive
+        // that unchanged are safe in both.
+        if !slot_ok(&self.publication) {
+            return Err(invalid(
+                "publication",
+                "use 1-63 lower-case letters, digits and underscores",
+            ));
         }
         if self.partitions < 1 {
             return Err(invalid("partitions", "must be at least 1"));
+        }
+        if self.replication_factor == 0 || self.replication_factor < -1 {
+            return Err(invalid(
+                "replication-factor",
+                "must be at least 1, or -1 for the broker's default",
+            ));
+        }
+        let mut topics: BTreeMap<String, &TableName> = BTreeMap::new();
+        for table in &self.tables {
+            let topic = table.topic(&self.topic_prefix);
+            if topic.len() > 249 {
+                return Err(invalid(
+                    "tables",
+                    format!("the topic of {table}, {topic}, is longer than Kafka's 249 characters; shorten --topic-prefix"),
+                ));
+            }
+            if let Some(other) = topics.insert(topic.clone(), table) {
+                return Err(invalid(
+                    "tables",
+                    format!("{other} and {table} both map to topic {topic} (characters Kafka does not allow become _); follow one of them"),
+                ));
+            }
+        }
+        for typed in TYPED_TOPIC_CONFIGS {
+            if self.topic_config.contains_key(*typed) {
+                return Err(invalid(
+                    "topic-config",
+                    format!("{typed} is set by the bridge itself and cannot be overridden"),
+                ));
+            }
+        }
+        if self.kafka.trim().is_empty() {
+            return Err(invalid("kafka", "must not be empty"));
         }
         for typed in TYPED_PRODUCER_PROPERTIES {
             if self.kafka_properties.contains_key(*typed) {
@@ -328,6 +509,7 @@ pub fn reference_table() -> String {
         let toml_key = match long {
             "config" => "-".to_owned(),
             "kafka-property" => "`[kafka_properties]` table".to_owned(),
+            "topic-config" => "`[topic_config]` table".to_owned(),
             other => format!("`{}`", other.replace('-', "_")),
         };
         let env = arg
@@ -443,5 +625,89 @@ mod tests {
         let url = PgUrl::new("postgres://app:s3cret@db:5432/app");
         assert!(!format!("{url} {url:?}").contains("s3cret"));
         assert!(format!("{url}").contains("app:***@db"));
+        let c = Config::from_cli(cli(&[
+            "--postgres",
+            "postgres://app@db/app?password=s3cret&sslmode=disable",
+            "--tables",
+            "t",
+            "--kafka-property",
+            "sasl.password=k4fka",
+            "--kafka-property",
+            "sasl.username=me",
+        ]))
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("k4fka"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("sasl.username") && shown.contains("me"),
+            "{shown}"
+        );
+        // A key-less item is refused without being repeated.
+        let err = Config::from_cli(cli(&[
+            "--postgres",
+            "postgres://h/db",
+            "--tables",
+            "t",
+            "--kafka-property",
+            "hunter2",
+        ]))
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn the_password_file_supplies_the_password() {
+        let dir = std::env::temp_dir().join(format!("tidemark-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pw");
+        std::fs::write(&path, "from-file\n").unwrap();
+        let c = Config::from_cli(cli(&[
+            "--postgres",
+            "postgres://app@db/app",
+            "--tables",
+            "t",
+            "--postgres-password-file",
+            path.to_str().unwrap(),
+        ]))
+        .unwrap();
+        let options = c.postgres.options().unwrap();
+        assert_eq!(options.config().get_password(), Some(&b"from-file"[..]));
+        assert!(!format!("{c:?}").contains("from-file"));
+        let err = Config::from_cli(cli(&[
+            "--postgres",
+            "postgres://app@db/app",
+            "--tables",
+            "t",
+            "--postgres-password-file",
+            "/nonexistent/pw",
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("postgres-password-file"), "{err}");
+    }
+
+    #[test]
+    fn names_kafka_and_postgres_would_read_otherwise_are_refused() {
+        let base = ["--postgres", "postgres://h/db", "--tables"];
+        let with = |extra: &[&str]| {
+            let mut args: Vec<&str> = base.to_vec();
+            args.extend_from_slice(extra);
+            Config::from_cli(cli(&args))
+        };
+        let err = with(&["t", "--publication", "MyPub"]).unwrap_err();
+        assert!(err.to_string().contains("publication"), "{err}");
+        let err = with(&["public.a b,public.a_b"]).unwrap_err();
+        assert!(err.to_string().contains("both map to topic"), "{err}");
+        let err = with(&["t", "--topic-config", "cleanup.policy=delete"]).unwrap_err();
+        assert!(err.to_string().contains("cleanup.policy"), "{err}");
+        let c = with(&["t", "--topic-config", "min.insync.replicas=2"]).unwrap();
+        assert_eq!(c.topic_config["min.insync.replicas"], "2");
+        assert_eq!(c.replication_factor, -1);
+        assert_eq!(
+            TableName::parse("public.Order Lines").unwrap().topic("app"),
+            "app.public.Order_Lines"
+        );
     }
 }

@@ -42,6 +42,7 @@ use crate::state::{Shared, TaskGuard};
 /// ```
 pub struct Builder<K, V> {
     postgres: Option<String>,
+    postgres_password: Option<String>,
     kafka: Option<String>,
     kafka_properties: Vec<(String, String)>,
     table: Option<String>,
@@ -77,6 +78,7 @@ impl<K, V> Builder<K, V> {
     pub fn new() -> Self {
         Builder {
             postgres: None,
+            postgres_password: None,
             kafka: None,
             kafka_properties: Vec::new(),
             table: None,
@@ -95,8 +97,17 @@ impl<K, V> Builder<K, V> {
     /// settings (`connect_timeout`, `application_name`, `options`, ...) go in its
     /// query string, TLS included: `sslmode=disable|allow|prefer|require|verify-ca|verify-full`,
     /// `sslrootcert`, `sslcert`, `sslkey` (see [`tidemark_core::pg`]). Required.
+    /// Without a password in the URL, `PGPASSWORD` and the password file (`PGPASSFILE`,
+    /// `~/.pgpass`) apply as in libpq, or [`Builder::postgres_password`].
     pub fn postgres(mut self, url: impl Into<String>) -> Self {
         self.postgres = Some(url.into());
+        self
+    }
+
+    /// The PostgreSQL password, kept apart from the URL (read from a secrets file or
+    /// store); it wins over one in the URL. Never shown in errors or `Debug` output.
+    pub fn postgres_password(mut self, password: impl Into<String>) -> Self {
+        self.postgres_password = Some(password.into());
         self
     }
 
@@ -179,9 +190,12 @@ impl<K, V> Builder<K, V> {
             .postgres
             .as_deref()
             .ok_or_else(|| bad("postgres", "is required"))?;
-        let postgres = ConnectOptions::parse(url)
+        let mut postgres = ConnectOptions::parse(url)
             .map_err(|e| bad("postgres", &e.to_string()))?
             .with_session("tidemark-client");
+        if let Some(p) = &self.postgres_password {
+            postgres = postgres.with_password(p);
+        }
         let postgres_target = postgres.target();
         let kafka = self
             .kafka

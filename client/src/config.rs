@@ -47,8 +47,8 @@ pub enum Strategy {
     },
 }
 
-/// Settings, checked.
-#[derive(Debug, Clone)]
+/// Settings, checked. `Debug` hides the password and secret Kafka properties.
+#[derive(Clone)]
 pub(crate) struct Config {
     pub postgres: ConnectOptions,
     /// Host, port and database, for messages (never the password).
@@ -63,4 +63,28 @@ pub(crate) struct Config {
     pub channel_capacity: usize,
     /// Off only in tests that show why the filter is needed.
     pub xid_filter: bool,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("postgres", &self.postgres_target)
+            .field("kafka", &self.kafka)
+            .field(
+                "kafka_properties",
+                &tidemark_core::secrets::shown_properties(
+                    self.kafka_properties
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                ),
+            )
+            .field("table", &self.table)
+            .field("topic", &self.topic)
+            .field("strategy", &self.strategy)
+            .field("safety_window", &self.safety_window)
+            .field("owner_column", &self.owner_column)
+            .field("channel_capacity", &self.channel_capacity)
+            .field("xid_filter", &self.xid_filter)
+            .finish()
+    }
 }

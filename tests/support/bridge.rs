@@ -40,6 +40,9 @@ pub struct BridgeArgs {
     pub prefix: String,
     pub partitions: u32,
     pub extra: Vec<String>,
+    /// Environment variables for the process; with `postgres` empty, no `--postgres`
+    /// flag is passed (the environment gives it).
+    pub env: Vec<(String, String)>,
 }
 
 /// Slots and publications the tests created, dropped when the test binary exits.
@@ -98,6 +101,7 @@ impl BridgeArgs {
             prefix: name.to_string(),
             partitions: 1,
             extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -127,8 +131,12 @@ impl Bridge {
     pub fn start(args: &BridgeArgs) -> Bridge {
         let log = std::env::temp_dir().join(format!("{}-{}.log", args.slot, rand::random::<u32>()));
         let file = std::fs::File::create(&log).expect("create bridge log");
-        let child = Command::new(bridge_bin())
-            .args(["--postgres", &args.postgres, "--kafka", &args.kafka])
+        let mut command = Command::new(bridge_bin());
+        if !args.postgres.is_empty() {
+            command.args(["--postgres", &args.postgres]);
+        }
+        let child = command
+            .args(["--kafka", &args.kafka])
             .args(["--tables", &args.tables.join(",")])
             .args(["--slot", &args.slot, "--publication", &args.publication])
             .args([
@@ -139,6 +147,7 @@ impl Bridge {
             ])
             .args(&args.extra)
             .env("RUST_LOG", "info")
+            .envs(args.env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

@@ -69,3 +69,30 @@ pub async fn drop_slot_and_publication(pg: &Client, slot: &str, publication: &st
         .batch_execute(&format!("DROP PUBLICATION IF EXISTS \"{publication}\""))
         .await;
 }
+
+/// A login role that authenticates with a password (scram, from 127.0.0.1), and whose
+/// settings change how values print: a bridge and a cache that connect as it must
+/// find the password and pin every such setting themselves.
+pub const PASSWORD_ROLE: &str = "tidemark_values";
+pub const PASSWORD_ROLE_SECRET: &str = "values-pw";
+
+pub async fn ensure_password_role(pg: &Client) {
+    pg.batch_execute(&format!(
+        "DO $$ BEGIN CREATE ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD '{PASSWORD_ROLE_SECRET}';
+         EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         ALTER ROLE {PASSWORD_ROLE} SET IntervalStyle = 'sql_standard';
+         ALTER ROLE {PASSWORD_ROLE} SET extra_float_digits = -15;
+         ALTER ROLE {PASSWORD_ROLE} SET DateStyle = 'SQL, DMY';
+         ALTER ROLE {PASSWORD_ROLE} SET TimeZone = 'Asia/Kolkata';"
+    ))
+    .await
+    .unwrap();
+}
+
+/// `url` with the role's user name and password.
+pub fn as_password_role(url: &str) -> String {
+    let mut u = url::Url::parse(url).expect("test URL");
+    u.set_username(PASSWORD_ROLE).unwrap();
+    u.set_password(Some(PASSWORD_ROLE_SECRET)).unwrap();
+    u.to_string()
+}

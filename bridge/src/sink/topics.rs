@@ -55,13 +55,17 @@ pub async fn ensure_topics(config: &Config) -> Result<HashMap<String, i32>, Brid
         .iter()
         .filter(|n| existing.get(n.as_str()).is_none_or(|&p| p == 0))
         .map(|n| {
-            NewTopic::new(
+            let topic = NewTopic::new(
                 n,
                 config.partitions,
                 TopicReplication::Fixed(config.replication_factor),
             )
             .set("cleanup.policy", "compact")
-            .set("min.compaction.lag.ms", &lag)
+            .set("min.compaction.lag.ms", &lag);
+            config
+                .topic_config
+                .iter()
+                .fold(topic, |t, (k, v)| t.set(k, v))
         })
         .collect();
     if !new.is_empty() {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use tidemark_core::pg::catalog::{PRIMARY_KEY_SQL, TYPE_INFO_SQL};
-use tidemark_core::pg::{ConnectError, ConnectOptions, SettingsError};
+use tidemark_core::pg::{ConnectError, SettingsError};
 use tidemark_core::wire::envelope::quote_ident;
 use tidemark_core::wire::{TableName, ValueKind};
 use tokio_postgres::Client;
@@ -22,7 +22,8 @@ use crate::error::BridgeError;
 /// `sslrootcert`, `sslcert`, `sslkey`, as the replication connection reads them) and
 /// the codec's session settings.
 pub async fn connect(url: &PgUrl) -> Result<Client, BridgeError> {
-    let options = ConnectOptions::parse(url.expose())
+    let options = url
+        .options()
         .map_err(|e| bad_url(&e))?
         .with_session("tidemark-bridge");
     options.connect().await.map_err(|e| match e {

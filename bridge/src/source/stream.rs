@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use pgwire_replication::{ReplicationClient, ReplicationConfig, SslMode, TlsConfig};
-use tidemark_core::pg::{ConnectOptions, SslMode as PgSslMode, Verification};
+use tidemark_core::pg::{SslMode as PgSslMode, Verification};
 use tidemark_core::wire::SESSION_OPTIONS;
 use tokio_postgres::config::Host;
 
@@ -31,7 +31,7 @@ fn bad_url(problem: impl Into<String>) -> BridgeError {
 /// database and TLS as `tidemark_core::pg` reads them for the SQL connections (one
 /// parser, so both connections reach the same server with the same checks).
 pub fn replication_config(url: &PgUrl, config: &Config) -> Result<ReplicationConfig, BridgeError> {
-    let options = ConnectOptions::parse(url.expose()).map_err(|e| bad_url(e.to_string()))?;
+    let options = url.options().map_err(|e| bad_url(e.to_string()))?;
     let pg = options.config();
     let host = match pg.get_hosts().first() {
         Some(Host::Tcp(name)) => name.trim_matches(['[', ']']).to_owned(),
@@ -46,11 +46,7 @@ pub fn replication_config(url: &PgUrl, config: &Config) -> Result<ReplicationCon
         None => "localhost".to_owned(),
     };
     // An empty user name in the URL (`postgres://@h/db`) counts as none, as before.
-    let user = pg
-        .get_user()
-        .filter(|u| !u.is_empty())
-        .unwrap_or("postgres")
-        .to_owned();
+    let user = options.user().to_owned();
     let password = pg
         .get_password()
         .map(|p| String::from_utf8_lossy(p).into_owned())
@@ -145,6 +141,7 @@ mod tests {
             min_compaction_lag_ms: 0,
             http: None,
             kafka_properties: Default::default(),
+            topic_config: Default::default(),
         };
         let c = replication_config(&config.postgres, &config).unwrap();
         assert_eq!(

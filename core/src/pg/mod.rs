@@ -219,7 +219,37 @@ impl ConnectOptions {
             }
         }
         config.ssl_mode(tls.driver_mode());
-        Ok(ConnectOptions { config, tls })
+        let mut options = ConnectOptions { config, tls };
+        if options.config.get_password().is_none() {
+            if let Some(password) = password_from_environment(&options) {
+                options.config.password(password);
+            }
+        }
+        Ok(options)
+    }
+
+    /// Uses `password` (from a file or a secret store) instead of any the URL or the
+    /// environment gave.
+    pub fn with_password(mut self, password: &str) -> Self {
+        self.config.password(password);
+        self
+    }
+
+    /// The user name the connection logs in as: the URL's, else `postgres`.
+    pub fn user(&self) -> &str {
+        self.config
+            .get_user()
+            .filter(|u| !u.is_empty())
+            .unwrap_or("postgres")
+    }
+
+    /// The first host, as libpq matches it against `.pgpass` (`localhost` for a
+    /// socket directory).
+    fn host_for_pgpass(&self) -> String {
+        match self.config.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.trim_matches(['[', ']']).to_owned(),
+            _ => "localhost".to_owned(),
+        }
     }
 
     /// Adds the codec's session options ([`SESSION_OPTIONS`], after any the URL sets,
@@ -283,6 +313,66 @@ impl ConnectOptions {
         tokio::spawn(drive(connection));
         Ok(client)
     }
+}
+
+/// The password libpq would use when the URL gives none: `PGPASSWORD`, else the
+/// matching line of the password file (`PGPASSFILE`, else `~/.pgpass`), which libpq
+/// ignores, as here, when group or others can read it.
+fn password_from_environment(options: &ConnectOptions) -> Option<String> {
+    if let Some(p) = std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()) {
+        return Some(p);
+    }
+    let path = match std::env::var_os("PGPASSFILE") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".pgpass"),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).ok()?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                "the password file is readable by group or others and is ignored, as libpq does; chmod 0600 it"
+            );
+            return None;
+        }
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
+    let port = options
+        .config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
+    let user = options.user();
+    let db = options.config.get_dbname().unwrap_or(user);
+    pgpass_lookup(&text, &options.host_for_pgpass(), &port, db, user)
+}
+
+/// The password of the first `.pgpass` line matching `host:port:database:user`, each
+/// field `*` or equal; `\:` and `\\` escape a colon and a backslash.
+fn pgpass_lookup(text: &str, host: &str, port: &str, db: &str, user: &str) -> Option<String> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .find_map(|line| {
+            let mut fields = Vec::with_capacity(5);
+            let mut field = String::new();
+            let mut chars = line.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => field.extend(chars.next()),
+                    ':' if fields.len() < 4 => fields.push(std::mem::take(&mut field)),
+                    c => field.push(c),
+                }
+            }
+            fields.push(field);
+            let [h, p, d, u, password] = <[String; 5]>::try_from(fields).ok()?;
+            let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
+            (matches(&h, host) && matches(&p, port) && matches(&d, db) && matches(&u, user))
+                .then_some(password)
+        })
 }
 
 async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
@@ -380,6 +470,24 @@ mod tests {
         assert_eq!(o.target(), "db:6432/shop");
         let (rest, _) = split_tls_parameters("postgresql://h/d?sslmode=require").unwrap();
         assert_eq!(rest, "postgresql://h/d");
+    }
+
+    #[test]
+    fn pgpass_lines_match_as_libpq_matches_them() {
+        let file = "# comment\ndb:5432:shop:app:first\n*:*:*:app:any\\:colon\n*:*:*:*:last\n";
+        assert_eq!(
+            pgpass_lookup(file, "db", "5432", "shop", "app").as_deref(),
+            Some("first")
+        );
+        assert_eq!(
+            pgpass_lookup(file, "other", "6432", "x", "app").as_deref(),
+            Some("any:colon")
+        );
+        assert_eq!(
+            pgpass_lookup(file, "db", "5432", "shop", "bob").as_deref(),
+            Some("last")
+        );
+        assert_eq!(pgpass_lookup("h:1:d:u:p", "h", "2", "d", "u"), None);
     }
 
     #[test]

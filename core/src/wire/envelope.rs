@@ -192,9 +192,21 @@ impl TableName {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
     }
 
-    /// The topic of this table under `prefix`: `<prefix>.<schema>.<table>`.
+    /// The topic of this table under `prefix`: `<prefix>.<schema>.<table>`, with every
+    /// character Kafka does not allow in a topic name (anything but ASCII letters,
+    /// digits, `.`, `_` and `-`) replaced by `_`, as Debezium's default topic naming
+    /// does.
     pub fn topic(&self, prefix: &str) -> String {
         format!("{prefix}.{}.{}", self.schema, self.table)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
     }
 }
 
