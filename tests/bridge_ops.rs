@@ -85,6 +85,24 @@ async fn metrics_move_and_readiness_follows_the_broker() {
             "{gauge} is exported:\n{second}"
         );
     }
+    // Slot health: the WAL kept for the slot (from restart_lsn) and its wal_status.
+    assert!(
+        metric_value(&second, "tidemark_slot_retained_wal_bytes", &[]).is_some_and(|b| b >= 0.0),
+        "retained WAL is exported:\n{second}"
+    );
+    assert_eq!(
+        metric_value(
+            &second,
+            "tidemark_slot_wal_status",
+            &["status=\"reserved\""]
+        ),
+        Some(1.0),
+        "wal_status is reserved:\n{second}"
+    );
+    assert_eq!(
+        metric_value(&second, "tidemark_slot_wal_status", &["status=\"lost\""]),
+        Some(0.0)
+    );
 
     broker.stop();
     wait_for(

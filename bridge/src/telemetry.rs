@@ -29,6 +29,13 @@ pub const IN_FLIGHT: &str = "tidemark_in_flight_records";
 pub const CONFIRMED_LSN: &str = "tidemark_confirmed_lsn";
 /// `pg_current_wal_lsn() - confirmed_flush_lsn` of the slot, in bytes.
 pub const SLOT_LAG_BYTES: &str = "tidemark_slot_lag_bytes";
+/// `pg_current_wal_lsn() - restart_lsn` of the slot: the WAL the server keeps for it.
+pub const SLOT_RETAINED_WAL_BYTES: &str = "tidemark_slot_retained_wal_bytes";
+/// The slot's `safe_wal_size`: WAL that can still be written before the slot is lost
+/// (only when `max_slot_wal_keep_size` is set).
+pub const SLOT_SAFE_WAL_SIZE_BYTES: &str = "tidemark_slot_safe_wal_size_bytes";
+/// The slot's `wal_status`, as 1 for the current value of the `status` label.
+pub const SLOT_WAL_STATUS: &str = "tidemark_slot_wal_status";
 /// Now minus the commit time of the last acknowledged transaction; 0 when nothing is in flight.
 pub const SLOT_LAG_SECONDS: &str = "tidemark_slot_lag_seconds";
 /// Commit-to-acknowledgement latency of each record.
@@ -40,11 +47,12 @@ pub const ERRORS: &str = "tidemark_errors_total";
 /// Values the codec could not read and wrote as their text, labelled by `table`.
 pub const UNDECODABLE_VALUES: &str = "tidemark_undecodable_values_total";
 
-/// Whether the bridge is ready: streaming, and the broker reachable.
+/// Whether the bridge is ready: streaming, the broker reachable, and the slot not lost.
 #[derive(Debug, Default)]
 pub struct Health {
     streaming: AtomicBool,
     broker_reachable: AtomicBool,
+    slot_lost: AtomicBool,
 }
 
 impl Health {
@@ -56,9 +64,25 @@ impl Health {
     pub fn set_broker_reachable(&self, on: bool) {
         self.broker_reachable.store(on, Ordering::Relaxed);
     }
-    /// Streaming and the broker reachable.
+    /// Sets whether the slot's `wal_status` is `lost`.
+    pub fn set_slot_lost(&self, lost: bool) {
+        self.slot_lost.store(lost, Ordering::Relaxed);
+    }
+    /// Streaming, the broker reachable, and the slot not lost.
     pub fn is_ready(&self) -> bool {
-        self.streaming.load(Ordering::Relaxed) && self.broker_reachable.load(Ordering::Relaxed)
+        self.streaming.load(Ordering::Relaxed)
+            && self.broker_reachable.load(Ordering::Relaxed)
+            && !self.slot_lost.load(Ordering::Relaxed)
+    }
+    /// Why the bridge is not ready, for `/readyz`.
+    pub fn why_not_ready(&self) -> &'static str {
+        if self.slot_lost.load(Ordering::Relaxed) {
+            "not ready: the replication slot is lost (wal_status=lost); see docs/operations.md\n"
+        } else if !self.broker_reachable.load(Ordering::Relaxed) {
+            "not ready: the broker is unreachable\n"
+        } else {
+            "not ready: replication is not streaming\n"
+        }
     }
 }
 
@@ -72,6 +96,16 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
         .ok()?
         .build_recorder();
     let handle = recorder.handle();
+    // Histogram samples pile up until a scrape drains them; without a scraper (only
+    // /readyz polled) that is memory without bound. Upkeep drains them every 5 s.
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            upkeep.run_upkeep();
+        })
+        .ok()?;
     match metrics::set_global_recorder(recorder) {
         Ok(()) => {
             describe();
@@ -102,6 +136,20 @@ fn describe() {
         SLOT_LAG_SECONDS,
         Unit::Seconds,
         "Now minus the commit time of the last acknowledged transaction (0 when idle)."
+    );
+    describe_gauge!(
+        SLOT_RETAINED_WAL_BYTES,
+        Unit::Bytes,
+        "pg_current_wal_lsn() minus the slot's restart_lsn: WAL the server keeps for the slot."
+    );
+    describe_gauge!(
+        SLOT_SAFE_WAL_SIZE_BYTES,
+        Unit::Bytes,
+        "WAL that can be written before the slot is lost (max_slot_wal_keep_size)."
+    );
+    describe_gauge!(
+        SLOT_WAL_STATUS,
+        "The slot's wal_status: 1 for the current status (reserved, extended, unreserved, lost)."
     );
     describe_histogram!(
         ACK_LATENCY,
@@ -138,10 +186,7 @@ pub async fn serve(
                 if health.is_ready() {
                     (StatusCode::OK, "ready\n")
                 } else {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "not ready: replication is not streaming or the broker is unreachable\n",
-                    )
+                    (StatusCode::SERVICE_UNAVAILABLE, health.why_not_ready())
                 }
             }),
         );

@@ -206,8 +206,16 @@ fn lock(frontier: &Mutex<Frontier>) -> MutexGuard<'_, Frontier> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Updates the progress gauges; the slot lag comes from the server.
-async fn report_progress(client: &tokio_postgres::Client, slot: &str, frontier: &Mutex<Frontier>) {
+/// Updates the progress gauges and the slot's health; the slot's figures come from the
+/// server, with a deadline so that a half-open connection cannot stall the stream.
+/// A slot whose WAL is gone (`wal_status = lost`) cannot stream again: readiness turns
+/// false and the session ends with the fix.
+async fn report_progress(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    frontier: &Mutex<Frontier>,
+    health: &Health,
+) -> Result<(), BridgeError> {
     let (in_flight, confirmed, lag_seconds) = {
         let f = lock(frontier);
         (
@@ -219,17 +227,48 @@ async fn report_progress(client: &tokio_postgres::Client, slot: &str, frontier: 
     metrics::gauge!(telemetry::IN_FLIGHT).set(in_flight as f64);
     metrics::gauge!(telemetry::CONFIRMED_LSN).set(confirmed as f64);
     metrics::gauge!(telemetry::SLOT_LAG_SECONDS).set(lag_seconds);
-    let sql = "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1";
-    match client.query_opt(sql, &[&slot]).await {
-        Ok(Some(row)) => {
-            if let Some(bytes) = row.get::<_, Option<i64>>(0) {
-                metrics::gauge!(telemetry::SLOT_LAG_BYTES).set(bytes as f64);
-            }
+    let sql = "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, \
+               (pg_current_wal_lsn() - restart_lsn)::int8, wal_status, safe_wal_size \
+               FROM pg_replication_slots WHERE slot_name = $1";
+    let row = match tokio::time::timeout(SLOT_QUERY_TIMEOUT, client.query_opt(sql, &[&slot])).await
+    {
+        Ok(Ok(Some(row))) => row,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "reading the slot's figures");
+            return Ok(());
         }
-        Ok(None) => {}
-        Err(e) => tracing::debug!(error = %e, "reading the slot lag"),
+        Err(_) => {
+            tracing::warn!(timeout = ?SLOT_QUERY_TIMEOUT, "PostgreSQL did not answer the slot query in time");
+            return Ok(());
+        }
+    };
+    let gauge = |name: &'static str, v: Option<i64>| {
+        if let Some(v) = v {
+            metrics::gauge!(name).set(v as f64);
+        }
+    };
+    gauge(telemetry::SLOT_LAG_BYTES, row.get(0));
+    gauge(telemetry::SLOT_RETAINED_WAL_BYTES, row.get(1));
+    gauge(telemetry::SLOT_SAFE_WAL_SIZE_BYTES, row.get(3));
+    let status: Option<String> = row.get(2);
+    let status = status.unwrap_or_default();
+    for s in ["reserved", "extended", "unreserved", "lost"] {
+        metrics::gauge!(telemetry::SLOT_WAL_STATUS, "status" => s)
+            .set(f64::from(u8::from(s == status)));
     }
+    health.set_slot_lost(status == "lost");
+    if status == "lost" {
+        return Err(setup::slot_lost(slot));
+    }
+    if status == "unreserved" {
+        tracing::warn!(slot, "the slot's WAL is about to be removed (wal_status=unreserved): the bridge is behind by more than max_slot_wal_keep_size");
+    }
+    Ok(())
 }
+
+/// How long the slot query may take.
+const SLOT_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs one session until `shutdown` turns true (returns `Ok`) or something fails.
 pub async fn run_session(
@@ -358,7 +397,7 @@ pub async fn run_session(
         let confirmed = lock(&frontier).confirmed();
         if lag_probe.elapsed() >= LAG_PROBE_INTERVAL {
             lag_probe = Instant::now();
-            report_progress(&client, &config.slot, &frontier).await;
+            report_progress(&client, &config.slot, &frontier, health).await?;
         }
         if partition_probe.elapsed() >= PARTITION_PROBE_INTERVAL {
             partition_probe = Instant::now();

@@ -110,11 +110,17 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+/// Default `queue.buffering.max.kbytes`: 256 MiB of records waiting for the broker.
+pub const QUEUE_MAX_KBYTES: &str = "262144";
+
 /// The base librdkafka settings: brokers, the passthrough properties, and no automatic
 /// topic creation.
 pub fn client_config(config: &Config) -> ClientConfig {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &config.kafka);
+    // The bytes of records waiting for the broker: the bridge's memory bound while
+    // Kafka is slow (librdkafka's default is 1 GiB). Overridable.
+    cc.set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES);
     for (k, v) in &config.kafka_properties {
         cc.set(k, v);
     }

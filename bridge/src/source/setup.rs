@@ -280,6 +280,14 @@ async fn ensure_publication(client: &Client, config: &Config) -> Result<(), Brid
     Ok(())
 }
 
+/// The error for a slot whose WAL PostgreSQL removed (`wal_status = lost`), with the fix.
+pub fn slot_lost(slot: &str) -> BridgeError {
+    setup(
+        format!("replication slot {slot} was invalidated (wal_status = lost): PostgreSQL removed WAL it still needed, so changes since its last position can no longer be read"),
+        format!("drop it (SELECT pg_drop_replication_slot('{slot}')) and start the bridge again: it creates a new slot and marks the topics, so caches warm-start again; consider a larger max_slot_wal_keep_size"),
+    )
+}
+
 /// Checks the slot, or creates it; returns the new slot's start LSN when it created it.
 pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Option<u64>, BridgeError> {
     let row = client
@@ -293,10 +301,7 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Option<u64>, Bri
         Some(r) => {
             let (plugin, kind): (Option<String>, String) = (r.get(0), r.get(1));
             if r.get::<_, Option<bool>>(2) == Some(true) {
-                return Err(setup(
-                    format!("replication slot {slot} was invalidated (wal_status = lost): PostgreSQL removed WAL it still needed, so changes since its last position can no longer be read"),
-                    format!("drop it (SELECT pg_drop_replication_slot('{slot}')) and start the bridge again: it creates a new slot and marks the topics, so caches warm-start again; consider a larger max_slot_wal_keep_size"),
-                ));
+                return Err(slot_lost(slot));
             }
             if kind != "logical" || plugin.as_deref() != Some("pgoutput") {
                 return Err(setup(

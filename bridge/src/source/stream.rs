@@ -17,6 +17,12 @@ use tokio_postgres::config::Host;
 use crate::config::{Config, PgUrl};
 use crate::error::BridgeError;
 
+/// Events the library reads ahead of the pipeline. The pipeline's own memory is
+/// bounded in bytes by librdkafka's queue (`queue.buffering.max.kbytes`, see
+/// `sink::producer`); this channel adds at most this many rows, instead of the
+/// library's default of 8192, which with rows of a megabyte would be gigabytes.
+const REPLICATION_BUFFER_EVENTS: usize = 64;
+
 /// How often the library sends a status update while the applied LSN moves.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -87,6 +93,7 @@ pub fn replication_config(url: &PgUrl, config: &Config) -> Result<ReplicationCon
     .with_options(SESSION_OPTIONS)
     .with_application_name(APPLICATION_NAME)
     .with_status_interval(STATUS_INTERVAL)
+    .with_buffer_size(REPLICATION_BUFFER_EVENTS)
     .with_wakeup_interval(Duration::from_secs(1)))
 }
 
