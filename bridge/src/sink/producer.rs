@@ -231,3 +231,25 @@ impl Drop for Sink {
         let _ = self.producer.flush(Duration::from_millis(100));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// librdkafka is built with OpenSSL, so `security.protocol=SSL` and `SASL_SSL`
+    /// with SCRAM work; without the rdkafka feature `ssl` they fail at start.
+    #[test]
+    fn librdkafka_has_tls_and_sasl_scram() {
+        let config = rdkafka::ClientConfig::new()
+            .create_native_config()
+            .expect("a default librdkafka configuration");
+        let features = config
+            .get("builtin.features")
+            .expect("librdkafka reports builtin.features");
+        let features: Vec<&str> = features.split(',').collect();
+        for wanted in ["ssl", "sasl_scram"] {
+            assert!(
+                features.contains(&wanted),
+                "librdkafka lacks {wanted}; builtin.features = {features:?}"
+            );
+        }
+    }
+}
