@@ -3,15 +3,19 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # librdkafka is built from source by rdkafka-sys (bundled): it needs a C toolchain,
-# make, cmake for some features, and zlib.
+# make, cmake for some features, zlib, and OpenSSL's headers found with pkg-config
+# (TLS and SASL to Kafka).
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake zlib1g-dev \
+        libssl-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release --locked -p tidemark-bridge \
     && cp target/release/tidemark-bridge /usr/local/bin/
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+# libssl3: the bridge links the system OpenSSL; ca-certificates: the roots that
+# ssl.ca.location can point at (/etc/ssl/certs/ca-certificates.crt).
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 tidemark
 COPY --from=build /usr/local/bin/tidemark-bridge /usr/local/bin/tidemark-bridge

@@ -20,6 +20,7 @@ mod client_robust;
 mod client_schema;
 mod client_toast;
 mod client_topic_history;
+mod kafka_sasl_ssl;
 mod kafka_transactions;
 mod postgres_tls;
 mod table_shapes;

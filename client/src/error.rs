@@ -86,6 +86,22 @@ pub enum Error {
         source: rdkafka::error::KafkaError,
     },
 
+    /// The brokers could not be reached, and librdkafka said why: a refused SASL
+    /// authentication, a TLS certificate that does not verify, a refused connection.
+    #[error(
+        "Kafka failed while {during}: {source}; the last broker error: {reason}; check the brokers and the librdkafka properties (security.protocol, sasl.*, ssl.*)"
+    )]
+    KafkaUnreachable {
+        /// What the cache was doing.
+        during: &'static str,
+        /// librdkafka's last broker error, e.g. `sasl_ssl://host:9094/bootstrap: SASL
+        /// authentication error: Authentication failed ... invalid credentials ...`.
+        reason: String,
+        /// librdkafka's error for the request.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+
     /// A loaded row or key does not fit the cache's key or value type.
     #[error("a {what} of {table} does not fit the {what} type: {source}; make the Rust type match the table's columns (see the crate docs for how values are encoded)")]
     Deserialize {
@@ -125,7 +141,10 @@ impl Error {
     /// opposed to a problem with the settings, the table or the types.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::PostgresUnreachable { .. } | Error::Kafka { .. } | Error::Stopped(_) => true,
+            Error::PostgresUnreachable { .. }
+            | Error::Kafka { .. }
+            | Error::KafkaUnreachable { .. }
+            | Error::Stopped(_) => true,
             Error::Postgres { source, .. } => tidemark_core::pg::is_transient(source),
             Error::Config { .. }
             | Error::Table { .. }

@@ -89,7 +89,8 @@ pub(crate) async fn run<K, V>(
             Err(e) => {
                 // Before the cache has served, only a failed Kafka request is retried.
                 let retry = served
-                    || (matches!(e, Error::Kafka { .. }) && failures + 1 < FIRST_START_ATTEMPTS);
+                    || (matches!(e, Error::Kafka { .. } | Error::KafkaUnreachable { .. })
+                        && failures + 1 < FIRST_START_ATTEMPTS);
                 if !retry {
                     error!(table = %config.table, error = %e, "the cache could not start");
                     shared.fail(e);

@@ -14,7 +14,7 @@
 //!
 //! librdkafka's calls here block, so they run on Tokio's blocking pool.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::config::RDKafkaLogLevel;
@@ -28,15 +28,36 @@ use crate::error::{Error, Result};
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Sends librdkafka's own log lines to `tracing`: errors at `warn` (the cache
-/// retries by itself), the rest at `debug`.
-pub(crate) struct LogContext;
+/// retries by itself), the rest at `debug`. Keeps the last error line: a failed
+/// request says only "broker transport failure", the line says why.
+#[derive(Default)]
+pub(crate) struct LogContext {
+    last_error: Mutex<Option<String>>,
+}
+
+impl LogContext {
+    /// librdkafka's last error line, without its thread name.
+    fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
 
 impl ClientContext for LogContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         use RDKafkaLogLevel::*;
         match level {
             Emerg | Alert | Critical | Error => {
-                tracing::warn!(facility = fac, "librdkafka: {log_message}")
+                tracing::warn!(facility = fac, "librdkafka: {log_message}");
+                // "[thrd:sasl_ssl://host:9094/bootstrap]: " names only the thread.
+                let reason = match log_message.split_once("]: ") {
+                    Some((thread, rest)) if thread.starts_with("[thrd:") => rest,
+                    _ => log_message,
+                };
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(reason.to_owned());
             }
             _ => tracing::debug!(facility = fac, "librdkafka: {log_message}"),
         }
@@ -66,7 +87,7 @@ pub(crate) struct Start {
 /// (not a silent jump) when an offset is out of range.
 pub(crate) fn consumer(config: &Config, instance_id: uuid::Uuid) -> Result<Arc<Consumer>> {
     let consumer: Consumer = client_config(config, instance_id)
-        .create_with_context(LogContext)
+        .create_with_context(LogContext::default())
         .map_err(Error::kafka("creating the consumer"))?;
     Ok(Arc::new(consumer))
 }
@@ -108,7 +129,7 @@ where
 pub(crate) async fn partitions(consumer: &Arc<Consumer>, config: &Config) -> Result<i32> {
     let topic = config.topic.clone();
     let brokers = config.kafka.clone();
-    blocking(consumer, move |c| {
+    let result = blocking(consumer, move |c| {
         let md = c
             .fetch_metadata(Some(&topic), REQUEST_TIMEOUT)
             .map_err(Error::kafka("reading the topic's metadata"))?;
@@ -123,7 +144,38 @@ pub(crate) async fn partitions(consumer: &Arc<Consumer>, config: &Config) -> Res
         }
         Ok(n as i32)
     })
-    .await
+    .await;
+    match result {
+        Err(Error::Kafka { during, source }) => {
+            Err(with_broker_error(consumer, during, source).await)
+        }
+        other => other,
+    }
+}
+
+/// A failed request's error, with librdkafka's last broker error when there is one
+/// (why the brokers are unreachable). librdkafka's log lines wait in the consumer's
+/// queue until it is polled: nothing is assigned yet, so a short poll serves them
+/// without consuming a record.
+async fn with_broker_error(
+    consumer: &Arc<Consumer>,
+    during: &'static str,
+    source: rdkafka::error::KafkaError,
+) -> Error {
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        loop {
+            let _ = consumer.recv().await;
+        }
+    })
+    .await;
+    match consumer.context().last_error() {
+        Some(reason) => Error::KafkaUnreachable {
+            during,
+            reason,
+            source,
+        },
+        None => Error::Kafka { during, source },
+    }
 }
 
 /// The start of every partition for a replay from `time_ms`, with the high

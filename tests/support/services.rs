@@ -96,3 +96,40 @@ pub fn as_password_role(url: &str) -> String {
     u.set_password(Some(PASSWORD_ROLE_SECRET)).unwrap();
     u.to_string()
 }
+
+/// Where the tests find the shared broker's SASL_SSL listener (SCRAM-SHA-512 over
+/// TLS; `scripts/dev-stack.sh` opens it on 9094).
+pub fn kafka_sasl_ssl() -> String {
+    std::env::var("TIDEMARK_TEST_KAFKA_SASL_SSL").unwrap_or_else(|_| "127.0.0.1:9094".into())
+}
+
+/// The librdkafka settings of a client of [`kafka_sasl_ssl`]: security protocol, SASL
+/// mechanism, user, password and the development CA, as
+/// `scripts/dev-stack.sh kafka-sasl-ssl-properties` prints them.
+pub fn kafka_sasl_ssl_properties() -> Vec<(String, String)> {
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/dev-stack.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("kafka-sasl-ssl-properties")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} ({e})", script.display()));
+    assert!(
+        out.status.success(),
+        "{} kafka-sasl-ssl-properties failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let properties: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    assert!(
+        properties.iter().any(|(k, _)| k == "sasl.password"),
+        "no SASL settings from {} kafka-sasl-ssl-properties: {properties:?}",
+        script.display()
+    );
+    properties
+}

@@ -117,6 +117,12 @@ pub const QUEUE_MAX_KBYTES: &str = "262144";
 /// topic creation.
 pub fn client_config(config: &Config) -> ClientConfig {
     let mut cc = ClientConfig::new();
+    apply_client_config(&mut cc, config);
+    cc
+}
+
+/// Sets [`client_config`]'s settings on `cc`, over what it already holds.
+fn apply_client_config(cc: &mut ClientConfig, config: &Config) {
     cc.set("bootstrap.servers", &config.kafka);
     // The bytes of records waiting for the broker: the bridge's memory bound while
     // Kafka is slow (librdkafka's default is 1 GiB). Overridable.
@@ -130,6 +136,26 @@ pub fn client_config(config: &Config) -> ClientConfig {
     // topic with its own defaults (one partition, cleanup.policy=delete) before
     // `ensure_topics` creates it as configured, or re-create a deleted one that way.
     cc.set("allow.auto.create.topics", "false");
+}
+
+/// The producer's settings: tuning defaults, then [`client_config`]'s, then the ones
+/// the bridge's guarantees rest on.
+fn producer_config(config: &Config) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    // Defaults that a passthrough property may change.
+    cc.set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "100000")
+        .set("queue.buffering.max.kbytes", "65536");
+    // Not by copying `client_config(..).config_map()`: it shows `sasl.password` and the
+    // other secrets as a placeholder, which would then be sent as the password.
+    apply_client_config(&mut cc, config);
+    cc.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random");
+    // No gaps: see the module doc.
+    cc.set("message.timeout.ms", "0")
+        .set("enable.gapless.guarantee", "true");
     cc
 }
 
@@ -143,27 +169,12 @@ pub struct Sink {
 impl Sink {
     /// Creates the producer; its delivery reports go to `acks`.
     pub fn new(config: &Config, acks: Arc<dyn Acks>) -> Result<Self, BridgeError> {
-        let mut cc = ClientConfig::new();
-        // Defaults that a passthrough property may change.
-        cc.set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            .set("queue.buffering.max.messages", "100000")
-            .set("queue.buffering.max.kbytes", "65536");
-        for (k, v) in client_config(config).config_map() {
-            cc.set(k, v);
-        }
-        cc.set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("partitioner", "murmur2_random");
-        // No gaps: see the module doc.
-        cc.set("message.timeout.ms", "0")
-            .set("enable.gapless.guarantee", "true");
         let acked = Arc::new(Notify::new());
         let context = DeliveryContext {
             acks: acks.clone(),
             acked: acked.clone(),
         };
-        let producer = cc
+        let producer = producer_config(config)
             .create_with_context(context)
             .map_err(BridgeError::kafka("creating the producer"))?;
         Ok(Sink {
@@ -235,5 +246,63 @@ impl Sink {
 impl Drop for Sink {
     fn drop(&mut self) {
         let _ = self.producer.flush(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::config::Cli;
+
+    /// Secrets reach the producer as given: an earlier version copied the settings
+    /// through `ClientConfig::config_map`, which masks them, and the producer sent
+    /// the mask as its SASL password.
+    #[test]
+    fn the_producer_gets_the_passthrough_secrets_unmasked() {
+        let cli = Cli::parse_from([
+            "tidemark-bridge",
+            "--postgres",
+            "postgres://h/db",
+            "--tables",
+            "public.t",
+            "--kafka-property",
+            "sasl.password=s3cret",
+            "--kafka-property",
+            "ssl.key.password=k3y",
+            "--kafka-property",
+            "linger.ms=20",
+        ]);
+        let config = Config::from_cli(cli).expect("valid settings");
+        let cc = producer_config(&config);
+        assert_eq!(cc.get("sasl.password"), Some("s3cret"));
+        assert_eq!(cc.get("ssl.key.password"), Some("k3y"));
+        assert_eq!(
+            cc.get("linger.ms"),
+            Some("20"),
+            "a default may be overridden"
+        );
+        assert_eq!(cc.get("enable.gapless.guarantee"), Some("true"));
+        assert_eq!(cc.get("allow.auto.create.topics"), Some("false"));
+    }
+
+    /// librdkafka is built with OpenSSL, so `security.protocol=SSL` and `SASL_SSL`
+    /// with SCRAM work; without the rdkafka feature `ssl` they fail at start.
+    #[test]
+    fn librdkafka_has_tls_and_sasl_scram() {
+        let config = rdkafka::ClientConfig::new()
+            .create_native_config()
+            .expect("a default librdkafka configuration");
+        let features = config
+            .get("builtin.features")
+            .expect("librdkafka reports builtin.features");
+        let features: Vec<&str> = features.split(',').collect();
+        for wanted in ["ssl", "sasl_scram"] {
+            assert!(
+                features.contains(&wanted),
+                "librdkafka lacks {wanted}; builtin.features = {features:?}"
+            );
+        }
     }
 }

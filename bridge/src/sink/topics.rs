@@ -7,13 +7,23 @@
 //! Apache Kafka, whose default `auto.create.topics.enable=true` would otherwise
 //! create a topic on the first produce with the broker's defaults (one partition,
 //! `cleanup.policy=delete`); brokers that do not create topics on demand need it too.
+//!
+//! A broker that cannot be reached fails the metadata request with a bare "broker
+//! transport failure"; the reason (a refused SASL authentication, a TLS certificate
+//! that does not verify, a refused connection) is librdkafka's last broker error,
+//! which the error then carries.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer as _, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
 use tracing::info;
 
 use crate::config::Config;
@@ -22,11 +32,102 @@ use crate::sink::producer::client_config;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Remembers librdkafka's last broker error (its text names the broker and the
+/// reason), for the error of a failed metadata request.
+#[derive(Default)]
+pub struct BrokerErrors {
+    last: Mutex<Option<String>>,
+}
+
+impl BrokerErrors {
+    /// The last broker error librdkafka reported, if any.
+    pub fn last(&self) -> Option<String> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn record(&self, reason: &str) {
+        // Without librdkafka's thread name: "[thrd:sasl_ssl://host:9094/bootstrap]: ".
+        let reason = match reason.split_once("]: ") {
+            Some((thread, rest)) if thread.starts_with("[thrd:") => rest,
+            _ => reason,
+        };
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+    }
+}
+
+/// librdkafka's log goes to `debug`: its errors (a broker connection that failed, and
+/// why) reach the bridge's own error instead.
+impl ClientContext for BrokerErrors {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        tracing::debug!(facility = fac, "librdkafka: {log_message}");
+        use RDKafkaLogLevel::*;
+        if matches!(level, Emerg | Alert | Critical | Error) {
+            self.record(log_message);
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(error = %error, reason, "librdkafka error");
+        // "1/1 brokers are down" follows the error that says why.
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.record(reason);
+        }
+    }
+}
+
+/// The metadata client never produces; delivery reports cannot occur.
+impl ProducerContext for BrokerErrors {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
+/// A client for metadata requests whose failures say why the brokers are unreachable.
+struct MetadataClient {
+    client: BaseProducer<BrokerErrors>,
+    brokers: String,
+}
+
+impl MetadataClient {
+    fn new(config: &Config) -> Result<Self, BridgeError> {
+        let client = client_config(config)
+            .create_with_context(BrokerErrors::default())
+            .map_err(BridgeError::kafka("creating the metadata client"))?;
+        Ok(MetadataClient {
+            client,
+            brokers: config.kafka.clone(),
+        })
+    }
+
+    /// The partition count of `topic`; 0 when it does not exist.
+    fn partitions(&self, topic: &str, doing: &str) -> Result<usize, BridgeError> {
+        let md = self
+            .client
+            .client()
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            .map_err(|e| {
+                // Serves the queued error events, which record the reason.
+                self.client.poll(Duration::ZERO);
+                let context = match self.client.context().last() {
+                    Some(reason) => format!(
+                        "{doing} at {} (last broker error: {reason}; check the brokers and the security.protocol, sasl.* and ssl.* Kafka properties)",
+                        self.brokers
+                    ),
+                    None => format!("{doing} at {}", self.brokers),
+                };
+                BridgeError::kafka(context)(e)
+            })?;
+        Ok(md
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len()))
+    }
+}
+
 /// Creates missing topics and returns each topic's partition count.
 pub async fn ensure_topics(config: &Config) -> Result<HashMap<String, i32>, BridgeError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(config)
-        .create()
-        .map_err(BridgeError::kafka("creating the admin client"))?;
+    let metadata = MetadataClient::new(config)?;
     let names: Vec<String> = config
         .tables
         .iter()
@@ -36,19 +137,7 @@ pub async fn ensure_topics(config: &Config) -> Result<HashMap<String, i32>, Brid
     // on clusters with many topics.
     let mut existing: HashMap<&str, usize> = HashMap::new();
     for name in &names {
-        let md = admin
-            .inner()
-            .fetch_metadata(Some(name), METADATA_TIMEOUT)
-            .map_err(BridgeError::kafka(format!(
-                "reaching the brokers at {}",
-                config.kafka
-            )))?;
-        let count = md
-            .topics()
-            .first()
-            .filter(|t| t.error().is_none())
-            .map_or(0, |t| t.partitions().len());
-        existing.insert(name, count);
+        existing.insert(name, metadata.partitions(name, "reaching the brokers")?);
     }
     let lag = config.min_compaction_lag_ms.to_string();
     let new: Vec<NewTopic<'_>> = names
@@ -69,6 +158,9 @@ pub async fn ensure_topics(config: &Config) -> Result<HashMap<String, i32>, Brid
         })
         .collect();
     if !new.is_empty() {
+        let admin: AdminClient<DefaultClientContext> = client_config(config)
+            .create()
+            .map_err(BridgeError::kafka("creating the admin client"))?;
         let opts = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
         let results = admin
             .create_topics(&new, &opts)
@@ -88,11 +180,7 @@ pub async fn ensure_topics(config: &Config) -> Result<HashMap<String, i32>, Brid
     }
     let mut partitions = HashMap::new();
     for name in names {
-        let md = admin
-            .inner()
-            .fetch_metadata(Some(&name), METADATA_TIMEOUT)
-            .map_err(BridgeError::kafka(format!("reading metadata of {name}")))?;
-        let count = md.topics().first().map_or(0, |t| t.partitions().len());
+        let count = metadata.partitions(&name, &format!("reading metadata of {name}"))?;
         if count == 0 {
             return Err(BridgeError::Kafka {
                 context: format!("topic {name} has no partitions after creation"),
