@@ -110,9 +110,6 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
-/// Default `queue.buffering.max.kbytes`: 256 MiB of records waiting for the broker.
-pub const QUEUE_MAX_KBYTES: &str = "262144";
-
 /// The base librdkafka settings: brokers, the passthrough properties, and no automatic
 /// topic creation.
 pub fn client_config(config: &Config) -> ClientConfig {
@@ -124,9 +121,6 @@ pub fn client_config(config: &Config) -> ClientConfig {
 /// Sets [`client_config`]'s settings on `cc`, over what it already holds.
 fn apply_client_config(cc: &mut ClientConfig, config: &Config) {
     cc.set("bootstrap.servers", &config.kafka);
-    // The bytes of records waiting for the broker: the bridge's memory bound while
-    // Kafka is slow (librdkafka's default is 1 GiB). Overridable.
-    cc.set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES);
     for (k, v) in &config.kafka_properties {
         cc.set(k, v);
     }
@@ -142,7 +136,9 @@ fn apply_client_config(cc: &mut ClientConfig, config: &Config) {
 /// the bridge's guarantees rest on.
 fn producer_config(config: &Config) -> ClientConfig {
     let mut cc = ClientConfig::new();
-    // Defaults that a passthrough property may change.
+    // Defaults that a passthrough property may change. `queue.buffering.max.kbytes`
+    // bounds the bytes of records waiting for the broker, the bridge's memory while
+    // Kafka is slow (librdkafka's default is 1 GiB).
     cc.set("linger.ms", "5")
         .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "100000")

@@ -19,7 +19,7 @@ use crate::error::BridgeError;
 
 /// Events the library reads ahead of the pipeline. The pipeline's own memory is
 /// bounded in bytes by librdkafka's queue (`queue.buffering.max.kbytes`, see
-/// `sink::producer`); this channel adds at most this many rows, instead of the
+/// `sink::producer`, 64 MiB); this channel adds at most this many rows, instead of the
 /// library's default of 8192, which with rows of a megabyte would be gigabytes.
 const REPLICATION_BUFFER_EVENTS: usize = 64;
 
