@@ -7,7 +7,9 @@
 //! ```
 //!
 //! With `--follow 0` it prints as soon as the cache is ready. Logs go to stderr, so
-//! stdout can be compared with the table directly.
+//! stdout can be compared with the table directly. It exits within `--follow` plus
+//! `--startup-timeout` seconds (and the time to print): with status 1 and the step that
+//! did not finish when the cache is not ready in time.
 
 use std::cmp::Ordering;
 use std::io::Write;
@@ -48,6 +50,10 @@ struct Args {
     /// Seconds replayed before the snapshot time.
     #[arg(long)]
     safety_window: Option<u64>,
+    /// Seconds the cache may take to be ready; past them dump exits with status 1 and
+    /// names the step that did not finish.
+    #[arg(long, default_value_t = tidemark_client::DEFAULT_STARTUP_TIMEOUT.as_secs())]
+    startup_timeout: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -57,7 +63,17 @@ enum StrategyArg {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dump: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     tidemark_examples::init_logging("warn");
     let args = Args::parse();
     let strategy = match (args.strategy, args.ts_column) {
@@ -79,13 +95,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(secs) = args.safety_window {
         builder = builder.safety_window(Duration::from_secs(secs));
     }
-    let cache = builder.build().await?;
+    let cache = builder
+        .startup_timeout(Duration::from_secs(args.startup_timeout))
+        .build()
+        .await?;
     if args.follow > 0 {
         tokio::time::sleep(Duration::from_secs(args.follow)).await;
     }
     let mut rows = cache.entries();
     let stats = cache.stats();
-    cache.shutdown().await;
+    if tokio::time::timeout(Duration::from_secs(10), cache.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!("dump: the cache did not stop within 10 s; printing anyway");
+    }
     rows.sort_by(|a, b| compare_keys(&a.0, &b.0));
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (key, value) in rows {

@@ -15,6 +15,7 @@ mod bridge_wire;
 mod client_commit_visibility;
 mod client_compaction;
 mod client_copy;
+mod client_deadlines;
 mod client_race;
 mod client_robust;
 mod client_schema;

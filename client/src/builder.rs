@@ -18,8 +18,8 @@ use tidemark_core::wire::TableName;
 
 use crate::cache::Cache;
 use crate::config::{
-    Config, Strategy, DEFAULT_CHANNEL_CAPACITY, DEFAULT_SAFETY_WINDOW, DEFAULT_TOPIC_PREFIX,
-    MAX_SAFETY_WINDOW, TYPED_CONSUMER_PROPERTIES,
+    Config, Strategy, DEFAULT_CHANNEL_CAPACITY, DEFAULT_SAFETY_WINDOW, DEFAULT_STARTUP_TIMEOUT,
+    DEFAULT_TOPIC_PREFIX, MAX_SAFETY_WINDOW, TYPED_CONSUMER_PROPERTIES,
 };
 use crate::error::{Error, Result};
 use crate::state::{Shared, TaskGuard};
@@ -50,6 +50,7 @@ pub struct Builder<K, V> {
     topic_prefix: String,
     strategy: Strategy,
     safety_window: Duration,
+    startup_timeout: Duration,
     owner_column: Option<String>,
     channel_capacity: usize,
     xid_filter: bool,
@@ -86,6 +87,7 @@ impl<K, V> Builder<K, V> {
             topic_prefix: DEFAULT_TOPIC_PREFIX.into(),
             strategy: Strategy::default(),
             safety_window: DEFAULT_SAFETY_WINDOW,
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             owner_column: None,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             xid_filter: true,
@@ -287,11 +289,32 @@ where
         })
     }
 
-    /// Starts the cache and returns once it is warm and caught up.
+    /// How long [`Builder::build`] waits for the cache to be warm and caught up before
+    /// it stops the cache and returns [`Error::StartupTimeout`], which names the step
+    /// that did not finish. Default [`DEFAULT_STARTUP_TIMEOUT`]; raise it for tables
+    /// that take longer to copy.
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// Starts the cache and returns once it is warm and caught up, or with
+    /// [`Error::StartupTimeout`] after the startup timeout.
     pub async fn build(self) -> Result<Cache<K, V>> {
+        let timeout = self.startup_timeout;
         let cache = self.start()?;
-        cache.ready().await?;
-        Ok(cache)
+        match tokio::time::timeout(timeout, cache.ready()).await {
+            Ok(ready) => ready.map(|()| cache),
+            Err(_) => {
+                let error = Error::StartupTimeout {
+                    table: cache.table().to_owned(),
+                    after: timeout,
+                    step: cache.shared.step(),
+                };
+                cache.shutdown().await;
+                Err(error)
+            }
+        }
     }
 }
 

@@ -11,6 +11,10 @@ use tidemark_core::wire::TableName;
 /// covers commit times that are out of order with commit positions by a little.
 pub const DEFAULT_SAFETY_WINDOW: Duration = Duration::from_secs(10);
 
+/// How long [`crate::Builder::build`] waits for a cache to be ready by default: ten
+/// minutes, several times what copying a table of tens of millions of rows takes.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// The longest safety window a builder accepts.
 pub const MAX_SAFETY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 

@@ -123,6 +123,18 @@ pub enum Error {
         problem: String,
     },
 
+    /// The cache was not ready within the startup timeout
+    /// ([`crate::Builder::startup_timeout`]); names the step it was still in.
+    #[error("table {table}: the cache was not ready after {after:?}; it was still {step}. Raise Builder::startup_timeout for a large table, or see the log for why this step waits")]
+    StartupTimeout {
+        /// `schema.table`.
+        table: String,
+        /// The timeout.
+        after: std::time::Duration,
+        /// What the warm start was doing.
+        step: &'static str,
+    },
+
     /// The cache stopped (shut down, or its task ended) before it became ready.
     #[error("the cache stopped before it was ready: {0}")]
     Stopped(String),
@@ -144,6 +156,7 @@ impl Error {
             Error::PostgresUnreachable { .. }
             | Error::Kafka { .. }
             | Error::KafkaUnreachable { .. }
+            | Error::StartupTimeout { .. }
             | Error::Stopped(_) => true,
             Error::Postgres { source, .. } => tidemark_core::pg::is_transient(source),
             Error::Config { .. }

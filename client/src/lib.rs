@@ -81,8 +81,8 @@ mod ts;
 pub use builder::Builder;
 pub use cache::{Cache, Stats};
 pub use config::{
-    Strategy, DEFAULT_CHANNEL_CAPACITY, DEFAULT_SAFETY_WINDOW, DEFAULT_TOPIC_PREFIX,
-    TYPED_CONSUMER_PROPERTIES,
+    Strategy, DEFAULT_CHANNEL_CAPACITY, DEFAULT_SAFETY_WINDOW, DEFAULT_STARTUP_TIMEOUT,
+    DEFAULT_TOPIC_PREFIX, TYPED_CONSUMER_PROPERTIES,
 };
 pub use error::{Error, Result};
 pub use state::{Change, Origin, PartitionPosition};

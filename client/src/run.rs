@@ -119,13 +119,16 @@ where
     V: serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let started = Instant::now();
+    shared.set_step("connecting to PostgreSQL");
     let mut pg = load::connect(config).await?;
     let ts_column = match &config.strategy {
         Strategy::Snapshot => None,
         Strategy::Watermark { ts_column } => Some(ts_column.clone()),
     };
+    shared.set_step("reading the topic's metadata from Kafka");
     let consumer = seek::consumer(config, shared.instance_id)?;
     let partitions = seek::partitions(&consumer, config).await?;
+    shared.set_step("loading the table from PostgreSQL (waiting for its lock, or copying)");
     let applier_for = |table: &TableInfo| {
         for (setting, col) in [
             ("owner_column", &config.owner_column),
@@ -183,6 +186,7 @@ where
             .min(loaded.snapshot_ms)
             .min(loaded.running_since_ms),
     } - window;
+    shared.set_step("finding the replay's start offsets in Kafka");
     let starts = seek::seek(&consumer, &config.topic, partitions, seek_ms).await?;
     if let Some(col) = &ts_column {
         load::requery(
@@ -196,6 +200,9 @@ where
         .await?;
     }
     seek::assign(&consumer, &config.topic, &starts)?;
+    shared.set_step(
+        "catching up with the topic (reading Kafka up to the offsets it had at the start)",
+    );
     let replay: i64 = starts.iter().map(|s| s.high - s.offset).sum();
     info!(
         table = %table.name,

@@ -114,11 +114,23 @@ pub(crate) struct Shared<K, V> {
     pub status: watch::Sender<Status>,
     /// The error that ended the start, for the first caller of `ready()`.
     pub failure: Mutex<Option<Error>>,
+    /// What the current warm start is doing, for a start that does not finish in time.
+    pub step: Mutex<&'static str>,
     pub table: String,
     pub topic: String,
 }
 
 impl<K: Hash + Eq + Clone, V> Shared<K, V> {
+    /// Records what the warm start is doing now.
+    pub fn set_step(&self, step: &'static str) {
+        *self.step.lock().unwrap_or_else(|p| p.into_inner()) = step;
+    }
+
+    /// What the warm start is doing now.
+    pub fn step(&self) -> &'static str {
+        *self.step.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn new(instance_id: Uuid, table: String, topic: String, capacity: usize) -> Self {
         Shared {
             map: DashMap::new(),
@@ -131,6 +143,7 @@ impl<K: Hash + Eq + Clone, V> Shared<K, V> {
             instance_id,
             status: watch::channel(Status::Starting).0,
             failure: Mutex::new(None),
+            step: Mutex::new("starting"),
             table,
             topic,
         }
