@@ -38,15 +38,16 @@ async fn a_start_that_cannot_finish_ends_at_its_deadline_naming_the_step() {
     let brokers = format!("127.0.0.1:{BLACKHOLE_PORT}");
 
     // The library: build() returns StartupTimeout with the step.
-    let err = Cache::<Row, Row>::builder()
+    let built = Cache::<Row, Row>::builder()
         .postgres(pg_url())
         .kafka(brokers.clone())
         .table(format!("public.{table}"))
         .startup_timeout(Duration::from_secs(5))
         .build()
-        .await
-        .err()
-        .expect("a cache without a broker is not ready");
+        .await;
+    let Err(err) = built else {
+        panic!("a cache without a broker is not ready");
+    };
     match &err {
         Error::StartupTimeout { step, after, .. } => {
             assert_eq!(*after, Duration::from_secs(5));
