@@ -7,6 +7,7 @@ mod support;
 mod bridge_crash;
 mod bridge_keys;
 mod bridge_ops;
+mod bridge_refusals;
 mod bridge_secrets;
 mod bridge_setup;
 mod bridge_stream;

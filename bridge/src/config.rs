@@ -23,6 +23,7 @@ use tidemark_core::pg::{ConnectOptions, SettingsError};
 use tidemark_core::secrets::{redact_url, shown_properties};
 
 use crate::error::BridgeError;
+pub use crate::sink::producer::Oversized;
 
 /// Producer properties the bridge sets itself, because its guarantees depend on them.
 pub const TYPED_PRODUCER_PROPERTIES: &[&str] = &[
@@ -111,6 +112,9 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub kafka_properties: Vec<String>,
+    /// What to do with a record larger than its topic's max.message.bytes: stop (with the table, key, LSN and size) or skip (leave it out, log it and count it in tidemark_skipped_records_total) [default: stop].
+    #[arg(long, env = "TIDEMARK_OVERSIZED_RECORDS", value_enum)]
+    pub oversized_records: Option<Oversized>,
     /// A setting of the topics the bridge creates, key=value; repeatable (e.g. min.insync.replicas=2, retention.ms). cleanup.policy and min.compaction.lag.ms are the bridge's own.
     #[arg(
         long = "topic-config",
@@ -139,6 +143,7 @@ struct FileConfig {
     kafka_properties: BTreeMap<String, String>,
     #[serde(default)]
     topic_config: BTreeMap<String, String>,
+    oversized_records: Option<Oversized>,
 }
 
 /// A PostgreSQL URL, and a password given apart from it, whose `Debug` and `Display`
@@ -216,6 +221,8 @@ pub struct Config {
     pub kafka_properties: BTreeMap<String, String>,
     /// Extra settings of the topics the bridge creates.
     pub topic_config: BTreeMap<String, String>,
+    /// What to do with a record larger than its topic accepts.
+    pub oversized_records: Oversized,
 }
 
 impl std::fmt::Debug for Config {
@@ -240,6 +247,7 @@ impl std::fmt::Debug for Config {
                 ),
             )
             .field("topic_config", &self.topic_config)
+            .field("oversized_records", &self.oversized_records)
             .finish()
     }
 }
@@ -393,6 +401,10 @@ impl Config {
             http: cli.http.or(file.http),
             kafka_properties,
             topic_config,
+            oversized_records: cli
+                .oversized_records
+                .or(file.oversized_records)
+                .unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)

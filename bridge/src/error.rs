@@ -57,6 +57,22 @@ pub enum BridgeError {
         /// The count now.
         to: i32,
     },
+    /// A record is larger than its topic accepts, and `--oversized-records` is `stop`.
+    #[error("table {table}: the change at LSN {lsn} to key {key} is {size} bytes, over the {limit} that topic {topic} accepts; fix: raise the topic's max.message.bytes (and the producer's message.max.bytes with --kafka-property), or start the bridge with --oversized-records skip to leave such records out and count them")]
+    RecordTooLarge {
+        /// `schema.table`.
+        table: String,
+        /// The topic.
+        topic: String,
+        /// The record's key (JSON, cut at 200 characters).
+        key: String,
+        /// The change's WAL position, as a number.
+        lsn: u64,
+        /// The record's size in bytes.
+        size: usize,
+        /// The limit it is over.
+        limit: String,
+    },
     /// Kafka failed: unreachable, refused a topic, or failed a delivery.
     #[error("kafka: {context}: {source}")]
     Kafka {
@@ -66,6 +82,35 @@ pub enum BridgeError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+}
+
+/// Whether Kafka refused for a reason that retrying cannot change: a record too
+/// large, missing authorisation, failed authentication, an invalid topic or setting,
+/// or a policy the broker enforces. Anything else (timeouts, leader changes, a broker
+/// going away) is retried.
+pub fn is_definite_kafka_error(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::MessageBatchTooLarge
+                | C::InvalidRecord
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::TransactionalIdAuthorizationFailed
+                | C::SaslAuthenticationFailed
+                | C::Authentication
+                | C::InvalidTopic
+                | C::InvalidReplicationFactor
+                | C::InvalidPartitions
+                | C::InvalidConfig
+                | C::PolicyViolation
+                | C::InvalidRequiredAcks
+                | C::UnsupportedVersion
+                | C::UnsupportedForMessageFormat
+        )
+    )
 }
 
 impl BridgeError {
@@ -80,21 +125,24 @@ impl BridgeError {
             BridgeError::Delivery(_) => "delivery",
             BridgeError::Kafka { .. } => "kafka",
             BridgeError::PartitionsChanged { .. } => "partitions",
+            BridgeError::RecordTooLarge { .. } => "record_too_large",
         }
     }
 
     /// Whether retrying (with a new session) can fix it.
     pub fn is_transient(&self) -> bool {
         match self {
-            BridgeError::Config { .. } | BridgeError::Setup { .. } | BridgeError::Decode(_) => {
-                false
-            }
+            BridgeError::Config { .. }
+            | BridgeError::Setup { .. }
+            | BridgeError::Decode(_)
+            | BridgeError::RecordTooLarge { .. } => false,
             // A slot still held by a dying walsender, a restarting server: all pass.
             BridgeError::Replication(_) => true,
             BridgeError::Postgres { source, .. } => tidemark_core::pg::is_transient(source),
-            BridgeError::Kafka { .. }
-            | BridgeError::Delivery(_)
-            | BridgeError::PartitionsChanged { .. } => true,
+            BridgeError::Kafka { source, .. } | BridgeError::Delivery(source) => {
+                !is_definite_kafka_error(source)
+            }
+            BridgeError::PartitionsChanged { .. } => true,
         }
     }
 
@@ -110,5 +158,32 @@ impl BridgeError {
     ) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
         let context = context.into();
         move |source| BridgeError::Kafka { context, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode as C;
+
+    #[test]
+    fn kafka_errors_are_sorted_by_code() {
+        for definite in [
+            C::MessageSizeTooLarge,
+            C::TopicAuthorizationFailed,
+            C::InvalidTopic,
+        ] {
+            let e = BridgeError::Delivery(KafkaError::MessageProduction(definite));
+            assert!(!e.is_transient(), "{definite:?} is definite");
+        }
+        for transient in [
+            C::RequestTimedOut,
+            C::NotLeaderForPartition,
+            C::BrokerTransportFailure,
+        ] {
+            let e = BridgeError::Delivery(KafkaError::MessageProduction(transient));
+            assert!(e.is_transient(), "{transient:?} is retried");
+        }
     }
 }

@@ -44,6 +44,9 @@ pub const ACK_LATENCY: &str = "tidemark_ack_latency_seconds";
 pub const RECONNECTS: &str = "tidemark_reconnects_total";
 /// Errors, labelled by `kind`.
 pub const ERRORS: &str = "tidemark_errors_total";
+/// Records left out of their topic (`--oversized-records skip`), labelled by `table`
+/// and `reason`.
+pub const SKIPPED_RECORDS: &str = "tidemark_skipped_records_total";
 /// Values the codec could not read and wrote as their text, labelled by `table`.
 pub const UNDECODABLE_VALUES: &str = "tidemark_undecodable_values_total";
 
@@ -161,6 +164,10 @@ fn describe() {
         "Replication sessions restarted after a transient error."
     );
     describe_counter!(ERRORS, "Errors by kind.");
+    describe_counter!(
+        SKIPPED_RECORDS,
+        "Records left out of their topic because Kafka would not take them (--oversized-records skip), by table and reason."
+    );
     describe_counter!(
         UNDECODABLE_VALUES,
         "Values the codec could not read, written as their PostgreSQL text, by table."

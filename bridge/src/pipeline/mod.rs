@@ -152,6 +152,7 @@ async fn mark_new_slot(
                     tidemark_core::wire::envelope::SLOT_MARKER_HEADER,
                     value.clone(),
                 )),
+                lsn,
             };
             sink.send(txn, &record).await?;
         }
@@ -294,7 +295,8 @@ pub async fn run_session(
         .await?
         .unwrap_or(0);
     let frontier = Arc::new(Mutex::new(Frontier::new(start)));
-    let sink = Sink::new(config, frontier.clone())?;
+    let limits = topics::record_limits(config, partitions.keys()).await;
+    let sink = Sink::new(config, frontier.clone(), limits)?;
     let _stall_watch = AbortOnDrop(tokio::spawn(watch_stalls(frontier.clone())));
     let mut tables = Tables::new(
         config.tables.clone(),

@@ -423,6 +423,7 @@ impl Writer<'_> {
             table: self.t.label.clone(),
             op: None,
             header: None,
+            lsn: self.lsn,
         }
     }
 

@@ -20,6 +20,7 @@
 //! replays from the slot with a new producer). Neither can be set through a
 //! passthrough property.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +54,34 @@ pub struct Record {
     /// ([`TOMBSTONE_HEADER`](tidemark_core::wire::envelope::TOMBSTONE_HEADER)) or a
     /// slot marker's ([`SLOT_MARKER_HEADER`](tidemark_core::wire::envelope::SLOT_MARKER_HEADER)).
     pub header: Option<(&'static str, Vec<u8>)>,
+    /// The WAL position of the change, for messages.
+    pub lsn: u64,
+}
+
+impl Record {
+    /// The record's size as Kafka counts it against `max.message.bytes`, uncompressed
+    /// (as librdkafka checks its own `message.max.bytes`): key, value and header, plus
+    /// the record and batch framing.
+    pub fn size(&self) -> usize {
+        const FRAMING: usize = 128;
+        self.key.len()
+            + self.value.as_ref().map_or(0, Vec::len)
+            + self.header.as_ref().map_or(0, |(k, v)| k.len() + v.len())
+            + FRAMING
+    }
+}
+
+/// What the bridge does with a record larger than its topic accepts
+/// (`--oversized-records`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Oversized {
+    /// Stop with an error that names the table, key, LSN, size and the fix.
+    #[default]
+    Stop,
+    /// Leave the record out of the topic, log it with the same details and count it in
+    /// `tidemark_skipped_records_total`.
+    Skip,
 }
 
 /// Where the sink reports what it produced and what Kafka answered for each record:
@@ -102,6 +131,28 @@ impl ProducerContext for DeliveryContext {
             if let Some(commit_ms) = rdkafka::Message::timestamp(msg).to_millis() {
                 let seconds = (crate::telemetry::now_ms() - commit_ms).max(0) as f64 / 1000.0;
                 metrics::histogram!(crate::telemetry::ACK_LATENCY).record(seconds);
+            }
+        }
+        if let Err((e, msg)) = result {
+            if crate::error::is_definite_kafka_error(e) {
+                use rdkafka::Message as _;
+                let key: String = msg
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).chars().take(200).collect())
+                    .unwrap_or_default();
+                let lsn = msg
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+                    .and_then(|v| v["source"]["lsn"].as_u64())
+                    .map(|l| pgwire_replication::Lsn(l).to_string());
+                tracing::error!(
+                    topic = msg.topic(),
+                    key,
+                    lsn,
+                    size = msg.payload_len() + msg.key().map_or(0, <[u8]>::len),
+                    error = %e,
+                    "Kafka refused a record for good; the session stops (see docs/operations.md)"
+                );
             }
         }
         let outcome = result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone());
@@ -160,11 +211,18 @@ pub struct Sink {
     producer: ThreadedProducer<DeliveryContext>,
     acks: Arc<dyn Acks>,
     acked: Arc<Notify>,
+    /// Each topic's `max.message.bytes`, where the broker told it.
+    limits: HashMap<String, usize>,
+    oversized: Oversized,
 }
 
 impl Sink {
     /// Creates the producer; its delivery reports go to `acks`.
-    pub fn new(config: &Config, acks: Arc<dyn Acks>) -> Result<Self, BridgeError> {
+    pub fn new(
+        config: &Config,
+        acks: Arc<dyn Acks>,
+        limits: HashMap<String, usize>,
+    ) -> Result<Self, BridgeError> {
         let acked = Arc::new(Notify::new());
         let context = DeliveryContext {
             acks: acks.clone(),
@@ -177,11 +235,53 @@ impl Sink {
             producer,
             acks,
             acked,
+            limits,
+            oversized: config.oversized_records,
         })
+    }
+
+    /// A record larger than its topic takes: stop, or skip and count it.
+    fn oversized(&self, record: &Record, limit: Option<usize>) -> Result<(), BridgeError> {
+        let key: String = String::from_utf8_lossy(&record.key)
+            .chars()
+            .take(200)
+            .collect();
+        let limit = limit.map_or("the producer's message.max.bytes".to_owned(), |l| {
+            format!("{l} bytes")
+        });
+        match self.oversized {
+            Oversized::Stop => Err(BridgeError::RecordTooLarge {
+                table: record.table.to_string(),
+                topic: record.topic.to_string(),
+                key,
+                lsn: record.lsn,
+                size: record.size(),
+                limit,
+            }),
+            Oversized::Skip => {
+                metrics::counter!(crate::telemetry::SKIPPED_RECORDS, "table" => record.table.to_string(), "reason" => "too_large")
+                    .increment(1);
+                tracing::error!(
+                    table = %record.table,
+                    topic = %record.topic,
+                    key,
+                    lsn = %pgwire_replication::Lsn(record.lsn),
+                    size = record.size(),
+                    limit,
+                    "record skipped: larger than the topic accepts (--oversized-records skip)"
+                );
+                Ok(())
+            }
+        }
     }
 
     /// Produces one record of transaction `txn`, waiting while the queue is full.
     pub async fn send(&self, txn: u64, record: &Record) -> Result<(), BridgeError> {
+        if let Some(&limit) = self.limits.get(&*record.topic) {
+            if record.size() > limit {
+                return self.oversized(record, Some(limit));
+            }
+        }
         self.acks.produced(txn);
         loop {
             let mut r = BaseRecord::with_opaque_to(&record.topic, txn as usize)
@@ -207,6 +307,11 @@ impl Sink {
                     }
                     let _ = tokio::time::timeout(Duration::from_millis(100), self.acked.notified())
                         .await;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                    // librdkafka refused it before sending: nothing is in flight.
+                    self.acks.delivered(txn, Ok(()));
+                    return self.oversized(record, None);
                 }
                 Err((e, _)) => {
                     self.acks.delivered(txn, Err(e.clone()));

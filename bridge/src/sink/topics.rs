@@ -17,14 +17,17 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, DeliveryResult, Producer as _, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::BridgeError;
@@ -123,6 +126,55 @@ impl MetadataClient {
             .filter(|t| t.error().is_none())
             .map_or(0, |t| t.partitions().len()))
     }
+}
+
+/// Each topic's `max.message.bytes` (its own setting or the broker's default), the
+/// largest record batch the broker accepts for it. Empty, with a warning, when the
+/// broker does not answer or the bridge may not describe the topic's settings: then
+/// only librdkafka's own `message.max.bytes` check applies.
+pub async fn record_limits<'a>(
+    config: &Config,
+    topics: impl Iterator<Item = &'a String>,
+) -> HashMap<String, usize> {
+    let specs: Vec<String> = topics.cloned().collect();
+    let described = async {
+        let admin: AdminClient<DefaultClientContext> =
+            client_config(config).create().map_err(|e| e.to_string())?;
+        let resources: Vec<ResourceSpecifier<'_>> =
+            specs.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+        let opts = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+        admin
+            .describe_configs(&resources, &opts)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let results = match described.await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "cannot read the topics' max.message.bytes; records over it fail at delivery");
+            return HashMap::new();
+        }
+    };
+    let mut limits = HashMap::new();
+    for result in results {
+        match result {
+            Ok(resource) => {
+                let limit = resource
+                    .get("max.message.bytes")
+                    .and_then(|e| e.value.as_deref())
+                    .and_then(|v| v.parse().ok());
+                if let (OwnedResourceSpecifier::Topic(topic), Some(limit)) =
+                    (&resource.specifier, limit)
+                {
+                    limits.insert(topic.clone(), limit);
+                }
+            }
+            Err(code) => {
+                warn!(error = %code, "cannot read a topic's max.message.bytes; records over it fail at delivery")
+            }
+        }
+    }
+    limits
 }
 
 /// Creates missing topics and returns each topic's partition count.

@@ -149,6 +149,7 @@ mod tests {
             http: None,
             kafka_properties: Default::default(),
             topic_config: Default::default(),
+            oversized_records: Default::default(),
         };
         let c = replication_config(&config.postgres, &config).unwrap();
         assert_eq!(

@@ -1,0 +1,93 @@
+//! Records Kafka will not take. A change larger than its topic's `max.message.bytes`
+//! stops the bridge with the table, key, LSN, size and fix, or, with
+//! `--oversized-records skip`, is left out, logged and counted while later changes
+//! flow. Either way nothing is retried forever in silence.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::*;
+
+/// Starts a bridge on a new table whose topic takes records of at most 20,000 bytes,
+/// writes a small row, a 50,000-byte row and another small row.
+async fn write_an_oversized_row(name: &str, extra: &[&str]) -> (Bridge, BridgeArgs, String) {
+    let pg = pg().await;
+    let table = format!("{name}_t");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, v text NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    let mut args = BridgeArgs::new(name, &[&format!("public.{table}")]);
+    args.extra = ["--topic-config", "max.message.bytes=20000"]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+    let (bridge, args) = start_bridge_with(args).await;
+    pg.batch_execute(&format!(
+        "INSERT INTO {table} VALUES (1, 'small');
+         INSERT INTO {table} VALUES (2, repeat('x', 50000));
+         INSERT INTO {table} VALUES (3, 'small again');"
+    ))
+    .await
+    .unwrap();
+    (bridge, args, table)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_over_the_topics_limit_stops_the_bridge_with_the_fix() {
+    let name = unique("oversize");
+    let (mut bridge, args, table) = write_an_oversized_row(&name, &[]).await;
+    let status = bridge.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "a refused record stops the bridge");
+    let log = bridge.log_text();
+    for part in [
+        format!("table public.{table}"),
+        "{\"id\":2}".to_string(),
+        "LSN".to_string(),
+        "over the 20000 bytes".to_string(),
+        "--oversized-records skip".to_string(),
+    ] {
+        assert!(log.contains(&part), "the message names {part}:\n{log}");
+    }
+    // The change before it is in the topic; nothing after it is.
+    let recs = read_topic(&args.kafka, &args.topic(&format!("public.{table}")));
+    let keys: Vec<_> = recs.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(keys, vec![json!({"id": 1})]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_skip_a_record_over_the_limit_is_counted_and_later_changes_flow() {
+    let name = unique("oversize_skip");
+    let http = "127.0.0.1:19183";
+    let (mut bridge, args, table) =
+        write_an_oversized_row(&name, &["--oversized-records", "skip", "--http", http]).await;
+    let topic = args.topic(&format!("public.{table}"));
+    let recs = wait_for_records(&args.kafka, &topic, 2, Duration::from_secs(60)).await;
+    let keys: Vec<_> = recs.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(keys, vec![json!({"id": 1}), json!({"id": 3})]);
+    let label = format!("table=\"public.{table}\"");
+    wait_for(
+        Duration::from_secs(30),
+        "the skipped record counted",
+        || async {
+            let (_, text) = http_get(http, "/metrics").await?;
+            (metric_value(&text, "tidemark_skipped_records_total", &[&label]) == Some(1.0))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        bridge.child.try_wait().unwrap().is_none(),
+        "the bridge runs on"
+    );
+    let log = bridge.log_text();
+    // Logged with the key (a field, so its quotes are escaped) and the size.
+    assert!(
+        log.contains("record skipped") && log.contains(r#"\"id\":2"#) && log.contains("size"),
+        "{log}"
+    );
+    bridge.sigterm(Duration::from_secs(30));
+}
