@@ -380,6 +380,10 @@ case "${1:-up}" in
   up) ensure_build_deps; ensure_postgres; broker_start ;;
   build-deps) ensure_build_deps ;;
   broker-start) broker_start ;;
+  postgres-restart) # a restart under load, as a fault for tests
+    # shellcheck disable=SC2046
+    as_root pg_ctlcluster --skip-systemctl-redirect $(pg_cluster) restart
+    wait_for 30 "PostgreSQL" pg_up ;;
   broker-stop) broker_stop ;;
   broker-reset) broker_stop; rm -rf "$BROKER_DIR/data" "$BROKER_DIR/kafka.log" "$BROKER_DIR/kafka.out" "$BROKER_DIR/scram-user"; broker_start ;;
   kafka-sasl-ssl-properties) ensure_kafka_tls; cat "$TLS_DIR/client.properties" ;;
@@ -399,5 +403,5 @@ case "${1:-up}" in
     else
       echo "broker SASL_SSL: down"
     fi ;;
-  *) echo "usage: $0 [up|build-deps|broker-start|broker-stop|broker-reset|drop-test-slots|status|broker-name|node-start PORT DIR|node-stop DIR|kafka-sasl-ssl-properties]" >&2; exit 2 ;;
+  *) echo "usage: $0 [up|build-deps|postgres-restart|broker-start|broker-stop|broker-reset|drop-test-slots|status|broker-name|node-start PORT DIR|node-stop DIR|kafka-sasl-ssl-properties]" >&2; exit 2 ;;
 esac

@@ -22,6 +22,7 @@ mod client_robust;
 mod client_schema;
 mod client_toast;
 mod client_topic_history;
+mod faults;
 mod kafka_sasl_ssl;
 mod kafka_transactions;
 mod postgres_tls;

@@ -56,6 +56,8 @@ pub struct Health {
     streaming: AtomicBool,
     broker_reachable: AtomicBool,
     slot_lost: AtomicBool,
+    /// Set when the last slot query got no answer in time: a connection that hangs.
+    postgres_silent: AtomicBool,
 }
 
 impl Health {
@@ -67,6 +69,10 @@ impl Health {
     pub fn set_broker_reachable(&self, on: bool) {
         self.broker_reachable.store(on, Ordering::Relaxed);
     }
+    /// Sets whether PostgreSQL failed to answer the last slot query in time.
+    pub fn set_postgres_silent(&self, silent: bool) {
+        self.postgres_silent.store(silent, Ordering::Relaxed);
+    }
     /// Sets whether the slot's `wal_status` is `lost`.
     pub fn set_slot_lost(&self, lost: bool) {
         self.slot_lost.store(lost, Ordering::Relaxed);
@@ -76,11 +82,14 @@ impl Health {
         self.streaming.load(Ordering::Relaxed)
             && self.broker_reachable.load(Ordering::Relaxed)
             && !self.slot_lost.load(Ordering::Relaxed)
+            && !self.postgres_silent.load(Ordering::Relaxed)
     }
     /// Why the bridge is not ready, for `/readyz`.
     pub fn why_not_ready(&self) -> &'static str {
         if self.slot_lost.load(Ordering::Relaxed) {
             "not ready: the replication slot is lost (wal_status=lost); see docs/operations.md\n"
+        } else if self.postgres_silent.load(Ordering::Relaxed) {
+            "not ready: PostgreSQL does not answer (the slot query timed out)\n"
         } else if !self.broker_reachable.load(Ordering::Relaxed) {
             "not ready: the broker is unreachable\n"
         } else {

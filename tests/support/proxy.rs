@@ -1,16 +1,34 @@
-//! A TCP proxy a test can pause: while paused it moves no bytes in either direction
-//! and keeps every connection open, so the clients behind it see a network that has
-//! stopped, not a refused connection.
+//! A fault-injecting TCP proxy between a client and a server. A test sets the fault
+//! while traffic flows:
+//!
+//! * [`Fault::None`]: bytes pass unchanged.
+//! * [`Fault::Blackhole`]: connections stay open and new ones are accepted, but no
+//!   byte moves in either direction: a network that has stopped, not a refused
+//!   connection ([`Proxy::pause`] sets it).
+//! * [`Fault::Latency`]: every chunk waits before it is passed on.
+//! * [`Fault::Drip`]: at most this many bytes per second pass each way.
+//! * [`Fault::Cut`]: every open connection is closed, and new ones are closed at once.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+/// What the proxy does to the traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    Blackhole,
+    Latency(Duration),
+    Drip { bytes_per_second: usize },
+    Cut,
+}
+
 /// A running proxy from `127.0.0.1:<listen>` to `127.0.0.1:<target>`; stops when dropped.
 pub struct Proxy {
-    paused: Arc<watch::Sender<bool>>,
+    fault: Arc<watch::Sender<Fault>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -20,27 +38,36 @@ impl Proxy {
         let listener = TcpListener::bind(("127.0.0.1", listen))
             .await
             .unwrap_or_else(|e| panic!("proxy cannot listen on {listen}: {e}"));
-        let paused = Arc::new(watch::channel(false).0);
+        let fault = Arc::new(watch::channel(Fault::None).0);
         let task = tokio::spawn({
-            let paused = paused.clone();
+            let fault = fault.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
+                    if *fault.borrow() == Fault::Cut {
+                        drop(client);
+                        continue;
+                    }
                     let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
                         continue;
                     };
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    tokio::spawn(pump(cr, sw, paused.subscribe()));
-                    tokio::spawn(pump(sr, cw, paused.subscribe()));
+                    tokio::spawn(pump(cr, sw, fault.subscribe()));
+                    tokio::spawn(pump(sr, cw, fault.subscribe()));
                 }
             }
         });
-        Proxy { paused, task }
+        Proxy { fault, task }
     }
 
-    /// Stops moving bytes (or starts again).
+    /// Stops moving bytes (a blackhole), or lets them pass again.
     pub fn pause(&self, paused: bool) {
-        self.paused.send_replace(paused);
+        self.set(if paused { Fault::Blackhole } else { Fault::None });
+    }
+
+    /// Sets the fault.
+    pub fn set(&self, fault: Fault) {
+        self.fault.send_replace(fault);
     }
 }
 
@@ -50,23 +77,53 @@ impl Drop for Proxy {
     }
 }
 
-/// Copies `from` to `to`, holding each chunk while the proxy is paused.
+/// Copies `from` to `to` under the current fault; returns (closing both halves) when
+/// either side closes or the fault is [`Fault::Cut`].
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut paused: watch::Receiver<bool>,
+    mut fault: watch::Receiver<Fault>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        if paused.wait_for(|p| !*p).await.is_err() {
-            return;
+        // Wait out a blackhole; a cut ends the connection.
+        match fault.wait_for(|f| *f != Fault::Blackhole).await {
+            Ok(f) if *f == Fault::Cut => return,
+            Ok(_) => {}
+            Err(_) => return,
         }
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = fault.wait_for(|f| *f == Fault::Cut) => return,
         };
-        if paused.wait_for(|p| !*p).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
-            return;
+        let mut sent = 0;
+        while sent < n {
+            let current = *fault.borrow();
+            let chunk = match current {
+                Fault::Cut => return,
+                Fault::Blackhole => {
+                    if fault.wait_for(|f| *f != Fault::Blackhole).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Fault::None => n - sent,
+                Fault::Latency(d) => {
+                    tokio::time::sleep(d).await;
+                    n - sent
+                }
+                Fault::Drip { bytes_per_second } => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    (bytes_per_second / 10).clamp(1, n - sent)
+                }
+            };
+            if to.write_all(&buf[sent..sent + chunk]).await.is_err() {
+                return;
+            }
+            sent += chunk;
         }
     }
 }

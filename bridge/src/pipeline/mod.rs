@@ -168,6 +168,7 @@ struct NotStreamingOnDrop<'a>(&'a Health);
 impl Drop for NotStreamingOnDrop<'_> {
     fn drop(&mut self) {
         self.0.set_streaming(false);
+        self.0.set_postgres_silent(false);
     }
 }
 
@@ -231,8 +232,9 @@ async fn report_progress(
     let sql = "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, \
                (pg_current_wal_lsn() - restart_lsn)::int8, wal_status, safe_wal_size \
                FROM pg_replication_slots WHERE slot_name = $1";
-    let row = match tokio::time::timeout(SLOT_QUERY_TIMEOUT, client.query_opt(sql, &[&slot])).await
-    {
+    let answer = tokio::time::timeout(SLOT_QUERY_TIMEOUT, client.query_opt(sql, &[&slot])).await;
+    health.set_postgres_silent(answer.is_err());
+    let row = match answer {
         Ok(Ok(Some(row))) => row,
         Ok(Ok(None)) => return Ok(()),
         Ok(Err(e)) => {
