@@ -68,7 +68,9 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dump: {e}");
-            std::process::ExitCode::FAILURE
+            // At once: a Kafka request of the stopped cache may still be running on a
+            // blocking thread, and the runtime would wait for it.
+            std::process::exit(1)
         }
     }
 }

@@ -9,8 +9,9 @@ use serde_json::json;
 
 use crate::support::*;
 
-/// Starts a bridge on a new table whose topic takes records of at most 20,000 bytes,
-/// writes a small row, a 50,000-byte row and another small row.
+/// Starts a bridge on a new table whose topic takes record batches of at most 20,000
+/// bytes (so the producer takes records of up to 19,488), writes a small row, a row of
+/// 50,000 bytes and another small row.
 async fn write_an_oversized_row(name: &str, extra: &[&str]) -> (Bridge, BridgeArgs, String) {
     let pg = pg().await;
     let table = format!("{name}_t");
@@ -47,7 +48,7 @@ async fn a_record_over_the_topics_limit_stops_the_bridge_with_the_fix() {
         format!("table public.{table}"),
         "{\"id\":2}".to_string(),
         "LSN".to_string(),
-        "over the 20000 bytes".to_string(),
+        "over the 19488 bytes".to_string(),
         "--oversized-records skip".to_string(),
     ] {
         assert!(log.contains(&part), "the message names {part}:\n{log}");

@@ -49,7 +49,7 @@ async fn values_postgres_accepts_reach_kafka_and_read_alike_on_both_paths() {
          CREATE TABLE {table} (id int8 PRIMARY KEY, big jsonb, deep json, surrogate json,
              boxes box[], i2v int2vector, oidv oidvector, dom tidemark_small,
              doms tidemark_small[], m money, iv interval, f8 float8, f4 float4,
-             far timestamptz, tz timestamptz, d date);"
+             far timestamptz, tz timestamptz, d date, by bytea);"
     ))
     .await
     .unwrap();
@@ -58,7 +58,7 @@ async fn values_postgres_accepts_reach_kafka_and_read_alike_on_both_paths() {
             r#"INSERT INTO {table} VALUES ({id}, '{{"a": 1e400, "b": [1]}}', '{deep}', '"\ud800"',
                  ARRAY['((1,1),(0,0))'::box, '((3,3),(2,2))'], '1 2 3', '26 23', 5, '{{1,2}}',
                  '-1234.56', '1 year 2 months 3 days 04:05:06.5', 0.1::float8 + 0.2, 1.1,
-                 '294276-12-31 23:59:59+00', '2026-01-02 03:04:05.678+00', '2026-01-02')"#
+                 '294276-12-31 23:59:59+00', '2026-01-02 03:04:05.678+00', '2026-01-02', '\x0001ff')"#
         )
     };
     // Row 1 reaches the cache through the warm start's COPY, row 2 through the stream.
@@ -100,6 +100,7 @@ async fn values_postgres_accepts_reach_kafka_and_read_alike_on_both_paths() {
         "far": "294276-12-31 23:59:59+00",
         "tz": "2026-01-02T03:04:05.678Z",
         "d": "2026-01-02",
+        "by": "AAH/",
     });
     let rows = wait_for_ids(&cache, &[1, 2, 3]).await;
     for id in [1, 2] {

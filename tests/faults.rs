@@ -24,7 +24,10 @@ struct Writer {
 
 impl Writer {
     fn start(table: &str) -> Writer {
-        let (stop, committed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (stop, committed) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
         let task = tokio::spawn({
             let (stop, committed, table) = (stop.clone(), committed.clone(), table.to_owned());
             async move {
@@ -109,17 +112,21 @@ async fn everything_arrives(
     cache: &tidemark_client::Cache<tidemark_client::Row, tidemark_client::Row>,
 ) {
     let want = table_rows(pg, table).await;
-    wait_for(Duration::from_secs(180), "the topic and the cache to equal the table", || {
-        let (b, t) = (brokers.to_owned(), topic.to_owned());
-        let want = want.clone();
-        let cached = cache_rows(cache);
-        async move {
-            let in_topic = tokio::task::spawn_blocking(move || topic_rows(&b, &t))
-                .await
-                .ok()?;
-            (in_topic == want && cached == want).then_some(())
-        }
-    })
+    wait_for(
+        Duration::from_secs(180),
+        "the topic and the cache to equal the table",
+        || {
+            let (b, t) = (brokers.to_owned(), topic.to_owned());
+            let want = want.clone();
+            let cached = cache_rows(cache);
+            async move {
+                let in_topic = tokio::task::spawn_blocking(move || topic_rows(&b, &t))
+                    .await
+                    .ok()?;
+                (in_topic == want && cached == want).then_some(())
+            }
+        },
+    )
     .await;
 }
 
@@ -156,21 +163,42 @@ async fn the_bridge_outlives_its_postgres_connections_cut_blackholed_and_restart
     // Blackhole for 70 s: longer than wal_sender_timeout (60 s), so the server ends
     // the walsender while the bridge sees nothing.
     proxy.set(Fault::Blackhole);
-    let t = readiness(http, 503, Duration::from_secs(60), "not ready while blackholed").await;
+    let t = readiness(
+        http,
+        503,
+        Duration::from_secs(60),
+        "not ready while blackholed",
+    )
+    .await;
     eprintln!("faults: PostgreSQL blackholed: not ready after {t:?}");
     tokio::time::sleep(Duration::from_secs(70).saturating_sub(t)).await;
     proxy.set(Fault::None);
-    let t = readiness(http, 200, Duration::from_secs(90), "ready after the blackhole").await;
+    let t = readiness(
+        http,
+        200,
+        Duration::from_secs(90),
+        "ready after the blackhole",
+    )
+    .await;
     eprintln!("faults: PostgreSQL blackholed: ready again {t:?} after it ended");
 
     // PostgreSQL itself restarted mid-stream.
     let restart = std::process::Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/dev-stack.sh"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/dev-stack.sh"
+        ))
         .arg("postgres-restart")
         .status()
         .expect("run dev-stack.sh postgres-restart");
     assert!(restart.success(), "PostgreSQL restarts");
-    let t = readiness(http, 200, Duration::from_secs(90), "ready after the restart").await;
+    let t = readiness(
+        http,
+        200,
+        Duration::from_secs(90),
+        "ready after the restart",
+    )
+    .await;
     eprintln!("faults: PostgreSQL restarted: ready {t:?} after it was up");
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -178,7 +206,10 @@ async fn the_bridge_outlives_its_postgres_connections_cut_blackholed_and_restart
     assert!(committed > 100, "the writer kept writing: {committed}");
     let pg = crate::support::pg().await;
     everything_arrives(&pg, &table, &args.kafka, &topic, &cache).await;
-    assert!(bridge.child.try_wait().unwrap().is_none(), "the bridge runs");
+    assert!(
+        bridge.child.try_wait().unwrap().is_none(),
+        "the bridge runs"
+    );
     cache.shutdown().await;
     bridge.sigterm(Duration::from_secs(30));
 }
@@ -211,7 +242,8 @@ async fn a_cache_outlives_its_kafka_connection_cut_blackholed_dripping_and_slow(
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (fault, secs) in [
         (Fault::Cut, 10),
-        (Fault::Blackhole, 45),
+        // Longer than librdkafka's socket.timeout.ms (60 s).
+        (Fault::Blackhole, 70),
         (
             Fault::Drip {
                 bytes_per_second: 2_000,

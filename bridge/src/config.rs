@@ -322,8 +322,17 @@ impl Config {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     invalid("config", format!("cannot read {}: {e}", path.display()))
                 })?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| invalid("config", format!("{}: {e}", path.display())))?
+                // The error's own Display quotes the offending line, which may hold a
+                // secret: only its message and position are shown.
+                toml::from_str::<FileConfig>(&text).map_err(|e| {
+                    let line = e.span().map_or(0, |s| {
+                        text[..s.start.min(text.len())].lines().count().max(1)
+                    });
+                    invalid(
+                        "config",
+                        format!("{}, line {line}: {}", path.display(), e.message()),
+                    )
+                })?
             }
             None => FileConfig::default(),
         };
@@ -601,9 +610,10 @@ mod tests {
         assert_eq!(c.tables, vec![TableName::parse("a.b").unwrap()]);
         assert_eq!(c.topic_prefix, DEFAULT_TOPIC_PREFIX);
         assert_eq!(c.kafka_properties["linger.ms"], "7");
-        std::fs::write(&path, "postgress = \"typo\"\n").unwrap();
+        std::fs::write(&path, "postgress = \"postgres://u:s3cret@h/db\"\n").unwrap();
         let err = Config::from_cli(cli(&["--config", path.to_str().unwrap()])).unwrap_err();
         assert!(err.to_string().contains("postgress"), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     #[test]

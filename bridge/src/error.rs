@@ -58,7 +58,7 @@ pub enum BridgeError {
         to: i32,
     },
     /// A record is larger than its topic accepts, and `--oversized-records` is `stop`.
-    #[error("table {table}: the change at LSN {lsn} to key {key} is {size} bytes, over the {limit} that topic {topic} accepts; fix: raise the topic's max.message.bytes (and the producer's message.max.bytes with --kafka-property), or start the bridge with --oversized-records skip to leave such records out and count them")]
+    #[error("table {table}: the change at LSN {} to key {key} is {size} bytes, over the {limit} that topic {topic} accepts; fix: raise the topic's max.message.bytes (and the producer's message.max.bytes with --kafka-property), or start the bridge with --oversized-records skip to leave such records out and count them", pgwire_replication::Lsn(*.lsn))]
     RecordTooLarge {
         /// `schema.table`.
         table: String,

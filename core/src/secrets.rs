@@ -29,6 +29,21 @@ pub fn redact_url(url: &str) -> String {
         }
         return u.to_string();
     }
+    // A URL the `url` crate cannot parse that tokio-postgres may still accept (several
+    // hosts, a password with an unencoded `/`, `?`, `#` or `:`): hide all user info.
+    for scheme in ["postgres://", "postgresql://"] {
+        if let Some(rest) = url.strip_prefix(scheme) {
+            return match rest.rfind('@') {
+                Some(at) => format!("{scheme}{MASK}@{}", redact_kv(&rest[at + 1..])),
+                None => redact_kv(url),
+            };
+        }
+    }
+    redact_kv(url)
+}
+
+/// libpq's `key=value` form, and anything else: every `password=` value hidden.
+fn redact_kv(url: &str) -> String {
     // key=value form: hide the value after every `password=`, quoted or not.
     let mut out = String::with_capacity(url.len());
     let mut rest = url;
@@ -91,6 +106,14 @@ mod tests {
         let q = redact_url("postgres://app@db/shop?password=s3cret&sslmode=require");
         assert!(!q.contains("s3cret"), "{q}");
         assert!(q.contains("sslmode=require"), "{q}");
+        for odd in [
+            "postgres://app:s3cret@h1:5432,h2:5432/db",
+            "postgres://app:s3/cr?et@db/shop",
+            "postgresql://app:s3cret@h1,h2/db?password=s3cret",
+        ] {
+            let shown = redact_url(odd);
+            assert!(!shown.contains("s3"), "{odd} shows as {shown}");
+        }
         let kv = redact_url("host=db password = 's3 cret' user=app");
         assert!(!kv.contains("s3"), "{kv}");
         assert!(kv.contains("user=app"), "{kv}");

@@ -62,7 +62,11 @@ impl Proxy {
 
     /// Stops moving bytes (a blackhole), or lets them pass again.
     pub fn pause(&self, paused: bool) {
-        self.set(if paused { Fault::Blackhole } else { Fault::None });
+        self.set(if paused {
+            Fault::Blackhole
+        } else {
+            Fault::None
+        });
     }
 
     /// Sets the fault.

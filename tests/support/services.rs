@@ -83,7 +83,8 @@ pub async fn ensure_password_role(pg: &Client) {
          ALTER ROLE {PASSWORD_ROLE} SET IntervalStyle = 'sql_standard';
          ALTER ROLE {PASSWORD_ROLE} SET extra_float_digits = -15;
          ALTER ROLE {PASSWORD_ROLE} SET DateStyle = 'SQL, DMY';
-         ALTER ROLE {PASSWORD_ROLE} SET TimeZone = 'Asia/Kolkata';"
+         ALTER ROLE {PASSWORD_ROLE} SET TimeZone = 'Asia/Kolkata';
+         ALTER ROLE {PASSWORD_ROLE} SET bytea_output = 'escape';"
     ))
     .await
     .unwrap();

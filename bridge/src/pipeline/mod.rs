@@ -237,6 +237,11 @@ async fn report_progress(
     let row = match answer {
         Ok(Ok(Some(row))) => row,
         Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) if client.is_closed() => {
+            return Err(BridgeError::postgres(
+                "reading the slot's figures (the connection closed)",
+            )(e));
+        }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "reading the slot's figures");
             return Ok(());

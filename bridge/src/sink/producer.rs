@@ -59,9 +59,8 @@ pub struct Record {
 }
 
 impl Record {
-    /// The record's size as Kafka counts it against `max.message.bytes`, uncompressed
-    /// (as librdkafka checks its own `message.max.bytes`): key, value and header, plus
-    /// the record and batch framing.
+    /// The record's size for messages: key, value and header, uncompressed, plus an
+    /// allowance for the record and batch framing.
     pub fn size(&self) -> usize {
         const FRAMING: usize = 128;
         self.key.len()
@@ -161,6 +160,11 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+/// librdkafka's default `message.max.bytes` and `batch.size`.
+const LIBRDKAFKA_MAX_MESSAGE_BYTES: usize = 1_000_000;
+/// Room left under a topic's `max.message.bytes` for the record batch's framing.
+const BATCH_FRAMING: usize = 512;
+
 /// The base librdkafka settings: brokers, the passthrough properties, and no automatic
 /// topic creation.
 pub fn client_config(config: &Config) -> ClientConfig {
@@ -185,7 +189,7 @@ fn apply_client_config(cc: &mut ClientConfig, config: &Config) {
 
 /// The producer's settings: tuning defaults, then [`client_config`]'s, then the ones
 /// the bridge's guarantees rest on.
-fn producer_config(config: &Config) -> ClientConfig {
+fn producer_config(config: &Config, max_message_bytes: usize) -> ClientConfig {
     let mut cc = ClientConfig::new();
     // Defaults that a passthrough property may change. `queue.buffering.max.kbytes`
     // bounds the bytes of records waiting for the broker, the bridge's memory while
@@ -197,6 +201,20 @@ fn producer_config(config: &Config) -> ClientConfig {
     // Not by copying `client_config(..).config_map()`: it shows `sasl.password` and the
     // other secrets as a placeholder, which would then be sent as the password.
     apply_client_config(&mut cc, config);
+    // Records over the topics' limit are refused here, before sending, where
+    // `--oversized-records` applies; batches stay under it too, or the broker would
+    // refuse a batch of small records (a fatal error under the gapless guarantee).
+    if !config.kafka_properties.contains_key("message.max.bytes") {
+        cc.set("message.max.bytes", max_message_bytes.to_string());
+    }
+    if !config.kafka_properties.contains_key("batch.size") {
+        cc.set(
+            "batch.size",
+            max_message_bytes
+                .min(LIBRDKAFKA_MAX_MESSAGE_BYTES)
+                .to_string(),
+        );
+    }
     cc.set("acks", "all")
         .set("enable.idempotence", "true")
         .set("partitioner", "murmur2_random");
@@ -211,8 +229,8 @@ pub struct Sink {
     producer: ThreadedProducer<DeliveryContext>,
     acks: Arc<dyn Acks>,
     acked: Arc<Notify>,
-    /// Each topic's `max.message.bytes`, where the broker told it.
-    limits: HashMap<String, usize>,
+    /// The largest record the producer takes (`message.max.bytes`).
+    max_message_bytes: usize,
     oversized: Oversized,
 }
 
@@ -228,27 +246,42 @@ impl Sink {
             acks: acks.clone(),
             acked: acked.clone(),
         };
-        let producer = producer_config(config)
+        // librdkafka checks a record's uncompressed key, value and headers against
+        // `message.max.bytes`; the broker checks the compressed batch against the
+        // topic's `max.message.bytes`. The smallest topic limit, less the batch
+        // framing, keeps every record and batch librdkafka takes under it.
+        let max_message_bytes = config
+            .kafka_properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                limits
+                    .values()
+                    .map(|l| l.saturating_sub(BATCH_FRAMING).max(1_000))
+                    .min()
+                    .unwrap_or(LIBRDKAFKA_MAX_MESSAGE_BYTES)
+                    .min(LIBRDKAFKA_MAX_MESSAGE_BYTES)
+            });
+        let producer = producer_config(config, max_message_bytes)
             .create_with_context(context)
             .map_err(BridgeError::kafka("creating the producer"))?;
         Ok(Sink {
             producer,
             acks,
             acked,
-            limits,
+            max_message_bytes,
             oversized: config.oversized_records,
         })
     }
 
     /// A record larger than its topic takes: stop, or skip and count it.
-    fn oversized(&self, record: &Record, limit: Option<usize>) -> Result<(), BridgeError> {
+    fn oversized(&self, record: &Record, limit: usize) -> Result<(), BridgeError> {
         let key: String = String::from_utf8_lossy(&record.key)
             .chars()
             .take(200)
             .collect();
-        let limit = limit.map_or("the producer's message.max.bytes".to_owned(), |l| {
-            format!("{l} bytes")
-        });
+        let limit =
+            format!("{limit} bytes (message.max.bytes, from the topics' max.message.bytes)");
         match self.oversized {
             Oversized::Stop => Err(BridgeError::RecordTooLarge {
                 table: record.table.to_string(),
@@ -277,11 +310,6 @@ impl Sink {
 
     /// Produces one record of transaction `txn`, waiting while the queue is full.
     pub async fn send(&self, txn: u64, record: &Record) -> Result<(), BridgeError> {
-        if let Some(&limit) = self.limits.get(&*record.topic) {
-            if record.size() > limit {
-                return self.oversized(record, Some(limit));
-            }
-        }
         self.acks.produced(txn);
         loop {
             let mut r = BaseRecord::with_opaque_to(&record.topic, txn as usize)
@@ -311,7 +339,7 @@ impl Sink {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
                     // librdkafka refused it before sending: nothing is in flight.
                     self.acks.delivered(txn, Ok(()));
-                    return self.oversized(record, None);
+                    return self.oversized(record, self.max_message_bytes);
                 }
                 Err((e, _)) => {
                     self.acks.delivered(txn, Err(e.clone()));
@@ -376,7 +404,7 @@ mod tests {
             "linger.ms=20",
         ]);
         let config = Config::from_cli(cli).expect("valid settings");
-        let cc = producer_config(&config);
+        let cc = producer_config(&config, LIBRDKAFKA_MAX_MESSAGE_BYTES);
         assert_eq!(cc.get("sasl.password"), Some("s3cret"));
         assert_eq!(cc.get("ssl.key.password"), Some("k3y"));
         assert_eq!(

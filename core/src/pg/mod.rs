@@ -355,7 +355,7 @@ fn password_from_environment(options: &ConnectOptions) -> Option<String> {
 /// field `*` or equal; `\:` and `\\` escape a colon and a backslash.
 fn pgpass_lookup(text: &str, host: &str, port: &str, db: &str, user: &str) -> Option<String> {
     text.lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter(|l| !l.starts_with('#'))
         .find_map(|line| {
             let mut fields = Vec::with_capacity(5);
             let mut field = String::new();
@@ -364,6 +364,8 @@ fn pgpass_lookup(text: &str, host: &str, port: &str, db: &str, user: &str) -> Op
                 match c {
                     '\\' => field.extend(chars.next()),
                     ':' if fields.len() < 4 => fields.push(std::mem::take(&mut field)),
+                    // libpq: the password ends at the next unescaped colon.
+                    ':' => break,
                     c => field.push(c),
                 }
             }

@@ -163,9 +163,10 @@ impl ValueKind {
             // PostgreSQL has validated the document, so serde_json fails only where JSON
             // in memory cannot hold it (a number beyond f64, nesting beyond 128): the
             // exact text then travels as a string.
-            ValueKind::Json => {
-                serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
-            }
+            ValueKind::Json => match serde_json::from_str(text) {
+                Ok(v) if numbers_fit_f64(text) => v,
+                _ => Value::String(text.to_owned()),
+            },
             ValueKind::Bytea => Value::String(
                 base64::engine::general_purpose::STANDARD.encode(decode_bytea(text).map_err(fail)?),
             ),
@@ -195,7 +196,7 @@ impl ValueKind {
 /// `bytea` text output: hex (`\x0a0b`) or the legacy escape format.
 fn decode_bytea(text: &str) -> Result<Vec<u8>, String> {
     if let Some(hex) = text.strip_prefix("\\x") {
-        if hex.len() % 2 != 0 {
+        if !hex.is_ascii() || hex.len() % 2 != 0 {
             return Err("odd number of hex digits".into());
         }
         return (0..hex.len())
@@ -237,6 +238,52 @@ fn timestamptz_to_rfc3339(text: &str) -> String {
             .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         _ => text.to_owned(),
     }
+}
+
+/// Whether every number in the JSON text `text` reads back exactly from what
+/// serde_json makes of it: an integer that fits `i64` or `u64`, or a number of at most
+/// 15 significant digits (which an `f64` holds exactly). `jsonb` keeps numbers as
+/// `numeric`, so `12345678901234567890` or `0.1234567890123456789` are valid and would
+/// otherwise be rounded silently.
+fn numbers_fit_f64(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let token = &text[start..i];
+                let integer = !token.contains(['.', 'e', 'E']);
+                let fits = if integer {
+                    token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok()
+                } else {
+                    let mantissa = token.split(['e', 'E']).next().unwrap_or("");
+                    mantissa
+                        .bytes()
+                        .filter(u8::is_ascii_digit)
+                        .skip_while(|&d| d == b'0')
+                        .count()
+                        <= 15
+                };
+                if !fits {
+                    return false;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    true
 }
 
 /// `money` as `lc_monetary=C` prints it (`$1,234.56`, `-$1,234.56`) to an exact
@@ -562,6 +609,18 @@ mod tests {
             kind(114).decode(r#""\ud800""#).unwrap(),
             json!(r#""\ud800""#)
         );
+        for exact in [
+            r#"{"a": 123456789012345678901}"#,
+            r#"[0.1234567890123456789]"#,
+        ] {
+            assert_eq!(json.decode(exact).unwrap(), json!(exact), "{exact}");
+        }
+        assert_eq!(
+            json.decode(r#"{"n": -9223372036854775808, "f": 0.1, "s": "12345678901234567890"}"#)
+                .unwrap(),
+            json!({"n": i64::MIN, "f": 0.1, "s": "12345678901234567890"})
+        );
+        assert!(kind(17).decode("\\xa\u{e9}b").is_err());
         let ts = kind(1184);
         assert_eq!(
             ts.decode("294276-12-31 23:59:59.999999+00").unwrap(),
