@@ -200,7 +200,11 @@ fn decode_bytea(text: &str) -> Result<Vec<u8>, String> {
         }
         return (0..hex.len())
             .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| e.to_string()))
+            .map(|i| {
+                // `get`, not indexing: a pair that splits a character is not hex.
+                let pair = hex.get(i..i + 2).ok_or("not a hex digit")?;
+                u8::from_str_radix(pair, 16).map_err(|e| e.to_string())
+            })
             .collect();
     }
     let bytes = text.as_bytes();
@@ -612,6 +616,20 @@ mod tests {
             json!(["a", "b c", "q\"x", "NULL", null])
         );
         assert!(ints.decode("{1,2").is_err());
+    }
+
+    #[test]
+    fn bytea_hex_that_splits_a_character_is_an_error_not_a_panic() {
+        // Found by the copy_line fuzz target: the COPY field `\\x343\xb45Ma`, whose
+        // byte 0xb4 becomes U+00B4 (two bytes in UTF-8), panicked slicing hex pairs.
+        let field = unescape_copy_field(b"\\\\x343\xb45Ma").unwrap();
+        assert_eq!(field, "\\x343\u{b4}5Ma");
+        assert!(kind(17).decode(&field).is_err());
+        assert!(kind(17).decode("\\x0\u{e9}0").is_err());
+        assert_eq!(kind(17).decode_lenient("\\x0\u{e9}0").0, json!("\\x0\u{e9}0"));
+        assert!(ValueKind::from_type(1001, 17)
+            .decode("{\"\\\\x0\u{e9}0\"}")
+            .is_err());
     }
 
     #[test]
