@@ -339,19 +339,27 @@ fn parse_array(text: &str, elem: &ValueKind, delim: char) -> Result<Value, Strin
         _ => text,
     };
     let mut chars = body.char_indices().peekable();
-    let value = parse_array_level(body, &mut chars, elem, delim)?;
+    let value = parse_array_level(body, &mut chars, elem, delim, 1)?;
     if chars.next().is_some() {
         return Err("trailing characters after array".into());
     }
     Ok(value)
 }
 
+/// How deep [`parse_array_level`] nests. PostgreSQL prints at most 6 dimensions
+/// (`MAXDIM`); the bound only keeps a malformed value from exhausting the stack.
+const MAX_ARRAY_DEPTH: usize = 64;
+
 fn parse_array_level(
     src: &str,
     chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>,
     elem: &ValueKind,
     delim: char,
+    depth: usize,
 ) -> Result<Value, String> {
+    if depth > MAX_ARRAY_DEPTH {
+        return Err(format!("array nested deeper than {MAX_ARRAY_DEPTH} levels"));
+    }
     if chars.next().map(|(_, c)| c) != Some('{') {
         return Err("array does not start with '{'".into());
     }
@@ -362,7 +370,7 @@ fn parse_array_level(
     }
     loop {
         match chars.peek().map(|&(_, c)| c) {
-            Some('{') => items.push(parse_array_level(src, chars, elem, delim)?),
+            Some('{') => items.push(parse_array_level(src, chars, elem, delim, depth + 1)?),
             Some('"') => {
                 chars.next();
                 let mut s = String::new();
@@ -626,10 +634,25 @@ mod tests {
         assert_eq!(field, "\\x343\u{b4}5Ma");
         assert!(kind(17).decode(&field).is_err());
         assert!(kind(17).decode("\\x0\u{e9}0").is_err());
-        assert_eq!(kind(17).decode_lenient("\\x0\u{e9}0").0, json!("\\x0\u{e9}0"));
+        assert_eq!(
+            kind(17).decode_lenient("\\x0\u{e9}0").0,
+            json!("\\x0\u{e9}0")
+        );
         assert!(ValueKind::from_type(1001, 17)
             .decode("{\"\\\\x0\u{e9}0\"}")
             .is_err());
+    }
+
+    #[test]
+    fn deeply_nested_array_is_an_error_not_a_stack_overflow() {
+        // 100,000 `{` (beyond the fuzzer's default 4096-byte inputs) overflowed the
+        // stack of the value_codec fuzz target, one recursion per level.
+        let ints = ValueKind::from_type(1007, 23);
+        assert!(ints.decode(&"{".repeat(100_000)).is_err());
+        let deep = format!("{}1{}", "{".repeat(64), "}".repeat(64));
+        assert!(ints.decode(&deep).is_ok());
+        assert!(ints.decode(&format!("{{{deep}}}")).is_err());
+        assert_eq!(ints.decode("{{{{{{1}}}}}}").unwrap(), json!([[[[[[1]]]]]]));
     }
 
     #[test]
