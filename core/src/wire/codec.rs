@@ -201,7 +201,11 @@ fn decode_bytea(text: &str) -> Result<Vec<u8>, String> {
         }
         return (0..hex.len())
             .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| e.to_string()))
+            .map(|i| {
+                // `get`, not indexing: a pair that splits a character is not hex.
+                let pair = hex.get(i..i + 2).ok_or("not a hex digit")?;
+                u8::from_str_radix(pair, 16).map_err(|e| e.to_string())
+            })
             .collect();
     }
     let bytes = text.as_bytes();
@@ -382,19 +386,27 @@ fn parse_array(text: &str, elem: &ValueKind, delim: char) -> Result<Value, Strin
         _ => text,
     };
     let mut chars = body.char_indices().peekable();
-    let value = parse_array_level(body, &mut chars, elem, delim)?;
+    let value = parse_array_level(body, &mut chars, elem, delim, 1)?;
     if chars.next().is_some() {
         return Err("trailing characters after array".into());
     }
     Ok(value)
 }
 
+/// How deep [`parse_array_level`] nests. PostgreSQL prints at most 6 dimensions
+/// (`MAXDIM`); the bound only keeps a malformed value from exhausting the stack.
+const MAX_ARRAY_DEPTH: usize = 64;
+
 fn parse_array_level(
     src: &str,
     chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>,
     elem: &ValueKind,
     delim: char,
+    depth: usize,
 ) -> Result<Value, String> {
+    if depth > MAX_ARRAY_DEPTH {
+        return Err(format!("array nested deeper than {MAX_ARRAY_DEPTH} levels"));
+    }
     if chars.next().map(|(_, c)| c) != Some('{') {
         return Err("array does not start with '{'".into());
     }
@@ -405,7 +417,7 @@ fn parse_array_level(
     }
     loop {
         match chars.peek().map(|&(_, c)| c) {
-            Some('{') => items.push(parse_array_level(src, chars, elem, delim)?),
+            Some('{') => items.push(parse_array_level(src, chars, elem, delim, depth + 1)?),
             Some('"') => {
                 chars.next();
                 let mut s = String::new();
@@ -671,6 +683,35 @@ mod tests {
             json!(["a", "b c", "q\"x", "NULL", null])
         );
         assert!(ints.decode("{1,2").is_err());
+    }
+
+    #[test]
+    fn bytea_hex_that_splits_a_character_is_an_error_not_a_panic() {
+        // Found by the copy_line fuzz target: the COPY field `\\x343\xb45Ma`, whose
+        // byte 0xb4 becomes U+00B4 (two bytes in UTF-8), panicked slicing hex pairs.
+        let field = unescape_copy_field(b"\\\\x343\xb45Ma").unwrap();
+        assert_eq!(field, "\\x343\u{b4}5Ma");
+        assert!(kind(17).decode(&field).is_err());
+        assert!(kind(17).decode("\\x0\u{e9}0").is_err());
+        assert_eq!(
+            kind(17).decode_lenient("\\x0\u{e9}0").0,
+            json!("\\x0\u{e9}0")
+        );
+        assert!(ValueKind::from_type(1001, 17)
+            .decode("{\"\\\\x0\u{e9}0\"}")
+            .is_err());
+    }
+
+    #[test]
+    fn deeply_nested_array_is_an_error_not_a_stack_overflow() {
+        // 100,000 `{` (beyond the fuzzer's default 4096-byte inputs) overflowed the
+        // stack of the value_codec fuzz target, one recursion per level.
+        let ints = ValueKind::from_type(1007, 23);
+        assert!(ints.decode(&"{".repeat(100_000)).is_err());
+        let deep = format!("{}1{}", "{".repeat(64), "}".repeat(64));
+        assert!(ints.decode(&deep).is_ok());
+        assert!(ints.decode(&format!("{{{deep}}}")).is_err());
+        assert_eq!(ints.decode("{{{{{{1}}}}}}").unwrap(), json!([[[[[[1]]]]]]));
     }
 
     #[test]
