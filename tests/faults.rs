@@ -256,12 +256,33 @@ async fn a_cache_outlives_its_kafka_connection_cut_blackholed_dripping_and_slow(
         tokio::time::sleep(Duration::from_secs(secs)).await;
         let stats = cache.stats();
         eprintln!(
-            "faults: cache's Kafka {fault:?} for {secs} s: ready {}, {} rows, lag {:?} records",
+            "faults: cache's Kafka {fault:?} for {secs} s: ready {}, {} rows, lag {:?} records, Kafka silent for {:?}",
             cache.is_ready(),
             stats.rows,
-            stats.lag_records
+            stats.lag_records,
+            stats.kafka_silent_for,
         );
+        if fault == Fault::Blackhole {
+            // The figures do not pretend: the cache says Kafka has not answered.
+            assert!(
+                stats
+                    .kafka_silent_for
+                    .is_some_and(|d| d >= Duration::from_secs(30)),
+                "a blackholed broker shows in the stats: {stats:?}"
+            );
+        }
         proxy.set(Fault::None);
+        if fault == Fault::Blackhole {
+            wait_for(
+                Duration::from_secs(120),
+                "Kafka answering the cache again",
+                || {
+                    let silent = cache.stats().kafka_silent_for;
+                    async move { silent.is_none().then_some(()) }
+                },
+            )
+            .await;
+        }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let committed = writer.stop().await;

@@ -73,6 +73,15 @@ pub enum BridgeError {
         /// The limit it is over.
         limit: String,
     },
+    /// PostgreSQL did not answer in time: a connection that hangs (a network that
+    /// drops packets, a server that accepts and never answers). Transient.
+    #[error("postgres: no answer within {after:?} while {during}")]
+    Timeout {
+        /// What the bridge was doing.
+        during: &'static str,
+        /// The deadline.
+        after: std::time::Duration,
+    },
     /// Kafka failed: unreachable, refused a topic, or failed a delivery.
     #[error("kafka: {context}: {source}")]
     Kafka {
@@ -113,6 +122,23 @@ pub fn is_definite_kafka_error(e: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
+/// How long a connection to PostgreSQL, or a catalog query in the stream, may take.
+pub const POSTGRES_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `future` under [`POSTGRES_DEADLINE`], a [`BridgeError::Timeout`] naming `during` when
+/// it does not finish.
+pub async fn within_deadline<T>(
+    during: &'static str,
+    future: impl std::future::Future<Output = Result<T, BridgeError>>,
+) -> Result<T, BridgeError> {
+    tokio::time::timeout(POSTGRES_DEADLINE, future)
+        .await
+        .unwrap_or(Err(BridgeError::Timeout {
+            during,
+            after: POSTGRES_DEADLINE,
+        }))
+}
+
 impl BridgeError {
     /// A short name of the kind of error, for the `kind` label of the errors metric.
     pub fn kind(&self) -> &'static str {
@@ -126,6 +152,7 @@ impl BridgeError {
             BridgeError::Kafka { .. } => "kafka",
             BridgeError::PartitionsChanged { .. } => "partitions",
             BridgeError::RecordTooLarge { .. } => "record_too_large",
+            BridgeError::Timeout { .. } => "timeout",
         }
     }
 
@@ -142,7 +169,7 @@ impl BridgeError {
             BridgeError::Kafka { source, .. } | BridgeError::Delivery(source) => {
                 !is_definite_kafka_error(source)
             }
-            BridgeError::PartitionsChanged { .. } => true,
+            BridgeError::PartitionsChanged { .. } | BridgeError::Timeout { .. } => true,
         }
     }
 

@@ -20,6 +20,10 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::state::{Change, PartitionPosition, Shared, Status, TaskGuard};
 
+/// How long Kafka may not answer before [`Stats::kafka_silent_for`] says so: two
+/// rounds of the follower's watermark requests and their 2 s timeouts.
+const KAFKA_SILENT_AFTER: Duration = Duration::from_secs(9);
+
 /// Counters and figures of a cache, for dashboards and health checks.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
@@ -57,6 +61,10 @@ pub struct Stats {
     pub since_last_commit: Option<Duration>,
     /// Whether the cache has caught up since its last warm start.
     pub ready: bool,
+    /// How long Kafka has not answered the cache's watermark requests (made every
+    /// 2 s), when that is longer than two rounds: the broker is unreachable or
+    /// silent, and `lag_records` is stale. `None` while it answers.
+    pub kafka_silent_for: Option<Duration>,
 }
 
 /// An in-process copy of one PostgreSQL table, kept current from its Kafka topic.
@@ -215,6 +223,11 @@ where
             since_last_commit: (last > 0)
                 .then(|| Duration::from_millis((now_ms - last).max(0) as u64)),
             ready: self.is_ready(),
+            kafka_silent_for: {
+                let answered = c.kafka_answered_ms.load(Ordering::Relaxed);
+                let silent = Duration::from_millis((now_ms - answered).max(0) as u64);
+                (answered > 0 && silent > KAFKA_SILENT_AFTER).then_some(silent)
+            },
         }
     }
 

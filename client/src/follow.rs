@@ -29,6 +29,7 @@
 //! loop with [`End::Rewarm`]: the cache warm-starts again rather than diverge. A
 //! broker outage is waited out: librdkafka reconnects and resumes at its position.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -208,6 +209,12 @@ where
     /// Consumes until stopped or until a warm start is needed.
     pub async fn run(mut self, stop: &mut watch::Receiver<bool>) -> End {
         let consumer = self.consumer.clone();
+        // The warm start just talked to Kafka.
+        self.applier
+            .shared
+            .counters
+            .kafka_answered_ms
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.check_ready();
@@ -537,6 +544,24 @@ where
             return Some(End::Rewarm(format!(
                 "the topic now has {count} partitions, not {n}: keys move to new partitions"
             )));
+        }
+        // A broker that accepts connections and never answers leaves the lag figures
+        // at their last values: say so, in the stats, a gauge and the log.
+        let answered = !highs.is_empty() && highs.iter().all(Option::is_some);
+        let counters = &self.applier.shared.counters;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        if answered || counters.kafka_answered_ms.load(Ordering::Relaxed) == 0 {
+            counters.kafka_answered_ms.store(now_ms, Ordering::Relaxed);
+        }
+        let silent_ms = now_ms - counters.kafka_answered_ms.load(Ordering::Relaxed);
+        counters.counts.kafka_silent(silent_ms as f64 / 1000.0);
+        if !answered
+            && self
+                .last_error_log
+                .is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY)
+        {
+            self.last_error_log = Some(Instant::now());
+            warn!(topic = %self.topic, silent_secs = silent_ms / 1000, "Kafka does not answer the cache's watermark requests; its lag figures are stale");
         }
         for (p, h) in highs.into_iter().enumerate() {
             if let (Some(h), Some(slot)) = (h, self.high.get_mut(p)) {

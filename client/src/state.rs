@@ -92,6 +92,9 @@ pub(crate) struct Counters {
     pub counts: Counts,
     /// Commit time (ms since the epoch) of the last change applied from the stream.
     pub last_commit_ms: AtomicI64,
+    /// When (ms since the epoch) Kafka last answered the follower's watermark
+    /// requests; 0 before the follower ran.
+    pub kafka_answered_ms: AtomicI64,
 }
 
 /// Whether the cache is ready.
@@ -138,6 +141,7 @@ impl<K: Hash + Eq + Clone, V> Shared<K, V> {
             counters: Counters {
                 counts: Counts::new(&table),
                 last_commit_ms: AtomicI64::new(0),
+                kafka_answered_ms: AtomicI64::new(0),
             },
             positions: Mutex::new(Vec::new()),
             instance_id,

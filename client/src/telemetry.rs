@@ -85,6 +85,12 @@ impl Counts {
         self.warm_start_seconds.record(seconds);
     }
 
+    /// Publishes how long Kafka has not answered the follower (0 while it answers).
+    pub fn kafka_silent(&self, seconds: f64) {
+        metrics::gauge!("tidemark_client_kafka_silent_seconds", "table" => self.table.clone())
+            .set(seconds);
+    }
+
     /// Publishes a partition's lag in records.
     pub fn lag(&self, partition: i32, records: i64) {
         metrics::gauge!("tidemark_client_lag_records", "table" => self.table.clone(), "partition" => partition.to_string())

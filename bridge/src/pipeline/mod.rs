@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::config::Config;
-use crate::error::BridgeError;
+use crate::error::{within_deadline, BridgeError};
 use crate::sink::{topics, Acks, Record, Sink};
 use crate::source::{pgoutput, setup, stream};
 use crate::telemetry::{self, Health};
@@ -284,7 +284,8 @@ pub async fn run_session(
     health: &Health,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), BridgeError> {
-    let client = setup::connect(&config.postgres).await?;
+    let client =
+        within_deadline("connecting to PostgreSQL", setup::connect(&config.postgres)).await?;
     setup::prepare(&client, config).await?;
     let partitions = topics::ensure_topics(config).await?;
     let row = client
@@ -338,7 +339,11 @@ pub async fn run_session(
             return Err(e);
         }
     }
-    let mut repl = stream::start(config, sql_ascii).await?;
+    let mut repl = within_deadline(
+        "starting the replication connection",
+        stream::start(config, sql_ascii),
+    )
+    .await?;
     info!(slot = %config.slot, start_lsn = %Lsn(start), "streaming");
     health.set_streaming(true);
     let _not_streaming = NotStreamingOnDrop(health);
@@ -372,7 +377,7 @@ pub async fn run_session(
                     }
                     ReplicationEvent::XLogData { wal_start, data, .. } => {
                         match pgoutput::decode(data).map_err(|e| BridgeError::Decode(e.to_string()))? {
-                            pgoutput::Message::Relation(rel) => tables.learn(&client, rel).await?,
+                            pgoutput::Message::Relation(rel) => within_deadline("reading a table's key columns", tables.learn(&client, rel)).await?,
                             msg => {
                                 let Some((id, info)) = &txn else {
                                     return Err(BridgeError::Decode("change outside a transaction".into()));
