@@ -281,14 +281,17 @@ pub fn load_env_files() -> Result<(), BridgeError> {
                 ),
             )
         })?;
-        std::env::set_var(
-            var,
-            text.strip_suffix('\n')
-                .unwrap_or(&text)
-                .trim_end_matches('\r'),
-        );
+        std::env::set_var(var, secret_file_value(&text));
     }
     Ok(())
+}
+
+/// A secret file's value: its text without the one trailing newline (`\n` or `\r\n`)
+/// that editors and `echo` add.
+fn secret_file_value(text: &str) -> &str {
+    text.strip_suffix('\n')
+        .unwrap_or(text)
+        .trim_end_matches('\r')
 }
 
 /// Splits `key=value` settings of `field` into `into`.
@@ -357,10 +360,7 @@ impl Config {
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
-            let password = text
-                .strip_suffix('\n')
-                .unwrap_or(&text)
-                .trim_end_matches('\r');
+            let password = secret_file_value(&text);
             if password.is_empty() {
                 return Err(invalid(
                     "postgres-password-file",
