@@ -272,11 +272,23 @@ where
 
     /// After a warm start's load: removes the keys the new snapshot no longer has.
     pub fn sweep(&self) -> usize {
+        let current = self.generation;
+        self.remove_where(|g| g != current, Origin::BulkLoad)
+    }
+
+    /// Removes every entry that warm start `generation` wrote (a checkpoint refused
+    /// while it was being read), telling subscribers.
+    pub fn remove_generation(&self, generation: u32) -> usize {
+        self.remove_where(|g| g == generation, Origin::Checkpoint)
+    }
+
+    /// Removes the entries whose generation `doomed` picks, telling subscribers.
+    fn remove_where(&self, doomed: impl Fn(u32) -> bool, origin: Origin) -> usize {
         let old: Vec<(K, i32)> = self
             .shared
             .map
             .iter()
-            .filter(|e| e.generation != self.generation)
+            .filter(|e| doomed(e.generation))
             .map(|e| (e.key().clone(), e.partition))
             .collect();
         let n = old.len();
@@ -285,7 +297,7 @@ where
                 self.shared.notify(|| Change {
                     key,
                     value: None,
-                    origin: Origin::BulkLoad,
+                    origin,
                     partition,
                 });
             }

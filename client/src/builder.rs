@@ -21,6 +21,7 @@ use crate::config::{
     Config, Strategy, DEFAULT_CHANNEL_CAPACITY, DEFAULT_SAFETY_WINDOW, DEFAULT_STARTUP_TIMEOUT,
     DEFAULT_TOPIC_PREFIX, MAX_SAFETY_WINDOW, TYPED_CONSUMER_PROPERTIES,
 };
+use crate::checkpoint::{Encoders, Source, DEFAULT_CHECKPOINT_INTERVAL};
 use crate::error::{Error, Result};
 use crate::state::{Shared, TaskGuard};
 
@@ -54,6 +55,8 @@ pub struct Builder<K, V> {
     owner_column: Option<String>,
     channel_capacity: usize,
     xid_filter: bool,
+    checkpoints: crate::checkpoint::Settings,
+    encoders: Option<Encoders<K, V>>,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -91,6 +94,11 @@ impl<K, V> Builder<K, V> {
             owner_column: None,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             xid_filter: true,
+            checkpoints: crate::checkpoint::Settings {
+                every: DEFAULT_CHECKPOINT_INTERVAL,
+                ..Default::default()
+            },
+            encoders: None,
             _types: PhantomData,
         }
     }
@@ -240,6 +248,18 @@ impl<K, V> Builder<K, V> {
         {
             return Err(bad("owner_column", "is empty"));
         }
+        if self.checkpoints.reads() && self.strategy != Strategy::Snapshot {
+            return Err(bad(
+                "checkpoint_dir",
+                "checkpoints work with the snapshot strategy only (the watermark strategy keeps no per-partition positions to continue from)",
+            ));
+        }
+        if self.checkpoints.every < Duration::from_secs(1) {
+            return Err(bad("checkpoint_interval", "is shorter than a second"));
+        }
+        if matches!(&self.checkpoints.from, Some(Source::Url(u)) if url::Url::parse(u).is_err()) {
+            return Err(bad("checkpoint_from", "is not a valid URL"));
+        }
         if self.safety_window > MAX_SAFETY_WINDOW {
             return Err(bad(
                 "safety_window",
@@ -258,7 +278,27 @@ impl<K, V> Builder<K, V> {
             owner_column: self.owner_column.clone(),
             channel_capacity: self.channel_capacity,
             xid_filter: self.xid_filter,
+            checkpoints: self.checkpoints.clone(),
         })
+    }
+}
+
+impl<K, V> Builder<K, V>
+where
+    K: serde::Serialize,
+    V: serde::Serialize,
+{
+    /// Keeps checkpoints in `dir` (see [`crate::checkpoint`]): at start, the newest
+    /// usable one there is loaded and the cache follows the topic from its offsets,
+    /// reading nothing from the table; while it runs, a checkpoint is written every
+    /// [`Builder::checkpoint_interval`] and at [`Cache::shutdown`], atomically, and
+    /// older ones are removed (the newest [`KEEP`](crate::checkpoint::KEEP) stay).
+    /// Rows are written by serialising `K` and `V` back to JSON, so both must
+    /// serialise as they deserialise (a derived `Serialize` without renames does).
+    pub fn checkpoint_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.checkpoints.dir = Some(dir.into());
+        self.encoders = Some(Encoders::new());
+        self
     }
 }
 
@@ -267,6 +307,26 @@ where
     K: DeserializeOwned + Hash + Eq + Clone + Send + Sync + 'static,
     V: DeserializeOwned + Send + Sync + 'static,
 {
+    /// Reads checkpoints from `location` at start when
+    /// [`Builder::checkpoint_dir`] has no usable one (or is not set): a directory
+    /// that many instances share, or an `http://` / `https://` URL (a peer's
+    /// [`checkpoint::serve`](crate::checkpoint::serve), or an object store). Only read,
+    /// never written. A checkpoint that cannot be used is reported and the cache
+    /// warm-starts from PostgreSQL; see [`crate::checkpoint`].
+    pub fn checkpoint_from(mut self, location: impl Into<String>) -> Self {
+        self.checkpoints.from = Some(Source::parse(&location.into()));
+        self
+    }
+
+    /// How often a cache with a [`Builder::checkpoint_dir`] writes a checkpoint while
+    /// it follows (when something changed); default
+    /// [`DEFAULT_CHECKPOINT_INTERVAL`](crate::checkpoint::DEFAULT_CHECKPOINT_INTERVAL).
+    /// One is also written when the cache is shut down.
+    pub fn checkpoint_interval(mut self, every: Duration) -> Self {
+        self.checkpoints.every = every;
+        self
+    }
+
     /// Starts the cache in the background and returns at once; the map fills while
     /// the warm start runs. Await [`Cache::ready`] to know when it has caught up.
     /// Must be called inside a Tokio runtime.
@@ -279,7 +339,8 @@ where
             config.channel_capacity,
         ));
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(crate::run::run(config, shared.clone(), stopped));
+        let encoders = self.encoders.filter(|_| config.checkpoints.dir.is_some());
+        let task = tokio::spawn(crate::run::run(config, shared.clone(), encoders, stopped));
         Ok(Cache {
             shared,
             guard: Arc::new(TaskGuard {

@@ -65,6 +65,14 @@ pub struct Stats {
     /// 2 s), when that is longer than two rounds: the broker is unreachable or
     /// silent, and `lag_records` is stale. `None` while it answers.
     pub kafka_silent_for: Option<Duration>,
+    /// Where the rows of the latest warm start came from; `None` before the first
+    /// one has loaded.
+    pub started_from: Option<crate::StartedFrom>,
+    /// Checkpoints written ([`Builder::checkpoint_dir`](crate::Builder::checkpoint_dir)).
+    pub checkpoints_written: u64,
+    /// Checkpoints that could not be used at start (each reason is in
+    /// [`Stats::started_from`] and the log).
+    pub checkpoint_refusals: u64,
 }
 
 /// An in-process copy of one PostgreSQL table, kept current from its Kafka topic.
@@ -223,6 +231,14 @@ where
             since_last_commit: (last > 0)
                 .then(|| Duration::from_millis((now_ms - last).max(0) as u64)),
             ready: self.is_ready(),
+            started_from: self
+                .shared
+                .started_from
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            checkpoints_written: c.counts.checkpoints_written.get(),
+            checkpoint_refusals: c.counts.checkpoint_refusals.get(),
             kafka_silent_for: {
                 let answered = c.kafka_answered_ms.load(Ordering::Relaxed);
                 let silent = Duration::from_millis((now_ms - answered).max(0) as u64);

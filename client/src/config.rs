@@ -67,6 +67,8 @@ pub(crate) struct Config {
     pub channel_capacity: usize,
     /// Off only in tests that show why the filter is needed.
     pub xid_filter: bool,
+    /// Where checkpoints are read and written.
+    pub checkpoints: crate::checkpoint::Settings,
 }
 
 impl std::fmt::Debug for Config {
@@ -89,6 +91,7 @@ impl std::fmt::Debug for Config {
             .field("owner_column", &self.owner_column)
             .field("channel_capacity", &self.channel_capacity)
             .field("xid_filter", &self.xid_filter)
+            .field("checkpoints", &self.checkpoints)
             .finish()
     }
 }

@@ -41,6 +41,7 @@ use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 
 use crate::apply::{merge_toast, typed_key, Applier, Rejected};
+use crate::checkpoint::{self, format, Encoders};
 use crate::seek::{blocking, Consumer, Start};
 use crate::snapshot::Snapshot;
 use crate::state::{Origin, PartitionPosition, Status};
@@ -85,6 +86,24 @@ pub(crate) struct PartitionState {
 impl PartitionState {
     pub fn new(filter: Option<Filter>) -> Self {
         PartitionState { filter, last: None }
+    }
+
+    /// The state a checkpoint saved.
+    pub fn restored(filter: Option<Filter>, last: Option<Position>) -> Self {
+        PartitionState { filter, last }
+    }
+
+    /// The state as a checkpoint saves it.
+    pub fn saved(&self, partition: i32, next_offset: i64) -> format::PartitionState {
+        format::PartitionState {
+            partition,
+            next_offset,
+            last: self.last,
+            filter: self.filter.as_ref().map(|f| format::Filter {
+                snapshot: f.snapshot.to_string(),
+                insert_lsn: f.insert_lsn,
+            }),
+        }
     }
 
     /// Whether the record at `pos` replays one already seen on this partition;
@@ -199,6 +218,23 @@ pub(crate) struct Follower<K, V> {
     /// The WAL position sampled just before the load: a slot marker beyond it means
     /// changes the load did not see may be missing from the topic.
     pub start_lsn: u64,
+    /// The newest slot marker passed, for checkpoints.
+    pub slot_marker: Option<SlotMarker>,
+    /// Writing checkpoints, when the cache has a checkpoint directory.
+    pub checkpoints: Option<Checkpointing<K, V>>,
+}
+
+/// How the follower writes checkpoints.
+pub(crate) struct Checkpointing<K, V> {
+    pub dir: std::path::PathBuf,
+    pub every: Duration,
+    pub encoders: Encoders<K, V>,
+    pub shape: format::Shape,
+    /// When the last checkpoint was written (or found current); `None`: due now.
+    pub last: Option<Instant>,
+    /// The offsets of the newest checkpoint in `dir`, when this cache wrote or
+    /// loaded it: unchanged offsets need no new one.
+    pub saved: Option<Vec<i64>>,
 }
 
 impl<K, V> Follower<K, V>
@@ -223,6 +259,9 @@ where
                 biased;
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
+                        if self.ready {
+                            self.checkpoint().await;
+                        }
                         return End::Stopped;
                     }
                     continue;
@@ -230,6 +269,12 @@ where
                 _ = tick.tick() => {
                     if let Some(end) = self.refresh().await {
                         return end;
+                    }
+                    let due = self.checkpoints.as_ref().is_some_and(|c| {
+                        c.last.is_none_or(|t| t.elapsed() >= c.every)
+                    });
+                    if self.ready && due {
+                        self.checkpoint().await;
                     }
                     continue;
                 }
@@ -329,6 +374,9 @@ where
                     marker.lsn >> 32,
                     marker.lsn & 0xffff_ffff
                 )));
+            }
+            if self.slot_marker.as_ref().is_none_or(|m| m.lsn < marker.lsn) {
+                self.slot_marker = Some(marker.clone());
             }
             return None;
         }
@@ -576,6 +624,54 @@ where
         let filtering = self.states.iter().filter(|s| s.filtering()).count();
         debug!(table = %self.table.name, filtering, "positions refreshed");
         None
+    }
+
+    /// Writes a checkpoint of the map and the follower's state, unless the newest
+    /// one already holds these offsets. The loop waits for it, so no record is
+    /// applied meanwhile (readers go on). A failure is logged, never fatal.
+    async fn checkpoint(&mut self) {
+        let Some(c) = &mut self.checkpoints else {
+            return;
+        };
+        if c.saved.as_ref() == Some(&self.next) {
+            c.last = Some(Instant::now());
+            return;
+        }
+        let shared = self.applier.shared.clone();
+        let header = format::Header {
+            table: self.table.name.to_string(),
+            topic: self.topic.clone(),
+            shape: c.shape.clone(),
+            partitions: self
+                .states
+                .iter()
+                .zip(&self.next)
+                .enumerate()
+                .map(|(p, (s, &next))| s.saved(p as i32, next))
+                .collect(),
+            start_lsn: self.start_lsn,
+            slot_marker: self.slot_marker.clone(),
+            taken_ms: chrono::Utc::now().timestamp_millis(),
+            instance: shared.instance_id.to_string(),
+        };
+        let (encoders, dir) = (c.encoders, c.dir.clone());
+        let started = Instant::now();
+        let written = tokio::task::spawn_blocking(move || {
+            checkpoint::take(&shared, encoders, &dir, &header)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(format!("the writer panicked: {e}"))));
+        c.last = Some(Instant::now());
+        match written {
+            Ok((path, rows)) => {
+                c.saved = Some(self.next.clone());
+                self.applier.shared.counters.counts.checkpoints_written.add(1);
+                info!(table = %self.table.name, path = %path.display(), rows, seconds = started.elapsed().as_secs_f64(), "checkpoint written");
+            }
+            Err(e) => {
+                warn!(table = %self.table.name, dir = %c.dir.display(), error = %e, "cannot write a checkpoint; the cache goes on without one. Fix: make the checkpoint directory writable, with room for the table");
+            }
+        }
     }
 
     fn publish_positions(&self) {

@@ -65,6 +65,7 @@
 mod apply;
 mod builder;
 mod cache;
+pub mod checkpoint;
 mod config;
 mod copy_row;
 mod error;
@@ -85,7 +86,7 @@ pub use config::{
     DEFAULT_TOPIC_PREFIX, TYPED_CONSUMER_PROPERTIES,
 };
 pub use error::{Error, Result};
-pub use state::{Change, Origin, PartitionPosition};
+pub use state::{Change, Origin, PartitionPosition, StartedFrom};
 /// The record types an application reads: a row of a schema-agnostic cache
 /// (`Cache<Row, Row>`) and the change envelope.
 pub use tidemark_core::wire::{Envelope, Op, Row};

@@ -22,10 +22,13 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::apply::Applier;
+use crate::checkpoint::{self, Encoders};
 use crate::config::{Config, Strategy};
 use crate::error::{Error, Result};
-use crate::follow::{End, Filter, Follower, PartitionState};
-use crate::state::{PartitionPosition, Shared, Status};
+use crate::follow::{Checkpointing, End, Filter, Follower, PartitionState};
+use crate::seek::Start;
+use crate::snapshot::Snapshot;
+use crate::state::{PartitionPosition, Shared, StartedFrom, Status};
 use crate::table::TableInfo;
 use crate::ts::Ts;
 use crate::{load, seek};
@@ -45,6 +48,7 @@ const FIRST_START_ATTEMPTS: u32 = 3;
 pub(crate) async fn run<K, V>(
     config: Arc<Config>,
     shared: Arc<Shared<K, V>>,
+    encoders: Option<Encoders<K, V>>,
     mut stop: watch::Receiver<bool>,
 ) where
     K: serde::de::DeserializeOwned + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
@@ -59,7 +63,7 @@ pub(crate) async fn run<K, V>(
         let started = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => return,
-            r = warm_start(&config, &shared, generation) => r,
+            r = warm_start(&config, &shared, generation, encoders) => r,
         };
         match started {
             Ok(follower) => {
@@ -108,11 +112,13 @@ pub(crate) async fn run<K, V>(
     }
 }
 
-/// One warm start, up to the point where the follower takes over.
+/// One warm start, up to the point where the follower takes over: from a checkpoint
+/// when one is configured and usable (first warm start only), else from PostgreSQL.
 async fn warm_start<K, V>(
     config: &Config,
     shared: &Arc<Shared<K, V>>,
     generation: u32,
+    encoders: Option<Encoders<K, V>>,
 ) -> Result<Follower<K, V>>
 where
     K: serde::de::DeserializeOwned + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
@@ -128,33 +134,105 @@ where
     shared.set_step("reading the topic's metadata from Kafka");
     let consumer = seek::consumer(config, shared.instance_id)?;
     let partitions = seek::partitions(&consumer, config).await?;
-    shared.set_step("loading the table from PostgreSQL (waiting for its lock, or copying)");
-    let applier_for = |table: &TableInfo| {
-        for (setting, col) in [
-            ("owner_column", &config.owner_column),
-            ("strategy", &ts_column),
-        ] {
-            if let Some(col) = col {
-                if table.column(col).is_none() {
-                    return Err(Error::Table {
-                        table: table.name.to_string(),
-                        problem: format!("it has no column {col} (generated columns do not count: the stream does not carry them)"),
-                        fix: format!("set `{setting}` to a column of the table"),
-                    });
-                }
-            }
-        }
-        Ok(Applier {
-            shared: shared.clone(),
-            toast_columns: table.toast_columns(),
-            owner: config
-                .owner_column
-                .clone()
-                .map(|c| (c, shared.instance_id.to_string())),
-            ts_column: ts_column.clone(),
-            generation,
+    let checkpointing = |table: &TableInfo, saved: Option<Vec<i64>>| {
+        let dir = config.checkpoints.dir.clone()?;
+        Some(Checkpointing {
+            dir,
+            every: config.checkpoints.every,
+            encoders: encoders?,
+            shape: checkpoint::shape_of(table),
+            last: None,
+            saved,
         })
     };
+    let mut refused = None;
+    if generation == 1 && config.checkpoints.reads() {
+        shared.set_step("reading a checkpoint");
+        let table = TableInfo::read(&pg, &config.table).await?;
+        // Checkpoint rows carry generation 0, so that the sweep of a warm start
+        // from PostgreSQL after a refusal removes whatever a refused one left.
+        let applier = applier_for(config, shared, &table, ts_column.as_deref(), 0)?;
+        match checkpoint::restore(
+            &config.checkpoints,
+            &table,
+            &config.topic,
+            &consumer,
+            partitions,
+            &applier,
+        )
+        .await?
+        {
+            Ok(restored) => {
+                let header = &restored.header;
+                info!(
+                    table = %table.name,
+                    checkpoint = %restored.location,
+                    rows = restored.rows,
+                    taken_ms = header.taken_ms,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "rows loaded from a checkpoint; PostgreSQL's table was not read"
+                );
+                shared.counters.counts.checkpoint_loads.add(1);
+                shared.counters.counts.warm_starts.add(1);
+                *lock(&shared.started_from) = Some(StartedFrom::Checkpoint {
+                    location: restored.location.clone(),
+                    taken_ms: header.taken_ms,
+                });
+                let starts: Vec<Start> = header
+                    .partitions
+                    .iter()
+                    .zip(&restored.highs)
+                    .map(|(p, &high)| Start {
+                        partition: p.partition,
+                        offset: p.next_offset,
+                        high,
+                    })
+                    .collect();
+                let mut states = Vec::with_capacity(starts.len());
+                for p in &header.partitions {
+                    let filter = match &p.filter {
+                        None => None,
+                        Some(f) => Some(Filter {
+                            snapshot: Arc::new(Snapshot::parse(&f.snapshot).map_err(|e| {
+                                Error::Decode {
+                                    table: table.name.to_string(),
+                                    problem: format!("in checkpoint {}: {e}", restored.location),
+                                }
+                            })?),
+                            insert_lsn: f.insert_lsn,
+                        }),
+                    };
+                    states.push(PartitionState::restored(filter, p.last));
+                }
+                let saved = restored
+                    .local
+                    .then(|| starts.iter().map(|s| s.offset).collect());
+                let checkpoints = checkpointing(&table, saved);
+                let parts = Parts {
+                    consumer,
+                    table,
+                    applier,
+                    pg,
+                    states,
+                    starts,
+                    start_lsn: header.start_lsn,
+                    slot_marker: header.slot_marker.clone(),
+                    checkpoints,
+                };
+                return follower(config, shared, parts, started);
+            }
+            Err(refusals) => {
+                for r in &refusals {
+                    shared.counters.counts.refused(r.kind());
+                }
+                let reasons: Vec<String> = refusals.iter().map(|r| r.to_string()).collect();
+                let reasons = reasons.join("; ");
+                warn!(table = %config.table, reasons = %reasons, "no usable checkpoint; loading the table from PostgreSQL");
+                refused = Some(reasons);
+            }
+        }
+    }
+    shared.set_step("loading the table from PostgreSQL (waiting for its lock, or copying)");
     let load::Shaped {
         table,
         applier,
@@ -164,11 +242,12 @@ where
         &config.table,
         partitions,
         ts_column.as_deref(),
-        applier_for,
+        |table: &TableInfo| applier_for(config, shared, table, ts_column.as_deref(), generation),
     )
     .await?;
     shared.counters.counts.loaded_rows.add(loaded.rows);
     shared.counters.counts.warm_starts.add(1);
+    *lock(&shared.started_from) = Some(StartedFrom::Postgres { refused });
     let removed = applier.sweep();
     if removed > 0 {
         info!(table = %table.name, removed, "rows gone since the previous warm start removed");
@@ -199,19 +278,11 @@ where
         )
         .await?;
     }
-    seek::assign(&consumer, &config.topic, &starts)?;
-    shared.set_step(
-        "catching up with the topic (reading Kafka up to the offsets it had at the start)",
-    );
-    let replay: i64 = starts.iter().map(|s| s.high - s.offset).sum();
     info!(
         table = %table.name,
-        topic = %config.topic,
         rows = loaded.rows,
         insert_lsn = loaded.insert_lsn,
-        partitions,
-        records_to_replay = replay,
-        "following the topic"
+        "loaded from PostgreSQL"
     );
     let snapshot = Arc::new(loaded.snapshot);
     let states = (0..partitions)
@@ -222,8 +293,69 @@ where
             }))
         })
         .collect();
-    let n = partitions as usize;
-    *shared.positions.lock().unwrap_or_else(|p| p.into_inner()) = starts
+    let checkpoints = checkpointing(&table, None);
+    let parts = Parts {
+        consumer,
+        table,
+        applier,
+        pg,
+        states,
+        starts,
+        start_lsn: loaded.start_lsn,
+        slot_marker: None,
+        checkpoints,
+    };
+    follower(config, shared, parts, started)
+}
+
+/// What a warm start hands the follower.
+struct Parts<K, V> {
+    consumer: Arc<seek::Consumer>,
+    table: TableInfo,
+    applier: Applier<K, V>,
+    pg: tokio_postgres::Client,
+    states: Vec<PartitionState>,
+    starts: Vec<Start>,
+    start_lsn: u64,
+    slot_marker: Option<tidemark_core::wire::envelope::SlotMarker>,
+    checkpoints: Option<Checkpointing<K, V>>,
+}
+
+/// Assigns the partitions at their start offsets and builds the follower.
+fn follower<K, V>(
+    config: &Config,
+    shared: &Arc<Shared<K, V>>,
+    parts: Parts<K, V>,
+    started: Instant,
+) -> Result<Follower<K, V>>
+where
+    K: std::hash::Hash + Eq + Clone,
+{
+    let Parts {
+        consumer,
+        table,
+        applier,
+        pg,
+        states,
+        starts,
+        start_lsn,
+        slot_marker,
+        checkpoints,
+    } = parts;
+    seek::assign(&consumer, &config.topic, &starts)?;
+    shared.set_step(
+        "catching up with the topic (reading Kafka up to the offsets it had at the start)",
+    );
+    let replay: i64 = starts.iter().map(|s| s.high - s.offset).sum();
+    info!(
+        table = %table.name,
+        topic = %config.topic,
+        partitions = starts.len(),
+        records_to_replay = replay,
+        "following the topic"
+    );
+    let n = starts.len();
+    *lock(&shared.positions) = starts
         .iter()
         .map(|s| PartitionPosition {
             partition: s.partition,
@@ -235,6 +367,7 @@ where
     Ok(Follower {
         consumer,
         topic: config.topic.clone(),
+        check_partitioning: applier.ts_column.is_none(),
         table,
         applier,
         pg,
@@ -246,7 +379,46 @@ where
         ready: false,
         started,
         last_error_log: None,
-        check_partitioning: ts_column.is_none(),
-        start_lsn: loaded.start_lsn,
+        start_lsn,
+        slot_marker,
+        checkpoints,
     })
+}
+
+/// Checks the table's shape against the settings and builds the applier for it.
+fn applier_for<K, V>(
+    config: &Config,
+    shared: &Arc<Shared<K, V>>,
+    table: &TableInfo,
+    ts_column: Option<&str>,
+    generation: u32,
+) -> Result<Applier<K, V>> {
+    for (setting, col) in [
+        ("owner_column", config.owner_column.as_deref()),
+        ("strategy", ts_column),
+    ] {
+        if let Some(col) = col {
+            if table.column(col).is_none() {
+                return Err(Error::Table {
+                    table: table.name.to_string(),
+                    problem: format!("it has no column {col} (generated columns do not count: the stream does not carry them)"),
+                    fix: format!("set `{setting}` to a column of the table"),
+                });
+            }
+        }
+    }
+    Ok(Applier {
+        shared: shared.clone(),
+        toast_columns: table.toast_columns(),
+        owner: config
+            .owner_column
+            .clone()
+            .map(|c| (c, shared.instance_id.to_string())),
+        ts_column: ts_column.map(str::to_owned),
+        generation,
+    })
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

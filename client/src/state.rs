@@ -24,6 +24,9 @@ pub enum Origin {
     /// Like [`Origin::Stream`], but the row's owner column holds this instance's
     /// [`Cache::instance_id`](crate::Cache::instance_id): the application's own write coming back.
     OwnWrite,
+    /// The row was read from a checkpoint (or, on a delete, a checkpoint refused
+    /// while it was being read took it out again).
+    Checkpoint,
     /// The key was removed because its new row does not fit the cache's value type
     /// (a column changed type, say); the cache is degraded
     /// ([`Stats::degraded`](crate::Stats::degraded)).
@@ -52,6 +55,25 @@ impl<K: Clone, V> Clone for Change<K, V> {
             partition: self.partition,
         }
     }
+}
+
+/// Where the rows of the latest warm start came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartedFrom {
+    /// A checkpoint, read from `location` (a file or a URL, password hidden), taken
+    /// at `taken_ms` (milliseconds since the epoch).
+    Checkpoint {
+        /// The file or URL.
+        location: String,
+        /// When the checkpoint was taken.
+        taken_ms: i64,
+    },
+    /// A bulk load from PostgreSQL. When checkpoints are configured, `refused` says
+    /// why none was used.
+    Postgres {
+        /// Why no checkpoint was used (each one tried, `; `-separated).
+        refused: Option<String>,
+    },
 }
 
 /// One cached row.
@@ -121,6 +143,8 @@ pub(crate) struct Shared<K, V> {
     pub step: Mutex<&'static str>,
     pub table: String,
     pub topic: String,
+    /// Where the rows of the latest warm start came from.
+    pub started_from: Mutex<Option<StartedFrom>>,
 }
 
 impl<K: Hash + Eq + Clone, V> Shared<K, V> {
@@ -150,6 +174,7 @@ impl<K: Hash + Eq + Clone, V> Shared<K, V> {
             step: Mutex::new("starting"),
             table,
             topic,
+            started_from: Mutex::new(None),
         }
     }
 

@@ -15,6 +15,9 @@
 //! | `tidemark_client_bad_records_total` | counter: records that could not be used |
 //! | `tidemark_client_unfit_rows_total` | counter: keys removed because their new row does not fit the value type |
 //! | `tidemark_client_toast_rereads_total` | counter: rows re-read from PostgreSQL for unchanged TOAST values the cache had no copy of |
+//! | `tidemark_client_checkpoints_written_total` | counter: checkpoints written |
+//! | `tidemark_client_checkpoint_loads_total` | counter: warm starts from a checkpoint |
+//! | `tidemark_client_checkpoint_refusals_total` | counter: checkpoints not used, by `reason` (missing, damaged, incompatible, too_old, unreachable) |
 //! | `tidemark_client_lag_records` | gauge: high watermark minus next offset, per partition |
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -58,6 +61,9 @@ pub(crate) struct Counts {
     pub unfit_rows: Count,
     pub toast_rereads: Count,
     pub warm_starts: Count,
+    pub checkpoints_written: Count,
+    pub checkpoint_loads: Count,
+    pub checkpoint_refusals: Count,
     warm_start_seconds: metrics::Histogram,
     table: String,
 }
@@ -75,6 +81,13 @@ impl Counts {
             unfit_rows: Count::new("tidemark_client_unfit_rows_total", table),
             toast_rereads: Count::new("tidemark_client_toast_rereads_total", table),
             warm_starts: Count::new("tidemark_client_warm_starts_total", table),
+            checkpoints_written: Count::new("tidemark_client_checkpoints_written_total", table),
+            checkpoint_loads: Count::new("tidemark_client_checkpoint_loads_total", table),
+            // Counted here without a reason; `refused` exports it with one.
+            checkpoint_refusals: Count {
+                value: AtomicU64::new(0),
+                exported: metrics::Counter::noop(),
+            },
             warm_start_seconds: metrics::histogram!("tidemark_client_warm_start_seconds", "table" => table.to_owned()),
             table: table.to_owned(),
         }
@@ -83,6 +96,13 @@ impl Counts {
     /// Records how long a warm start took, from load start to ready.
     pub fn warm_start_took(&self, seconds: f64) {
         self.warm_start_seconds.record(seconds);
+    }
+
+    /// Counts a checkpoint not used, by reason.
+    pub fn refused(&self, reason: &'static str) {
+        self.checkpoint_refusals.add(1);
+        metrics::counter!("tidemark_client_checkpoint_refusals_total", "table" => self.table.clone(), "reason" => reason)
+            .increment(1);
     }
 
     /// Publishes how long Kafka has not answered the follower (0 while it answers).
