@@ -3,8 +3,13 @@
 //!
 //! ```text
 //! cargo run --release --example dump -- --postgres URL --kafka BROKERS --table schema.table \
-//!     [--strategy snapshot|watermark --ts-column COL] [--follow SECONDS]
+//!     [--strategy snapshot|watermark --ts-column COL] [--follow SECONDS] \
+//!     [--checkpoint DIR] [--checkpoint-from DIR|URL]
 //! ```
+//!
+//! With `--checkpoint DIR` it starts from the newest usable checkpoint in DIR (else
+//! from `--checkpoint-from`, else from PostgreSQL) and writes one to DIR when it
+//! exits. The closing line on stderr says where the rows came from.
 //!
 //! With `--follow 0` it prints as soon as the cache is ready. Logs go to stderr, so
 //! stdout can be compared with the table directly. It exits within `--follow` plus
@@ -18,7 +23,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde_json::Value;
 use tidemark_client::Row;
-use tidemark_client::{Cache, Strategy};
+use tidemark_client::{Cache, StartedFrom, Strategy};
 
 /// Dump a table through a tidemark cache.
 #[derive(Parser, Debug)]
@@ -54,6 +59,14 @@ struct Args {
     /// names the step that did not finish.
     #[arg(long, default_value_t = tidemark_client::DEFAULT_STARTUP_TIMEOUT.as_secs())]
     startup_timeout: u64,
+    /// A checkpoint directory: start from its newest usable checkpoint, and write
+    /// one there on exit.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<std::path::PathBuf>,
+    /// Where else to look for a checkpoint at start: a shared directory or an
+    /// http(s) URL (read only).
+    #[arg(long, value_name = "DIR|URL")]
+    checkpoint_from: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -94,6 +107,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(topic) = args.topic {
         builder = builder.topic(topic);
     }
+    if let Some(dir) = args.checkpoint {
+        builder = builder.checkpoint_dir(dir);
+    }
+    if let Some(location) = args.checkpoint_from {
+        builder = builder.checkpoint_from(location);
+    }
     if let Some(secs) = args.safety_window {
         builder = builder.safety_window(Duration::from_secs(secs));
     }
@@ -105,13 +124,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_secs(args.follow)).await;
     }
     let mut rows = cache.entries();
-    let stats = cache.stats();
-    if tokio::time::timeout(Duration::from_secs(10), cache.shutdown())
+    // Shutting down writes the checkpoint, if there is a directory for one.
+    if tokio::time::timeout(Duration::from_secs(600), cache.clone().shutdown())
         .await
         .is_err()
     {
-        eprintln!("dump: the cache did not stop within 10 s; printing anyway");
+        eprintln!("dump: the cache did not stop within 600 s; printing anyway");
     }
+    let stats = cache.stats();
     rows.sort_by(|a, b| compare_keys(&a.0, &b.0));
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (key, value) in rows {
@@ -129,6 +149,23 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         stats.duplicates,
         stats.bad_records
     );
+    let source = match &stats.started_from {
+        Some(StartedFrom::Checkpoint { location, taken_ms }) => {
+            format!("rows came from checkpoint {location} (taken at {taken_ms} ms since the epoch)")
+        }
+        Some(StartedFrom::Postgres { refused: Some(why) }) => {
+            format!("rows came from PostgreSQL (no usable checkpoint: {why})")
+        }
+        Some(StartedFrom::Postgres { refused: None }) | None => {
+            "rows came from PostgreSQL".to_owned()
+        }
+    };
+    let written = if stats.checkpoints_written > 0 {
+        "; checkpoint written"
+    } else {
+        ""
+    };
+    eprintln!("dump: {source}{written}");
     Ok(())
 }
 
