@@ -65,6 +65,7 @@
 mod apply;
 mod builder;
 mod cache;
+mod checkpoint;
 mod config;
 mod copy_row;
 mod error;
