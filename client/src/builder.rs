@@ -17,11 +17,11 @@ use tidemark_core::pg::ConnectOptions;
 use tidemark_core::wire::TableName;
 
 use crate::cache::Cache;
+use crate::checkpoint::{Encoders, Source, DEFAULT_CHECKPOINT_INTERVAL};
 use crate::config::{
     Config, Strategy, DEFAULT_CHANNEL_CAPACITY, DEFAULT_SAFETY_WINDOW, DEFAULT_STARTUP_TIMEOUT,
     DEFAULT_TOPIC_PREFIX, MAX_SAFETY_WINDOW, TYPED_CONSUMER_PROPERTIES,
 };
-use crate::checkpoint::{Encoders, Source, DEFAULT_CHECKPOINT_INTERVAL};
 use crate::error::{Error, Result};
 use crate::state::{Shared, TaskGuard};
 
@@ -332,12 +332,15 @@ where
     /// Must be called inside a Tokio runtime.
     pub fn start(self) -> Result<Cache<K, V>> {
         let config = Arc::new(self.validate()?);
-        let shared = Arc::new(Shared::new(
-            uuid::Uuid::now_v7(),
-            config.table.to_string(),
-            config.topic.clone(),
-            config.channel_capacity,
-        ));
+        let shared = Arc::new(Shared {
+            checkpoint_dir: config.checkpoints.dir.clone(),
+            ..Shared::new(
+                uuid::Uuid::now_v7(),
+                config.table.to_string(),
+                config.topic.clone(),
+                config.channel_capacity,
+            )
+        });
         let (stop, stopped) = watch::channel(false);
         let encoders = self.encoders.filter(|_| config.checkpoints.dir.is_some());
         let task = tokio::spawn(crate::run::run(config, shared.clone(), encoders, stopped));

@@ -256,6 +256,29 @@ where
             .clone()
     }
 
+    /// Serves this cache's newest checkpoint over HTTP on `addr` (port 0 picks one),
+    /// at [`CheckpointServer::url`](crate::checkpoint::CheckpointServer::url), so new
+    /// instances start from it with
+    /// [`Builder::checkpoint_from`](crate::Builder::checkpoint_from) instead of
+    /// reading the table. Needs [`Builder::checkpoint_dir`](crate::Builder::checkpoint_dir).
+    /// To mount the handler in the application's own server instead, use
+    /// [`checkpoint::router`](crate::checkpoint::router).
+    pub async fn serve_checkpoints(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Result<crate::checkpoint::CheckpointServer> {
+        let dir = self.shared.checkpoint_dir.clone().ok_or(Error::Config {
+            field: "checkpoint_dir",
+            problem: "is not set, so this cache has no checkpoints to serve".into(),
+        })?;
+        crate::checkpoint::serve(dir, self.shared.topic.clone(), addr)
+            .await
+            .map_err(|e| Error::Config {
+                field: "checkpoint_dir",
+                problem: format!("cannot serve checkpoints on {addr}: {e}"),
+            })
+    }
+
     /// Stops the background task and waits for it to end. The map stays readable
     /// (through other clones) but no longer changes.
     pub async fn shutdown(self) {

@@ -656,16 +656,22 @@ where
         };
         let (encoders, dir) = (c.encoders, c.dir.clone());
         let started = Instant::now();
-        let written = tokio::task::spawn_blocking(move || {
-            checkpoint::take(&shared, encoders, &dir, &header)
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(format!("the writer panicked: {e}"))));
+        let written =
+            tokio::task::spawn_blocking(move || checkpoint::take(&shared, encoders, &dir, &header))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(std::io::Error::other(format!("the writer panicked: {e}")))
+                });
         c.last = Some(Instant::now());
         match written {
             Ok((path, rows)) => {
                 c.saved = Some(self.next.clone());
-                self.applier.shared.counters.counts.checkpoints_written.add(1);
+                self.applier
+                    .shared
+                    .counters
+                    .counts
+                    .checkpoints_written
+                    .add(1);
                 info!(table = %self.table.name, path = %path.display(), rows, seconds = started.elapsed().as_secs_f64(), "checkpoint written");
             }
             Err(e) => {

@@ -145,6 +145,8 @@ pub(crate) struct Shared<K, V> {
     pub topic: String,
     /// Where the rows of the latest warm start came from.
     pub started_from: Mutex<Option<StartedFrom>>,
+    /// Where this cache writes checkpoints, if it does.
+    pub checkpoint_dir: Option<std::path::PathBuf>,
 }
 
 impl<K: Hash + Eq + Clone, V> Shared<K, V> {
@@ -175,6 +177,7 @@ impl<K: Hash + Eq + Clone, V> Shared<K, V> {
             table,
             topic,
             started_from: Mutex::new(None),
+            checkpoint_dir: None,
         }
     }
 

@@ -124,7 +124,9 @@ pub(crate) enum ReadError {
     Io(#[from] io::Error),
     #[error("it is damaged: {0}")]
     Damaged(String),
-    #[error("it has format version {found}; this version of tidemark reads version {FORMAT_VERSION}")]
+    #[error(
+        "it has format version {found}; this version of tidemark reads version {FORMAT_VERSION}"
+    )]
     Version { found: u32 },
     /// The callback refused a row.
     #[error("{0}")]
@@ -200,14 +202,19 @@ pub(crate) fn verify(path: &Path) -> Result<(Header, u64), ReadError> {
     let len = file.metadata()?.len();
     let fixed = (MAGIC.len() + 8 + 4) as u64;
     if len < fixed {
-        return Err(ReadError::Damaged(format!("it is {len} bytes long, too short")));
+        return Err(ReadError::Damaged(format!(
+            "it is {len} bytes long, too short"
+        )));
     }
     let mut start = [0u8; MAGIC.len() + 8];
     file.read_exact(&mut start)?;
     if &start[..MAGIC.len()] != MAGIC {
-        return Err(ReadError::Damaged("it does not begin like a tidemark checkpoint".into()));
+        return Err(ReadError::Damaged(
+            "it does not begin like a tidemark checkpoint".into(),
+        ));
     }
-    let word = |at: usize| u32::from_le_bytes([start[at], start[at + 1], start[at + 2], start[at + 3]]);
+    let word =
+        |at: usize| u32::from_le_bytes([start[at], start[at + 1], start[at + 2], start[at + 3]]);
     let version = word(MAGIC.len());
     let header_len = word(MAGIC.len() + 4);
     // The checksum first: a damaged version or length must not be believed.
@@ -235,7 +242,9 @@ pub(crate) fn verify(path: &Path) -> Result<(Header, u64), ReadError> {
         return Err(ReadError::Version { found: version });
     }
     if header_len > MAX_HEADER || fixed + header_len as u64 > len {
-        return Err(ReadError::Damaged(format!("its header length {header_len} is impossible")));
+        return Err(ReadError::Damaged(format!(
+            "its header length {header_len} is impossible"
+        )));
     }
     let mut json = vec![0u8; header_len as usize];
     file.seek(SeekFrom::Start(start.len() as u64))?;
@@ -247,7 +256,12 @@ pub(crate) fn verify(path: &Path) -> Result<(Header, u64), ReadError> {
 
 /// Reads the rows of a verified checkpoint, from `rows_at` (as [`verify`] returned),
 /// handing each to `row` on one of `threads` threads. Returns the number of rows.
-pub(crate) fn read_rows<F>(path: &Path, rows_at: u64, threads: usize, row: F) -> Result<u64, ReadError>
+pub(crate) fn read_rows<F>(
+    path: &Path,
+    rows_at: u64,
+    threads: usize,
+    row: F,
+) -> Result<u64, ReadError>
 where
     F: Fn(RowRef<'_>) -> Result<(), String> + Sync,
 {
@@ -270,10 +284,24 @@ where
                         let mut rest = chunk.as_slice();
                         while !rest.is_empty() {
                             let (item, tail) = postcard::take_from_bytes::<Item<'_>>(rest)
-                                .map_err(|e| ReadError::Damaged(format!("a row frame does not parse: {e}")))?;
+                                .map_err(|e| {
+                                    ReadError::Damaged(format!("a row frame does not parse: {e}"))
+                                })?;
                             rest = tail;
-                            if let Item::Row { partition, key, value, toast } = item {
-                                row(RowRef { partition, key, value, toast }).map_err(ReadError::Row)?;
+                            if let Item::Row {
+                                partition,
+                                key,
+                                value,
+                                toast,
+                            } = item
+                            {
+                                row(RowRef {
+                                    partition,
+                                    key,
+                                    value,
+                                    toast,
+                                })
+                                .map_err(ReadError::Row)?;
                                 n += 1;
                             }
                         }
@@ -292,7 +320,9 @@ where
                     first_error.get_or_insert(e);
                 }
                 Err(_) => {
-                    first_error.get_or_insert(ReadError::Row("a thread reading the checkpoint panicked".into()));
+                    first_error.get_or_insert(ReadError::Row(
+                        "a thread reading the checkpoint panicked".into(),
+                    ));
                 }
             }
         }
@@ -301,7 +331,9 @@ where
         }
         let expected = split?;
         if expected != rows {
-            return Err(ReadError::Damaged(format!("it says {expected} rows but holds {rows}")));
+            return Err(ReadError::Damaged(format!(
+                "it says {expected} rows but holds {rows}"
+            )));
         }
         Ok(rows)
     })
@@ -309,7 +341,10 @@ where
 
 /// Cuts the frames after the header into chunks of whole `Row` frames and hands each
 /// to `send` (which returns false to stop); returns the row count the end frame states.
-fn split_chunks(file: &mut impl Read, mut send: impl FnMut(Vec<u8>) -> bool) -> Result<u64, ReadError> {
+fn split_chunks(
+    file: &mut impl Read,
+    mut send: impl FnMut(Vec<u8>) -> bool,
+) -> Result<u64, ReadError> {
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK * 2);
     let mut eof = false;
     loop {
@@ -376,7 +411,10 @@ mod tests {
                 partition: 0,
                 next_offset: 7,
                 last: Some((10, 9, 0)),
-                filter: Some(Filter { snapshot: "5:9:6".into(), insert_lsn: 99 }),
+                filter: Some(Filter {
+                    snapshot: "5:9:6".into(),
+                    insert_lsn: 99,
+                }),
             }],
             start_lsn: 3,
             slot_marker: None,
@@ -391,8 +429,13 @@ mod tests {
         let value = format!("{{\"v\":\"{}\"}}", "x".repeat(value_len));
         for i in 0..rows {
             let key = format!("{{\"id\":{i}}}");
-            w.row(RowRef { partition: (i % 3) as i32, key: &key, value: &value, toast: (i % 2 == 0).then_some("{}") })
-                .unwrap();
+            w.row(RowRef {
+                partition: (i % 3) as i32,
+                key: &key,
+                value: &value,
+                toast: (i % 2 == 0).then_some("{}"),
+            })
+            .unwrap();
         }
         w.finish().unwrap();
     }
@@ -452,7 +495,10 @@ mod tests {
         let crc = crc32fast::hash(&bytes[..n]);
         bytes[n..].copy_from_slice(&crc.to_le_bytes());
         std::fs::write(&path, &bytes).unwrap();
-        assert!(matches!(verify(&path), Err(ReadError::Version { found: 9 })));
+        assert!(matches!(
+            verify(&path),
+            Err(ReadError::Version { found: 9 })
+        ));
         // Not a checkpoint at all.
         std::fs::write(&path, b"hello, this is not a checkpoint").unwrap();
         assert!(matches!(verify(&path), Err(ReadError::Damaged(_))));

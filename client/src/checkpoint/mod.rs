@@ -33,8 +33,10 @@
 //! always read PostgreSQL: the checkpoint would be refused for the same reason.
 
 pub(crate) mod format;
-pub mod http;
+mod http;
 pub(crate) mod store;
+
+pub use http::{router, serve, CheckpointServer};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -51,7 +53,6 @@ use crate::seek::{blocking, Consumer};
 use crate::state::{Origin, Shared};
 use crate::table::TableInfo;
 use tidemark_core::wire::Row;
-
 
 /// How many checkpoints of a topic a cache keeps in its directory.
 pub const KEEP: usize = 2;
@@ -206,23 +207,23 @@ where
 {
     let mut refusals = Vec::new();
     let mut candidates: Vec<(String, PathBuf, bool)> = Vec::new();
-    let mut list = |dir: &Path, local: bool, refusals: &mut Vec<Refusal>| {
-        match store::newest_first(dir, topic) {
-            Ok(found) if found.is_empty() => refusals.push(Refusal::Missing(format!(
-                "{} holds no checkpoint of {topic}",
-                dir.display()
-            ))),
-            Ok(found) => candidates.extend(
-                found
-                    .into_iter()
-                    .take(KEEP)
-                    .map(|p| (p.display().to_string(), p, local)),
-            ),
-            Err(e) => refusals.push(Refusal::Unreachable(format!(
-                "cannot list {}: {e}",
-                dir.display()
-            ))),
-        }
+    let mut list = |dir: &Path, local: bool, refusals: &mut Vec<Refusal>| match store::newest_first(
+        dir, topic,
+    ) {
+        Ok(found) if found.is_empty() => refusals.push(Refusal::Missing(format!(
+            "{} holds no checkpoint of {topic}",
+            dir.display()
+        ))),
+        Ok(found) => candidates.extend(
+            found
+                .into_iter()
+                .take(KEEP)
+                .map(|p| (p.display().to_string(), p, local)),
+        ),
+        Err(e) => refusals.push(Refusal::Unreachable(format!(
+            "cannot list {}: {e}",
+            dir.display()
+        ))),
     };
     if let Some(dir) = &settings.dir {
         list(dir, true, &mut refusals);
@@ -232,7 +233,11 @@ where
         Some(Source::Url(_)) | None => {}
     }
     for (location, path, local) in candidates {
-        match try_one(&path, &location, table, topic, consumer, partitions, applier).await? {
+        match try_one(
+            &path, &location, table, topic, consumer, partitions, applier,
+        )
+        .await?
+        {
             Ok((header, rows, highs)) => {
                 return Ok(Ok(Restored {
                     header,

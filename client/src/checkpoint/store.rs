@@ -36,7 +36,10 @@ pub(crate) fn newest_first(dir: &Path, topic: &str) -> io::Result<Vec<PathBuf>> 
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(rest) = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(SUFFIX)) {
+        if let Some(rest) = name
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(SUFFIX))
+        {
             // rest = "<ms>@<instance>"; the fixed-width time sorts as text.
             if rest.split('@').next().is_some_and(|ms| ms.len() == 13) {
                 found.push((rest.to_owned(), entry.path()));
@@ -114,7 +117,13 @@ mod tests {
     #[test]
     fn newest_first_prune_and_atomic_write() {
         let dir = std::env::temp_dir().join(format!("tidemark-store-{}", uuid::Uuid::now_v7()));
-        for (topic, ms) in [("t.a", 5), ("t.a", 40), ("t.a", 300), ("t.ab", 999), ("t", 1000)] {
+        for (topic, ms) in [
+            ("t.a", 5),
+            ("t.a", 40),
+            ("t.a", 300),
+            ("t.ab", 999),
+            ("t", 1000),
+        ] {
             write_atomically(&dir, &file_name(topic, ms, "i"), |mut w| {
                 w.write_all(b"x")?;
                 Ok((w, ()))
@@ -136,16 +145,27 @@ mod tests {
             ]
         );
         assert_eq!(prune(&dir, "t.a", 1).unwrap(), 2);
-        assert_eq!(names(newest_first(&dir, "t.a").unwrap()), ["t.a@0000000000300@i.ckpt"]);
+        assert_eq!(
+            names(newest_first(&dir, "t.a").unwrap()),
+            ["t.a@0000000000300@i.ckpt"]
+        );
         assert_eq!(newest_first(&dir, "t.ab").unwrap().len(), 1);
         // A failed write leaves nothing behind.
-        let failed = write_atomically(&dir, &file_name("t.a", 500, "i"), |_w| -> io::Result<(BufWriter<File>, ())> {
-            Err(io::Error::other("disk full"))
-        });
+        let failed = write_atomically(
+            &dir,
+            &file_name("t.a", 500, "i"),
+            |_w| -> io::Result<(BufWriter<File>, ())> { Err(io::Error::other("disk full")) },
+        );
         assert!(failed.is_err());
         assert_eq!(newest_first(&dir, "t.a").unwrap().len(), 1);
-        assert!(!fs::read_dir(&dir).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
-        assert!(newest_first(&dir.join("missing"), "t.a").unwrap().is_empty());
+        assert!(!fs::read_dir(&dir).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp")));
+        assert!(newest_first(&dir.join("missing"), "t.a")
+            .unwrap()
+            .is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }
 }
