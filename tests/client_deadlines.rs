@@ -12,17 +12,6 @@ use crate::support::*;
 /// Port of the paused proxy in front of the shared broker.
 const BLACKHOLE_PORT: u16 = 19199;
 
-/// The path of the `dump` example, built beside the test binary's profile.
-fn dump_bin() -> std::path::PathBuf {
-    let bin = bridge_bin().with_file_name("examples").join("dump");
-    assert!(
-        bin.exists(),
-        "{} is missing; build it first (cargo build --release --examples) or run scripts/test.sh",
-        bin.display()
-    );
-    bin
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_that_cannot_finish_ends_at_its_deadline_naming_the_step() {
     let pg = pg().await;

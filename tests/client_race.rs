@@ -90,6 +90,38 @@ async fn caches_converge_under_copy_key_changes_truncate_and_a_rewrite() {
     assert_exact(&outcome);
 }
 
+/// Checkpoints taken during the hostile race, by caches that follow it, and starts
+/// from them while the race goes on: every cache shares one directory and writes a
+/// checkpoint every second, so most caches after the first few start from a peer's
+/// (those taken before the rewriting `ALTER TABLE` are refused for their shape).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn caches_started_from_checkpoints_taken_during_the_hostile_race_are_exact() {
+    let name = unique("racecheckpoint");
+    let dir = std::env::temp_dir().join(format!("tidemark-checkpoints-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let outcome = race(
+        &name,
+        RaceConfig {
+            hostile: true,
+            caches: 12,
+            duration: Duration::from_secs(30),
+            checkpoints: Some(dir.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    eprintln!(
+        "race {name}: {} caches started from a checkpoint; {} checkpoints refused",
+        outcome.from_checkpoint, outcome.checkpoint_refusals
+    );
+    assert_exact(&outcome);
+    assert!(
+        outcome.from_checkpoint > 0,
+        "no cache started from a checkpoint, so the race did not test them"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The test is only worth something if it fails when the xid filter is off: with
 /// the filter disabled, changes already in a cache's snapshot are applied again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

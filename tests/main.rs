@@ -13,6 +13,7 @@ mod bridge_setup;
 mod bridge_stream;
 mod bridge_values;
 mod bridge_wire;
+mod client_checkpoints;
 mod client_commit_visibility;
 mod client_compaction;
 mod client_copy;

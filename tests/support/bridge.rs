@@ -29,6 +29,17 @@ pub fn bridge_bin() -> PathBuf {
     bin
 }
 
+/// The path of the `dump` example, built beside the bridge binary.
+pub fn dump_bin() -> PathBuf {
+    let bin = bridge_bin().with_file_name("examples").join("dump");
+    assert!(
+        bin.exists(),
+        "{} is missing; build it first (cargo build --release --examples) or run scripts/test.sh",
+        bin.display()
+    );
+    bin
+}
+
 /// Settings for one bridge process.
 #[derive(Clone, Debug)]
 pub struct BridgeArgs {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tidemark_client::{Cache, Strategy};
 
 use tokio_postgres::Client;
@@ -26,7 +26,7 @@ use tokio_postgres::Client;
 use super::*;
 
 /// A row of the race table, as the cache holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct RaceRow {
     pub id: i64,
     pub v: i64,
@@ -36,7 +36,7 @@ pub struct RaceRow {
 }
 
 /// The cache's key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 pub struct RaceKey {
     pub id: i64,
 }
@@ -56,6 +56,9 @@ pub struct RaceConfig {
     /// Adds the hostile writers: `COPY` batches, primary-key changes, a `TRUNCATE`
     /// and a rewriting `ALTER TABLE` during the race.
     pub hostile: bool,
+    /// Every cache keeps its checkpoints in this one shared directory, writing one
+    /// every second, so caches that start later may start from a peer's.
+    pub checkpoints: Option<std::path::PathBuf>,
 }
 
 impl Default for RaceConfig {
@@ -69,6 +72,7 @@ impl Default for RaceConfig {
             bridge_crashes: 0,
             disable_xid_filter: false,
             hostile: false,
+            checkpoints: None,
         }
     }
 }
@@ -92,6 +96,9 @@ pub struct RaceOutcome {
     pub skipped_in_snapshot: u64,
     pub duplicates: u64,
     pub applied: u64,
+    /// Caches whose rows came from a checkpoint, and checkpoints refused.
+    pub from_checkpoint: usize,
+    pub checkpoint_refusals: u64,
 }
 
 /// Keys above the writers' range: `COPY` batches use the first half, primary-key
@@ -492,6 +499,11 @@ pub async fn run(
         if cfg.disable_xid_filter {
             builder = builder.disable_xid_filter_for_tests();
         }
+        if let Some(dir) = &cfg.checkpoints {
+            builder = builder
+                .checkpoint_dir(dir)
+                .checkpoint_interval(Duration::from_secs(1));
+        }
         let cache = builder.start().unwrap_or_else(|e| panic!("cache {i}: {e}"));
         let mut changes = cache.subscribe();
         let (backwards, repeated, examples) =
@@ -595,6 +607,13 @@ pub async fn run(
         outcome.skipped_in_snapshot += s.skipped_in_snapshot;
         outcome.duplicates += s.duplicates;
         outcome.applied += s.applied;
+        outcome.checkpoint_refusals += s.checkpoint_refusals;
+        if matches!(
+            s.started_from,
+            Some(tidemark_client::StartedFrom::Checkpoint { .. })
+        ) {
+            outcome.from_checkpoint += 1;
+        }
     }
     for c in caches {
         c.shutdown().await;
