@@ -17,10 +17,10 @@ use tidemark_core::pg::ConnectOptions;
 use tidemark_core::wire::TableName;
 
 use crate::cache::Cache;
-use crate::checkpoint::{Encoders, Source, DEFAULT_CHECKPOINT_INTERVAL};
+use crate::checkpoint::{Encoders, DEFAULT_CHECKPOINT_INTERVAL};
 use crate::config::{
-    Config, Strategy, DEFAULT_CHANNEL_CAPACITY, DEFAULT_SAFETY_WINDOW, DEFAULT_STARTUP_TIMEOUT,
-    DEFAULT_TOPIC_PREFIX, MAX_SAFETY_WINDOW, TYPED_CONSUMER_PROPERTIES,
+    CheckpointSource, Config, Strategy, DEFAULT_CHANNEL_CAPACITY, DEFAULT_SAFETY_WINDOW,
+    DEFAULT_STARTUP_TIMEOUT, DEFAULT_TOPIC_PREFIX, MAX_SAFETY_WINDOW, TYPED_CONSUMER_PROPERTIES,
 };
 use crate::error::{Error, Result};
 use crate::state::{Shared, TaskGuard};
@@ -55,7 +55,7 @@ pub struct Builder<K, V> {
     owner_column: Option<String>,
     channel_capacity: usize,
     xid_filter: bool,
-    checkpoints: crate::checkpoint::Settings,
+    checkpoints: crate::config::CheckpointSettings,
     encoders: Option<Encoders<K, V>>,
     _types: PhantomData<fn() -> (K, V)>,
 }
@@ -94,7 +94,7 @@ impl<K, V> Builder<K, V> {
             owner_column: None,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             xid_filter: true,
-            checkpoints: crate::checkpoint::Settings {
+            checkpoints: crate::config::CheckpointSettings {
                 every: DEFAULT_CHECKPOINT_INTERVAL,
                 ..Default::default()
             },
@@ -257,7 +257,8 @@ impl<K, V> Builder<K, V> {
         if self.checkpoints.every < Duration::from_secs(1) {
             return Err(bad("checkpoint_interval", "is shorter than a second"));
         }
-        if matches!(&self.checkpoints.from, Some(Source::Url(u)) if url::Url::parse(u).is_err()) {
+        if matches!(&self.checkpoints.from, Some(CheckpointSource::Url(u)) if url::Url::parse(u).is_err())
+        {
             return Err(bad("checkpoint_from", "is not a valid URL"));
         }
         if self.safety_window > MAX_SAFETY_WINDOW {
@@ -314,7 +315,7 @@ where
     /// never written. A checkpoint that cannot be used is reported and the cache
     /// warm-starts from PostgreSQL; see [`crate::checkpoint`].
     pub fn checkpoint_from(mut self, location: impl Into<String>) -> Self {
-        self.checkpoints.from = Some(Source::parse(&location.into()));
+        self.checkpoints.from = Some(CheckpointSource::parse(&location.into()));
         self
     }
 

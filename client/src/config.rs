@@ -1,6 +1,7 @@
 //! The settings of a cache once checked, their defaults, and the strategy that makes
 //! the bulk load and the stream meet.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tidemark_core::pg::ConnectOptions;
@@ -68,7 +69,7 @@ pub(crate) struct Config {
     /// Off only in tests that show why the filter is needed.
     pub xid_filter: bool,
     /// Where checkpoints are read and written.
-    pub checkpoints: crate::checkpoint::Settings,
+    pub checkpoints: CheckpointSettings,
 }
 
 impl std::fmt::Debug for Config {
@@ -93,5 +94,41 @@ impl std::fmt::Debug for Config {
             .field("xid_filter", &self.xid_filter)
             .field("checkpoints", &self.checkpoints)
             .finish()
+    }
+}
+
+/// Where checkpoints are read and written.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CheckpointSettings {
+    /// Read at the first warm start, and written.
+    pub dir: Option<PathBuf>,
+    /// Read at the first warm start when `dir` has no usable checkpoint.
+    pub from: Option<CheckpointSource>,
+    /// Time between two checkpoints.
+    pub every: Duration,
+}
+
+impl CheckpointSettings {
+    /// Whether any checkpoint is read at start.
+    pub fn reads(&self) -> bool {
+        self.dir.is_some() || self.from.is_some()
+    }
+}
+
+/// A shared checkpoint source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CheckpointSource {
+    Dir(PathBuf),
+    Url(String),
+}
+
+impl CheckpointSource {
+    /// A location as given: an `http://` or `https://` URL, or a directory.
+    pub fn parse(location: &str) -> CheckpointSource {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            CheckpointSource::Url(location.to_owned())
+        } else {
+            CheckpointSource::Dir(PathBuf::from(location))
+        }
     }
 }

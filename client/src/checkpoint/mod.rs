@@ -48,6 +48,7 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use crate::apply::{typed_key, Applier};
+use crate::config::{CheckpointSettings as Settings, CheckpointSource as Source};
 use crate::error::Result;
 use crate::seek::{blocking, Consumer};
 use crate::state::{Origin, Shared};
@@ -62,42 +63,6 @@ pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// How long fetching a checkpoint over HTTP may take.
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// Where checkpoints are read and written.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Settings {
-    /// Read at the first warm start, and written.
-    pub dir: Option<PathBuf>,
-    /// Read at the first warm start when `dir` has no usable checkpoint.
-    pub from: Option<Source>,
-    /// Time between two checkpoints.
-    pub every: Duration,
-}
-
-impl Settings {
-    /// Whether any checkpoint is read at start.
-    pub fn reads(&self) -> bool {
-        self.dir.is_some() || self.from.is_some()
-    }
-}
-
-/// A shared checkpoint source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Source {
-    Dir(PathBuf),
-    Url(String),
-}
-
-impl Source {
-    /// A location as given: an `http://` or `https://` URL, or a directory.
-    pub fn parse(location: &str) -> Source {
-        if location.starts_with("http://") || location.starts_with("https://") {
-            Source::Url(location.to_owned())
-        } else {
-            Source::Dir(PathBuf::from(location))
-        }
-    }
-}
 
 /// How a cache turns its keys and values back into the wire format's JSON.
 pub(crate) struct Encoders<K, V> {
