@@ -440,3 +440,80 @@ pub(crate) fn take<K: std::hash::Hash + Eq, V>(
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::tests::sample;
+
+    fn header_of(table: &TableInfo, partitions: i32) -> format::Header {
+        format::Header {
+            table: table.name.to_string(),
+            topic: "tidemark.public.t".into(),
+            shape: shape_of(table),
+            partitions: (0..partitions)
+                .map(|p| format::PartitionState {
+                    partition: p,
+                    next_offset: 0,
+                    last: None,
+                    filter: None,
+                })
+                .collect(),
+            start_lsn: 0,
+            slot_marker: None,
+            taken_ms: 0,
+            instance: "i".into(),
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_table_shape_or_partition_count_is_refused() {
+        let table = sample();
+        let h = header_of(&table, 3);
+        assert_eq!(mismatch(&h, &table, "tidemark.public.t", 3), None);
+        let why = mismatch(&h, &table, "tidemark.public.t", 4).unwrap();
+        assert!(why.contains("3 partitions; it has 4"), "{why}");
+        assert!(mismatch(&h, &table, "other", 3)
+            .unwrap()
+            .contains("not public.t on other"));
+        let mut changed = table.clone();
+        changed.columns[1].sql_type = "character varying(10)".into();
+        let why = mismatch(&h, &changed, "tidemark.public.t", 3).unwrap();
+        assert!(
+            why.contains("name text") && why.contains("name character varying(10)"),
+            "{why}"
+        );
+        let mut rekeyed = table.clone();
+        rekeyed.key = vec![0, 1];
+        assert!(mismatch(&h, &rekeyed, "tidemark.public.t", 3).is_some());
+    }
+
+    #[test]
+    fn keys_parse_whole_or_through_the_single_column() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Id {
+            id: i64,
+        }
+        let mode = AtomicU8::new(0);
+        assert_eq!(parse_key::<i64>(r#"{"id":7}"#, &mode), Ok(7));
+        assert_eq!(parse_key::<i64>(r#"{"id":8}"#, &mode), Ok(8));
+        assert!(parse_key::<i64>(r#"{"id":"x"}"#, &mode).is_err());
+        let mode = AtomicU8::new(0);
+        assert_eq!(parse_key::<Id>(r#"{"id":7}"#, &mode), Ok(Id { id: 7 }));
+        assert!(parse_key::<Id>(r#"{"other":7}"#, &mode).is_err());
+    }
+
+    #[test]
+    fn locations_and_refusal_kinds() {
+        assert_eq!(
+            Source::parse("https://peer:9300/checkpoints/t"),
+            Source::Url("https://peer:9300/checkpoints/t".into())
+        );
+        assert_eq!(
+            Source::parse("/shared/ckpt"),
+            Source::Dir("/shared/ckpt".into())
+        );
+        assert_eq!(Refusal::TooOld("x".into()).kind(), "too_old");
+        assert_eq!(Refusal::Damaged("why".into()).to_string(), "why");
+    }
+}
