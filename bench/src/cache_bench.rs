@@ -11,15 +11,20 @@
 //!   the row's size as JSON.
 //! * Fan-out: 50 caches of the replay table start at the same moment while a writer
 //!   runs; time until all are ready, and what they cost PostgreSQL.
+//!
+//! The checkpoint benchmarks (`checkpoint_bench`) reuse the table, the types and the
+//! fan-out's writer and connection sampler defined here.
 
 use std::collections::HashMap;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering as AtomicOrdering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tidemark_client::Cache;
 use tidemark_core::wire::envelope::SLOT_MARKER_HEADER;
 use tidemark_core::wire::{Envelope, Op, Row};
@@ -32,16 +37,17 @@ pub struct Section {
     pub notes: Vec<String>,
 }
 
-/// The benchmark table's key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
-struct Key {
+/// The benchmark table's key (`Serialize` too, for checkpoints).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub(crate) struct Key {
     id: i64,
 }
 
-/// The benchmark table's row, as a service would type it.
-#[derive(Debug, Clone, Deserialize)]
+/// The benchmark table's row, as a service would type it (`Serialize` too, for
+/// checkpoints).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[allow(dead_code)]
-struct Account {
+pub(crate) struct Account {
     id: i64,
     name: String,
     email: String,
@@ -53,7 +59,8 @@ struct Account {
 const COLUMNS: &str = "id int8 PRIMARY KEY, name text NOT NULL, email text NOT NULL, balance numeric(14,2) NOT NULL, \
                        updated_at timestamptz NOT NULL, note text NOT NULL";
 
-async fn create_table(env: &Env, table: &str, rows: usize) -> Result<(), BoxError> {
+/// Creates `table` with `rows` rows of about 200 bytes, vacuumed and analysed.
+pub(crate) async fn create_table(env: &Env, table: &str, rows: usize) -> Result<(), BoxError> {
     let pg = env.pg().await?;
     pg.batch_execute(&format!(
         "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} ({COLUMNS});
@@ -66,7 +73,8 @@ async fn create_table(env: &Env, table: &str, rows: usize) -> Result<(), BoxErro
     Ok(())
 }
 
-fn rss_kib() -> u64 {
+/// The benchmark process's resident set, in KiB.
+pub(crate) fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -80,7 +88,12 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn builder(env: &Env, table: &str, prefix: &str) -> tidemark_client::Builder<Key, Account> {
+/// A cache builder for `table` on the topics of the bridge named `prefix`.
+pub(crate) fn builder(
+    env: &Env,
+    table: &str,
+    prefix: &str,
+) -> tidemark_client::Builder<Key, Account> {
     Cache::builder()
         .postgres(env.postgres.clone())
         .kafka(env.kafka.clone())
@@ -98,20 +111,60 @@ async fn row_json_bytes(env: &Env, table: &str) -> Result<f64, BoxError> {
     Ok(avg)
 }
 
-/// Warm start and memory on the big table; full replay on a small one.
-pub async fn warm_start(env: &Env, rows: usize, repeat: usize) -> Result<Section, BoxError> {
+/// The warm-start table and its (empty) topic, kept for the checkpoint benchmark so
+/// that a 1,000,000-row table is filled once per run.
+pub(crate) struct WarmTable {
+    /// The bridge's name: the topic prefix.
+    pub name: String,
+    /// The table, in `public`.
+    pub table: String,
+    /// Its rows.
+    pub rows: usize,
+}
+
+impl WarmTable {
+    /// Fills a new table of `rows` rows and has the bridge create its topic.
+    pub async fn create(env: &Env, rows: usize) -> Result<Self, BoxError> {
+        let name = format!("benchws{}", rand::random::<u16>());
+        let table = format!("{name}_t");
+        eprintln!("filling {table} with {rows} rows");
+        create_table(env, &table, rows).await?;
+        // The bridge creates the (empty) topic; the cache needs it to exist.
+        BridgeProcess::start(env, &name, &format!("public.{table}"), 3)
+            .await?
+            .stop()?;
+        let pg = env.pg().await?;
+        drop_slot(&pg, &format!("{name}_slot")).await;
+        pg.batch_execute(&format!("DROP PUBLICATION IF EXISTS {name}_pub"))
+            .await?;
+        Ok(WarmTable { name, table, rows })
+    }
+
+    /// Drops the table (the topic stays, like every benchmark topic).
+    pub async fn drop(self, env: &Env) -> Result<(), BoxError> {
+        env.pg()
+            .await?
+            .batch_execute(&format!("DROP TABLE IF EXISTS {}", self.table))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Warm start and memory on the big table; full replay on a small one. With
+/// `keep`, the big table is returned instead of dropped (see [`WarmTable`]).
+pub async fn warm_start(
+    env: &Env,
+    rows: usize,
+    repeat: usize,
+    keep: bool,
+) -> Result<(Section, Option<WarmTable>), BoxError> {
     let mut out = Section {
         rows: Vec::new(),
         notes: Vec::new(),
     };
-    let name = format!("benchws{}", rand::random::<u16>());
-    let table = format!("{name}_t");
-    eprintln!("warm start: filling {table} with {rows} rows");
-    create_table(env, &table, rows).await?;
-    // The bridge creates the (empty) topic; the cache needs it to exist.
-    BridgeProcess::start(env, &name, &format!("public.{table}"), 3)
-        .await?
-        .stop()?;
+    eprint!("warm start: ");
+    let warm = WarmTable::create(env, rows).await?;
+    let (name, table) = (warm.name.clone(), warm.table.clone());
 
     let (mut cache_s, mut copy_s, mut per_row) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..repeat {
@@ -167,17 +220,17 @@ pub async fn warm_start(env: &Env, rows: usize, repeat: usize) -> Result<Section
          rows; it includes allocator slack and the map's own overhead."
             .into(),
     );
-    let pg = env.pg().await?;
-    drop_slot(&pg, &format!("{name}_slot")).await;
-    pg.batch_execute(&format!(
-        "DROP PUBLICATION IF EXISTS {name}_pub; DROP TABLE {table}"
-    ))
-    .await?;
+    let kept = if keep {
+        Some(warm)
+    } else {
+        warm.drop(env).await?;
+        None
+    };
 
     let replay = full_replay(env, 100_000, repeat).await?;
     out.rows.extend(replay.rows);
     out.notes.extend(replay.notes);
-    Ok(out)
+    Ok((out, kept))
 }
 
 /// The replay table: `rows` rows, then 5 updates per key, all through the bridge.
@@ -335,10 +388,127 @@ async fn full_replay(env: &Env, rows: usize, repeat: usize) -> Result<Section, B
     ));
     let pg = env.pg().await?;
     drop_slot(&pg, &format!("{name}_slot")).await;
-    pg.batch_execute(&format!("DROP PUBLICATION IF EXISTS {name}_pub"))
-        .await?;
-    // The table stays for the fan-out benchmark, which drops it.
+    // The fan-out creates its own table, so this one goes too.
+    pg.batch_execute(&format!(
+        "DROP PUBLICATION IF EXISTS {name}_pub; DROP TABLE IF EXISTS {table}"
+    ))
+    .await?;
     Ok(out)
+}
+
+/// A steady writer: 200 single-row updates a second, by primary key, on its own
+/// connection.
+pub(crate) struct Writer {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<u64, BoxError>>,
+}
+
+impl Writer {
+    /// Starts updating `table` (keys `1..=rows`).
+    pub fn start(env: &Env, table: &str, rows: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (env, table, stop) = (env.clone(), table.to_owned(), stop.clone());
+            async move {
+                let pg = env.pg().await?;
+                let mut tick = tokio::time::interval(Duration::from_millis(5));
+                let mut i = 0u64;
+                while !stop.load(AtomicOrdering::Relaxed) {
+                    tick.tick().await;
+                    i += 1;
+                    pg.execute(
+                        &format!("UPDATE {table} SET balance = balance + 1 WHERE id = $1"),
+                        &[&((i % rows as u64) as i64 + 1)],
+                    )
+                    .await?;
+                }
+                Ok::<u64, BoxError>(i)
+            }
+        });
+        Writer { stop, task }
+    }
+
+    /// Stops the writer and returns how many updates it made; its connection is
+    /// closed when this returns.
+    pub async fn stop(self) -> Result<u64, BoxError> {
+        self.stop.store(true, AtomicOrdering::Relaxed);
+        self.task.await?
+    }
+}
+
+/// Samples, every 50 ms, how many PostgreSQL sessions carry an application name,
+/// and keeps the peak.
+pub(crate) struct Sessions {
+    peak: Arc<AtomicI64>,
+    task: tokio::task::JoinHandle<Result<(), BoxError>>,
+}
+
+impl Sessions {
+    /// Starts sampling sessions named `application_name`.
+    pub fn start(env: &Env, application_name: &str) -> Self {
+        let peak = Arc::new(AtomicI64::new(0));
+        let task = tokio::spawn({
+            let (env, peak, app) = (env.clone(), peak.clone(), application_name.to_owned());
+            async move {
+                let pg = env.pg().await?;
+                loop {
+                    let c: i64 = pg
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                            &[&app],
+                        )
+                        .await?
+                        .get(0);
+                    peak.fetch_max(c, AtomicOrdering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        Sessions { peak, task }
+    }
+
+    /// Stops sampling and returns the peak.
+    pub fn stop(self) -> i64 {
+        self.task.abort();
+        self.peak.load(AtomicOrdering::Relaxed)
+    }
+}
+
+/// Rows read from `table` so far: sequential plus index tuples, from
+/// `pg_stat_user_tables` (after flushing this session's own counts).
+pub(crate) async fn rows_read(pg: &tokio_postgres::Client, table: &str) -> Result<i64, BoxError> {
+    pg.batch_execute("SELECT pg_stat_force_next_flush()")
+        .await?;
+    Ok(pg
+        .query_one(
+            "SELECT (seq_tup_read + coalesce(idx_tup_fetch, 0))::int8 FROM pg_stat_user_tables WHERE relname = $1",
+            &[&table],
+        )
+        .await?
+        .get(0))
+}
+
+/// Starts one cache per builder at the same moment and waits until all are ready
+/// or `limit` has passed; returns the caches, how many became ready and when the
+/// last one did.
+pub(crate) async fn start_all(
+    builders: Vec<tidemark_client::Builder<Key, Account>>,
+    limit: Duration,
+) -> Result<(Vec<Cache<Key, Account>>, usize, Duration), BoxError> {
+    let t = Instant::now();
+    let caches: Vec<Cache<Key, Account>> = builders
+        .into_iter()
+        .map(|b| b.start())
+        .collect::<Result<_, _>>()?;
+    let deadline = t + limit;
+    let mut ready = 0;
+    for c in &caches {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if matches!(tokio::time::timeout(left, c.ready()).await, Ok(Ok(()))) {
+            ready += 1;
+        }
+    }
+    Ok((caches, ready, t.elapsed()))
 }
 
 /// How long the fan-out waits for all caches.
@@ -352,70 +522,16 @@ pub async fn fan_out(env: &Env, n: usize) -> Result<Section, BoxError> {
     create_table(env, &table, rows).await?;
     let bridge = BridgeProcess::start(env, &name, &format!("public.{table}"), 3).await?;
     let pg = env.pg().await?;
-    let read_before: i64 = pg
-        .query_one("SELECT (seq_tup_read + coalesce(idx_tup_fetch, 0))::int8 FROM pg_stat_user_tables WHERE relname = $1", &[&table])
-        .await?
-        .get(0);
-
-    // A steady writer: 200 single-row updates a second.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = tokio::spawn({
-        let (env, table, stop) = (env.clone(), table.clone(), stop.clone());
-        async move {
-            let pg = env.pg().await?;
-            let mut tick = tokio::time::interval(Duration::from_millis(5));
-            let mut i = 0i64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                tick.tick().await;
-                i += 1;
-                pg.execute(
-                    &format!("UPDATE {table} SET balance = balance + 1 WHERE id = $1"),
-                    &[&(i % rows as i64 + 1)],
-                )
-                .await?;
-            }
-            Ok::<(), BoxError>(())
-        }
-    });
+    let read_before = rows_read(&pg, &table).await?;
+    let writer = Writer::start(env, &table, rows);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let max_conns = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
-    let sampler = tokio::spawn({
-        let (env, max_conns) = (env.clone(), max_conns.clone());
-        async move {
-            let pg = env.pg().await?;
-            loop {
-                let c: i64 = pg
-                    .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tidemark-client'", &[])
-                    .await?
-                    .get(0);
-                max_conns.fetch_max(c, std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), BoxError>(())
-        }
-    });
-    let t = Instant::now();
-    let caches: Vec<Cache<Key, Account>> = (0..n)
-        .map(|_| builder(env, &table, &name).start())
-        .collect::<Result<_, _>>()?;
-    let deadline = t + FAN_OUT_LIMIT;
-    let mut ready = 0;
-    for c in &caches {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if matches!(tokio::time::timeout(left, c.ready()).await, Ok(Ok(()))) {
-            ready += 1;
-        }
-    }
-    let all_ready = t.elapsed();
-    sampler.abort();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    writer.await??;
-    let read_after: i64 = pg
-        .query_one("SELECT (seq_tup_read + coalesce(idx_tup_fetch, 0))::int8 FROM pg_stat_user_tables WHERE relname = $1", &[&table])
-        .await?
-        .get(0);
+    let sessions = Sessions::start(env, "tidemark-client");
+    let builders = (0..n).map(|_| builder(env, &table, &name)).collect();
+    let (caches, ready, all_ready) = start_all(builders, FAN_OUT_LIMIT).await?;
+    let max_conns = sessions.stop();
+    writer.stop().await?;
+    let read_after = rows_read(&pg, &table).await?;
     for c in caches {
         c.shutdown().await;
     }
@@ -437,7 +553,7 @@ pub async fn fan_out(env: &Env, n: usize) -> Result<Section, BoxError> {
             format!(
                 "PostgreSQL: {rows_read} rows read ({:.2} × table per cache), at most {} connections",
                 rows_read as f64 / (rows * n) as f64,
-                max_conns.load(std::sync::atomic::Ordering::Relaxed)
+                max_conns
             ),
             "-".into(),
             "report only".into(),

@@ -4,6 +4,7 @@
 
 mod bridge_bench;
 mod cache_bench;
+mod checkpoint_bench;
 mod env;
 
 use std::fmt::Write as _;
@@ -22,16 +23,20 @@ struct Args {
     /// Runs per figure; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Sections to run: throughput, latency, warmstart, fanout (comma-separated).
+    /// Sections to run: throughput, latency, warmstart, fanout, checkpoint
+    /// (comma-separated).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "throughput,latency,warmstart,fanout"
+        default_value = "throughput,latency,warmstart,fanout,checkpoint"
     )]
     only: Vec<String>,
-    /// Rows of the warm-start table.
+    /// Rows of the warm-start table (also restarted from a checkpoint).
     #[arg(long, default_value_t = 1_000_000)]
     warm_rows: usize,
+    /// Caches that start at once in the checkpoint section's fan-out.
+    #[arg(long, default_value_t = 200)]
+    checkpoint_caches: usize,
     /// Where to write the report.
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: String,
@@ -238,13 +243,27 @@ async fn main() -> Result<(), BoxError> {
                 .to_owned(),
         );
     }
+    // The warm-start table, kept for the checkpoint restart when both run.
+    let mut warm_table = None;
     if want("warmstart") {
-        let w = cache_bench::warm_start(&env, args.warm_rows, args.repeat).await;
+        let w = cache_bench::warm_start(&env, args.warm_rows, args.repeat, want("checkpoint"))
+            .await
+            .map(|(s, kept)| {
+                warm_table = kept;
+                s
+            });
         section(&mut rows, &mut notes, "warm start", w);
     }
     if want("fanout") {
         let f = cache_bench::fan_out(&env, 50).await;
         section(&mut rows, &mut notes, "fan-out", f);
+    }
+    if want("checkpoint") {
+        let r =
+            checkpoint_bench::restart(&env, warm_table.take(), args.warm_rows, args.repeat).await;
+        section(&mut rows, &mut notes, "checkpoint restart", r);
+        let f = checkpoint_bench::fan_out(&env, args.checkpoint_caches).await;
+        section(&mut rows, &mut notes, "checkpoint fan-out", f);
     }
 
     let mut table = String::from(
