@@ -133,19 +133,19 @@ impl WarmTable {
         BridgeProcess::start(env, &name, &format!("public.{table}"), 3)
             .await?
             .stop()?;
-        let pg = env.pg().await?;
-        drop_slot(&pg, &format!("{name}_slot")).await;
-        pg.batch_execute(&format!("DROP PUBLICATION IF EXISTS {name}_pub"))
-            .await?;
         Ok(WarmTable { name, table, rows })
     }
 
-    /// Drops the table (the topic stays, like every benchmark topic).
+    /// Drops the bridge's slot and publication and the table (the topic stays,
+    /// like every benchmark topic).
     pub async fn drop(self, env: &Env) -> Result<(), BoxError> {
-        env.pg()
-            .await?
-            .batch_execute(&format!("DROP TABLE IF EXISTS {}", self.table))
-            .await?;
+        let (name, table) = (&self.name, &self.table);
+        let pg = env.pg().await?;
+        drop_slot(&pg, &format!("{name}_slot")).await;
+        pg.batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {name}_pub; DROP TABLE IF EXISTS {table}"
+        ))
+        .await?;
         Ok(())
     }
 }

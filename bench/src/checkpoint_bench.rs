@@ -40,6 +40,25 @@ const SESSIONS_LIMIT: Duration = Duration::from_secs(60);
 /// warm-start section measures about 540 B per row.
 const BYTES_PER_CACHED_ROW: u64 = 700;
 
+/// Hands memory the caches freed back to the system (glibc's `malloc_trim`), so that
+/// the next start in this process does not pay for consolidating it. Freeing a cache
+/// leaves millions of small free chunks; without this, glibc merges them at the next
+/// large allocation, which lands inside the next timed start (a profile showed over a
+/// second of `malloc_consolidate` there). A restarted service is a new process and
+/// has no such heap.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: malloc_trim takes no pointers and only reorganises glibc's own heap.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
 /// A builder like [`builder`], whose PostgreSQL sessions carry `application_name`.
 fn builder_as(
     env: &Env,
@@ -190,8 +209,14 @@ async fn restart_runs(env: &Env, warm: &WarmTable, repeat: usize) -> Result<Sect
     let (name, table, rows) = (&warm.name, &warm.table, warm.rows);
     let app = format!("tidemark-bench-{name}");
     let pg = env.pg().await?;
-    let (mut pg_s, mut ck_s, mut write_s, mut shutdown_s, mut bytes) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut pg_s, mut ck_s, mut write_s, mut shutdown_s, mut free_s, mut bytes) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     let (mut pg_read, mut ck_read, mut ck_loaded) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..repeat {
         let dir = temp_dir("checkpoint")?;
@@ -208,9 +233,16 @@ async fn restart_runs(env: &Env, warm: &WarmTable, repeat: usize) -> Result<Sect
             return Err(format!("the cache holds {} rows, expected {rows}", cache.len()).into());
         }
         // The checkpoint is written right after ready, or at the latest by shutdown.
+        // A clone keeps the map alive through shutdown, so that freeing it is timed
+        // apart.
+        let map = cache.clone();
         let t = Instant::now();
         cache.shutdown().await;
         let shutdown = t.elapsed();
+        let t = Instant::now();
+        drop(map);
+        let free = t.elapsed();
+        release_freed_memory();
         let written = watch.await??;
         let after_pg = settled_rows_read(&pg, table, &app).await?;
 
@@ -224,6 +256,7 @@ async fn restart_runs(env: &Env, warm: &WarmTable, repeat: usize) -> Result<Sect
         let stats = cache.stats();
         let len = cache.len();
         cache.shutdown().await;
+        release_freed_memory();
         match &stats.started_from {
             Some(StartedFrom::Checkpoint { location, .. })
                 if Path::new(location) == written.path.as_path() => {}
@@ -242,13 +275,14 @@ async fn restart_runs(env: &Env, warm: &WarmTable, repeat: usize) -> Result<Sect
         let _ = std::fs::remove_dir_all(&dir);
 
         eprintln!(
-            "  run {run}: from PostgreSQL {:.2} s ({} rows read), checkpoint written in {:.2} s ({:.0} MB; shutdown {:.2} s), \
-             from the checkpoint {:.2} s ({} rows read, {} loaded)",
+            "  run {run}: from PostgreSQL {:.2} s ({} rows read), checkpoint written in {:.2} s ({:.0} MB; shutdown {:.2} s, \
+             then freeing the map {:.2} s), from the checkpoint {:.2} s ({} rows read, {} loaded)",
             from_pg.as_secs_f64(),
             after_pg - before,
             written.took.as_secs_f64(),
             written.bytes as f64 / 1e6,
             shutdown.as_secs_f64(),
+            free.as_secs_f64(),
             from_ck.as_secs_f64(),
             after_ck - after_pg,
             stats.loaded_rows
@@ -257,6 +291,7 @@ async fn restart_runs(env: &Env, warm: &WarmTable, repeat: usize) -> Result<Sect
         ck_s.push(from_ck.as_secs_f64());
         write_s.push(written.took.as_secs_f64());
         shutdown_s.push(shutdown.as_secs_f64());
+        free_s.push(free.as_secs_f64());
         bytes.push(written.bytes as f64);
         pg_read.push(after_pg - before);
         ck_read.push(after_ck - after_pg);
@@ -293,15 +328,20 @@ async fn restart_runs(env: &Env, warm: &WarmTable, repeat: usize) -> Result<Sect
         notes: vec![format!(
             "Restart: per run, a cache with a fresh `checkpoint_dir` starts from PostgreSQL (the directory is empty) \
              and is shut down as soon as it is ready, which leaves one checkpoint there (written right after ready \
-             or at shutdown; shutdown took {:.2} s, median); a new cache with the same directory then starts, and \
+             or at shutdown; `shutdown().await` took {:.2} s and freeing the map afterwards {:.2} s, medians); a new cache with the same directory then starts, and \
              must report `started_from: Checkpoint` of that file and hold all {rows} rows. Both are timed from \
              `build()` to ready. Rows read are `seq_tup_read + idx_tup_fetch` of the table in \
              pg_stat_user_tables, read after the cache's sessions (an application name of their own) have ended, \
              since a backend reports its counts when it disconnects; the checkpoint figure is the largest of the \
              runs, and the caches' own `loaded_rows` agreed ({loaded} at most). The write time runs from the \
              time the cache stamps into the checkpoint's name when it starts writing until the file, renamed into \
-             place, is seen (polled every 5 ms); the cache's follower pauses meanwhile, readers do not.",
-            median(shutdown_s)
+             place, is seen (polled every 5 ms); the cache's follower pauses meanwhile, readers do not. All \
+             starts run in this one process: after each cache is freed the benchmark calls glibc's \
+             `malloc_trim(0)`, because otherwise glibc consolidates the freed cache's millions of small chunks \
+             inside the next timed start (a profile showed over a second of `malloc_consolidate` there), a cost \
+             a restarted service, being a new process, does not have.",
+            median(shutdown_s),
+            median(free_s)
         )],
     })
 }
@@ -343,6 +383,7 @@ struct Phase {
     writer_updates: u64,
     peak_sessions: i64,
     from_checkpoint: usize,
+    /// The process's resident set when all were ready.
     rss_gib: f64,
 }
 
@@ -362,15 +403,15 @@ async fn phase(
     tokio::time::sleep(Duration::from_secs(2)).await;
     seed().await?;
     let sessions = Sessions::start(env, app);
-    let rss_before = rss_kib();
     let (caches, ready, all_ready) = start_all(builders, FAN_OUT_LIMIT).await?;
-    let rss_gib = rss_kib().saturating_sub(rss_before) as f64 / (1u64 << 20) as f64;
+    let rss_gib = rss_kib() as f64 / (1u64 << 20) as f64;
     let peak_sessions = sessions.stop();
     let from_checkpoint = caches
         .iter()
         .filter(|c| matches!(c.stats().started_from, Some(StartedFrom::Checkpoint { .. })))
         .count();
     join_all(caches.into_iter().map(|c| c.shutdown())).await;
+    release_freed_memory();
     let writer_updates = writer.stop().await?;
     let after = settled_rows_read(pg, table, app).await?;
     Ok(Phase {
@@ -445,6 +486,7 @@ async fn fan_out_phases(
             .await?;
         seed_took = t.elapsed();
         seed.shutdown().await;
+        release_freed_memory();
         if newest_checkpoint(shared).is_none() {
             return Err(
                 format!("the seed cache left no checkpoint in {}", shared.display()).into(),
@@ -493,8 +535,11 @@ async fn fan_out_phases(
          name, sampled every 50 ms; PostgreSQL's max_connections is {max_connections}. A cache started from a \
          checkpoint still opens its PostgreSQL connection to read the table's columns and key from the catalog, \
          and keeps it (for TOAST re-reads). All {n} caches of a phase run in this one process on the machine \
-         below, each with its own Kafka consumer and PostgreSQL connection; the process's resident set grew by \
-         {:.1} GiB (phase 1) and {:.1} GiB (phase 2) while they started.",
+         below, each with its own Kafka consumer and PostgreSQL connection; the process's resident set was \
+         {:.1} GiB when phase 1's caches were all ready and {:.1} GiB at phase 2's (which reuses memory that \
+         phase 1 freed, so the two do not compare the caches' sizes). As in the restart, glibc's \
+         `malloc_trim(0)` runs after each phase's caches (and the seed) are shut down, so that consolidating \
+         their freed memory does not land in the next timed start.",
         seed_took.as_secs_f64(),
         b.from_checkpoint,
         a.writer_updates,
