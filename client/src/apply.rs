@@ -199,20 +199,39 @@ where
         origin: Origin,
     ) {
         let value = Arc::new(value);
-        let entry = Entry {
-            value: value.clone(),
+        // A second reference only for subscribers: an unwatched load of a million rows
+        // would otherwise pay a million atomic decrements.
+        let Some(watched) = self.shared.watched().then(|| value.clone()) else {
+            self.shared
+                .map
+                .insert(key, self.entry(value, partition, toast, ts));
+            return;
+        };
+        self.shared
+            .map
+            .insert(key.clone(), self.entry(value, partition, toast, ts));
+        self.shared.notify(|| Change {
+            key,
+            value: Some(watched),
+            origin,
+            partition,
+        });
+    }
+
+    fn entry(
+        &self,
+        value: Arc<V>,
+        partition: i32,
+        toast: Option<Box<str>>,
+        ts: Option<Ts>,
+    ) -> Entry<V> {
+        Entry {
+            value,
             partition,
             toast,
             ts: ts.map(Box::new),
             generation: self.generation,
-        };
-        self.shared.map.insert(key.clone(), entry);
-        self.shared.notify(|| Change {
-            key,
-            value: Some(value),
-            origin,
-            partition,
-        });
+        }
     }
 
     /// Removes `key`. For the watermark strategy, `before` (the old row, when the
@@ -386,7 +405,7 @@ mod tests {
     #[test]
     fn upsert_keeps_toast_values_and_reports_origin() {
         let a = applier(None);
-        let mut rx = a.shared.changes.subscribe();
+        let mut rx = a.shared.subscribe();
         let r = row(json!({"id": 1, "name": "Ada Lovelace", "note": null, "v": 1}));
         assert_eq!(a.origin_of(&r), Origin::Stream);
         a.upsert(1, r, 0, Origin::Stream).unwrap();
@@ -423,7 +442,7 @@ mod tests {
         a.delete(4, None, Origin::Stream).unwrap();
         assert!(!a.shared.map.contains_key(&4));
         a.delete(4, None, Origin::Stream).unwrap(); // deleting again is harmless
-        let mut rx = a.shared.changes.subscribe();
+        let mut rx = a.shared.subscribe();
         assert_eq!(a.truncate(1, Origin::Stream), 2); // 1, 7 (4 is gone)
         let mut keys: Vec<i64> = a.shared.map.iter().map(|e| *e.key()).collect();
         keys.sort();

@@ -157,7 +157,7 @@ where
     /// falls more than the builder's `channel_capacity` behind gets
     /// [`broadcast::error::RecvError::Lagged`] and should re-read the map.
     pub fn subscribe(&self) -> broadcast::Receiver<Change<K, V>> {
-        self.shared.changes.subscribe()
+        self.shared.subscribe()
     }
 
     /// This instance's id, a UUIDv7 (time-ordered). Stamp it into the owner column of

@@ -2,7 +2,7 @@
 //! entries, the change channel, the counters, the positions and the status.
 
 use std::hash::Hash;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
@@ -133,6 +133,9 @@ pub(crate) enum Status {
 pub(crate) struct Shared<K, V> {
     pub map: DashMap<K, Entry<V>>,
     pub changes: broadcast::Sender<Change<K, V>>,
+    /// Whether anyone ever subscribed: until then `notify` need not ask the channel
+    /// (which takes its lock) whether anyone listens, once per row of a load.
+    pub subscribed: AtomicBool,
     pub counters: Counters,
     pub positions: Mutex<Vec<PartitionPosition>>,
     pub instance_id: Uuid,
@@ -164,6 +167,7 @@ impl<K: Hash + Eq + Clone, V> Shared<K, V> {
         Shared {
             map: DashMap::new(),
             changes: broadcast::channel(capacity.max(1)).0,
+            subscribed: AtomicBool::new(false),
             counters: Counters {
                 counts: Counts::new(&table),
                 last_commit_ms: AtomicI64::new(0),
@@ -183,9 +187,20 @@ impl<K: Hash + Eq + Clone, V> Shared<K, V> {
 
     /// Tells subscribers, if there are any (so an unwatched cache clones nothing).
     pub fn notify(&self, change: impl FnOnce() -> Change<K, V>) {
-        if self.changes.receiver_count() > 0 {
+        if self.watched() {
             let _ = self.changes.send(change());
         }
+    }
+
+    /// A new receiver of changes.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change<K, V>> {
+        self.subscribed.store(true, Ordering::Release);
+        self.changes.subscribe()
+    }
+
+    /// Whether anyone listens for changes now.
+    pub fn watched(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire) && self.changes.receiver_count() > 0
     }
 
     pub fn fail(&self, error: Error) {

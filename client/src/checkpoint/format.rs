@@ -108,6 +108,23 @@ enum Item<'a> {
     End { rows: u64 },
 }
 
+/// [`Item`] as the reader cuts frames: the same encoding (postcard writes `&str` as
+/// bytes with their length), without checking the strings, which the decoding
+/// threads do.
+#[derive(Debug, Deserialize)]
+enum Frame<'a> {
+    #[allow(dead_code)]
+    Row {
+        partition: i32,
+        key: &'a [u8],
+        value: &'a [u8],
+        toast: Option<&'a [u8]>,
+    },
+    End {
+        rows: u64,
+    },
+}
+
 /// One row as the reader hands it over.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RowRef<'a> {
@@ -360,9 +377,9 @@ fn split_chunks(
         let mut at = 0;
         let mut end = None;
         while at < buf.len() {
-            match postcard::take_from_bytes::<Item<'_>>(&buf[at..]) {
-                Ok((Item::Row { .. }, tail)) => at = buf.len() - tail.len(),
-                Ok((Item::End { rows }, _)) => {
+            match postcard::take_from_bytes::<Frame<'_>>(&buf[at..]) {
+                Ok((Frame::Row { .. }, tail)) => at = buf.len() - tail.len(),
+                Ok((Frame::End { rows }, _)) => {
                     end = Some(rows);
                     break;
                 }

@@ -298,27 +298,9 @@ where
     }
     let file = path.to_owned();
     let loader = applier.clone();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let read = tokio::task::spawn_blocking(move || {
-        // 0: not known yet, 1: keys parse as K directly, 2: through the key object.
-        let key_mode = AtomicU8::new(0);
-        format::read_rows(&file, rows_at, threads, |row| {
-            let key = parse_key::<K>(row.key, &key_mode)?;
-            let value: V = serde_json::from_str(row.value)
-                .map_err(|e| format!("a row does not fit the value type: {e}"))?;
-            loader.put(
-                key,
-                value,
-                row.partition,
-                row.toast.map(Box::from),
-                None,
-                Origin::Checkpoint,
-            );
-            Ok(())
-        })
-    })
-    .await
-    .unwrap_or_else(|e| Err(format::ReadError::Row(format!("the load panicked: {e}"))));
+    let read = tokio::task::spawn_blocking(move || load_rows(&file, rows_at, &loader))
+        .await
+        .unwrap_or_else(|e| Err(format::ReadError::Row(format!("the load panicked: {e}"))));
     if read.is_err() {
         // Take out what this checkpoint put in before the next one is tried.
         applier.remove_generation(0);
@@ -330,6 +312,37 @@ where
         }
         Err(e) => Ok(Err(Refusal::Damaged(format!("{location}: {e}")))),
     }
+}
+
+/// Reads the rows of a verified checkpoint into the map through `applier`, on one
+/// thread per core.
+fn load_rows<K, V>(
+    path: &Path,
+    rows_at: u64,
+    applier: &Applier<K, V>,
+) -> Result<u64, format::ReadError>
+where
+    K: DeserializeOwned + std::hash::Hash + Eq + Clone,
+    V: DeserializeOwned,
+    Applier<K, V>: Sync,
+{
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // 0: not known yet, 1: keys parse as K directly, 2: through the key object.
+    let key_mode = AtomicU8::new(0);
+    format::read_rows(path, rows_at, threads, |row| {
+        let key = parse_key::<K>(row.key, &key_mode)?;
+        let value: V = serde_json::from_str(row.value)
+            .map_err(|e| format!("a row does not fit the value type: {e}"))?;
+        applier.put(
+            key,
+            value,
+            row.partition,
+            row.toast.map(Box::from),
+            None,
+            Origin::Checkpoint,
+        );
+        Ok(())
+    })
 }
 
 /// Parses a key, remembering which of the two ways worked (every key of a table has
