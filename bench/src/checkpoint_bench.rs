@@ -232,7 +232,7 @@ async fn restart_runs(env: &Env, warm: &WarmTable, repeat: usize) -> Result<Sect
         if cache.len() != rows {
             return Err(format!("the cache holds {} rows, expected {rows}", cache.len()).into());
         }
-        // The checkpoint is written right after ready, or at the latest by shutdown.
+        // The checkpoint is written at shutdown (the first periodic one is an interval away).
         // A clone keeps the map alive through shutdown, so that freeing it is timed
         // apart.
         let map = cache.clone();
@@ -327,8 +327,8 @@ async fn restart_runs(env: &Env, warm: &WarmTable, repeat: usize) -> Result<Sect
         ],
         notes: vec![format!(
             "Restart: per run, a cache with a fresh `checkpoint_dir` starts from PostgreSQL (the directory is empty) \
-             and is shut down as soon as it is ready, which leaves one checkpoint there (written right after ready \
-             or at shutdown; `shutdown().await` took {:.2} s and freeing the map afterwards {:.2} s, medians); a new cache with the same directory then starts, and \
+             and is shut down as soon as it is ready, which leaves one checkpoint there (written at \
+             shutdown; `shutdown().await` took {:.2} s and freeing the map afterwards {:.2} s, medians); a new cache with the same directory then starts, and \
              must report `started_from: Checkpoint` of that file and hold all {rows} rows. Both are timed from \
              `build()` to ready. Rows read are `seq_tup_read + idx_tup_fetch` of the table in \
              pg_stat_user_tables, read after the cache's sessions (an application name of their own) have ended, \

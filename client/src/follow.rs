@@ -230,7 +230,8 @@ pub(crate) struct Checkpointing<K, V> {
     pub every: Duration,
     pub encoders: Encoders<K, V>,
     pub shape: format::Shape,
-    /// When the last checkpoint was written (or found current); `None`: due now.
+    /// When the last checkpoint was written (or found current, or the follower
+    /// started); `None`: due now.
     pub last: Option<Instant>,
     /// The offsets of the newest checkpoint in `dir`, when this cache wrote or
     /// loaded it: unchanged offsets need no new one.

@@ -141,7 +141,9 @@ where
             every: config.checkpoints.every,
             encoders: encoders?,
             shape: checkpoint::shape_of(table),
-            last: None,
+            // The first one after an interval, like the rest: writing pauses the
+            // follower, which a cache that just became ready should not do at once.
+            last: Some(Instant::now()),
             saved,
         })
     };
@@ -227,7 +229,14 @@ where
                 }
                 let reasons: Vec<String> = refusals.iter().map(|r| r.to_string()).collect();
                 let reasons = reasons.join("; ");
-                warn!(table = %config.table, reasons = %reasons, "no usable checkpoint; loading the table from PostgreSQL");
+                if refusals
+                    .iter()
+                    .all(|r| matches!(r, checkpoint::Refusal::Missing(_)))
+                {
+                    info!(table = %config.table, reasons = %reasons, "no checkpoint yet; loading the table from PostgreSQL");
+                } else {
+                    warn!(table = %config.table, reasons = %reasons, "no usable checkpoint; loading the table from PostgreSQL");
+                }
                 refused = Some(reasons);
             }
         }

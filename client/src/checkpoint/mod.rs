@@ -257,6 +257,7 @@ where
     K: DeserializeOwned + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
     V: DeserializeOwned + Send + Sync + 'static,
 {
+    let checking = std::time::Instant::now();
     let file = path.to_owned();
     let verified = tokio::task::spawn_blocking(move || format::verify(&file))
         .await
@@ -296,11 +297,22 @@ where
             ))));
         }
     }
+    tracing::debug!(
+        checkpoint = location,
+        seconds = checking.elapsed().as_secs_f64(),
+        "checkpoint checked"
+    );
+    let reading = std::time::Instant::now();
     let file = path.to_owned();
     let loader = applier.clone();
     let read = tokio::task::spawn_blocking(move || load_rows(&file, rows_at, &loader))
         .await
         .unwrap_or_else(|e| Err(format::ReadError::Row(format!("the load panicked: {e}"))));
+    tracing::debug!(
+        checkpoint = location,
+        seconds = reading.elapsed().as_secs_f64(),
+        "checkpoint rows read"
+    );
     if read.is_err() {
         // Take out what this checkpoint put in before the next one is tried.
         applier.remove_generation(0);
