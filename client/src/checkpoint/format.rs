@@ -25,7 +25,8 @@
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tidemark_core::wire::envelope::{Position, SlotMarker};
@@ -212,9 +213,11 @@ impl<W: Write> Writer<W> {
     }
 }
 
-/// Checks the file's checksum and format and reads its header. Returns the header and
-/// the offset at which the rows begin.
-pub(crate) fn verify(path: &Path) -> Result<(Header, u64), ReadError> {
+/// Checks the file's checksum and format and reads its header. Returns the header,
+/// the offset at which the rows begin, and the open file for [`read_rows`]: a file
+/// removed meanwhile (pruned by another instance sharing the directory) stays
+/// readable through it.
+pub(crate) fn verify(path: &Path) -> Result<(Header, u64, File), ReadError> {
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
     let fixed = (MAGIC.len() + 8 + 4) as u64;
@@ -268,13 +271,16 @@ pub(crate) fn verify(path: &Path) -> Result<(Header, u64), ReadError> {
     file.read_exact(&mut json)?;
     let header: Header = serde_json::from_slice(&json)
         .map_err(|e| ReadError::Damaged(format!("its header does not parse: {e}")))?;
-    Ok((header, start.len() as u64 + header_len as u64))
+    Ok((header, start.len() as u64 + header_len as u64, file))
 }
 
-/// Reads the rows of a verified checkpoint, from `rows_at` (as [`verify`] returned),
-/// handing each to `row` on one of `threads` threads. Returns the number of rows.
+/// Reads the rows of a verified checkpoint (the file [`verify`] returned), from
+/// `rows_at`, handing each to `row` on one of `threads` threads. Returns the number of
+/// rows. At most `threads` chunks wait in memory besides the ones being decoded; the
+/// first refused row stops the other threads, and a thread that fails or panics never
+/// leaves the reader waiting (the chunks' receiver goes with the last thread).
 pub(crate) fn read_rows<F>(
-    path: &Path,
+    file: File,
     rows_at: u64,
     threads: usize,
     row: F,
@@ -282,51 +288,40 @@ pub(crate) fn read_rows<F>(
 where
     F: Fn(RowRef<'_>) -> Result<(), String> + Sync,
 {
-    let mut file = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let mut file = BufReader::with_capacity(1 << 20, file);
     file.seek(SeekFrom::Start(rows_at))?;
     let threads = threads.max(1);
-    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(threads * 2);
-    let rx = std::sync::Mutex::new(rx);
-    let (row, rx) = (&row, &rx);
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(threads);
+    let rx = Arc::new(Mutex::new(rx));
+    let failed = AtomicBool::new(false);
+    let (row, failed) = (&row, &failed);
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
+                let rx = rx.clone();
                 scope.spawn(move || -> Result<u64, ReadError> {
                     let mut n = 0;
-                    loop {
-                        let chunk = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
-                            Ok(c) => c,
-                            Err(_) => return Ok(n),
+                    while !failed.load(Ordering::Relaxed) {
+                        let Ok(chunk) = rx.lock().unwrap_or_else(|p| p.into_inner()).recv() else {
+                            break;
                         };
-                        let mut rest = chunk.as_slice();
-                        while !rest.is_empty() {
-                            let (item, tail) = postcard::take_from_bytes::<Item<'_>>(rest)
-                                .map_err(|e| {
-                                    ReadError::Damaged(format!("a row frame does not parse: {e}"))
-                                })?;
-                            rest = tail;
-                            if let Item::Row {
-                                partition,
-                                key,
-                                value,
-                                toast,
-                            } = item
-                            {
-                                row(RowRef {
-                                    partition,
-                                    key,
-                                    value,
-                                    toast,
-                                })
-                                .map_err(ReadError::Row)?;
-                                n += 1;
+                        match decode_chunk(&chunk, row) {
+                            Ok(rows) => n += rows,
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                return Err(e);
                             }
                         }
                     }
+                    Ok(n)
                 })
             })
             .collect();
-        let split = split_chunks(&mut file, |chunk| tx.send(chunk).is_ok());
+        // From here on the workers hold the only references to the receiver.
+        drop(rx);
+        let split = split_chunks(&mut file, |chunk| {
+            !failed.load(Ordering::Relaxed) && tx.send(chunk).is_ok()
+        });
         drop(tx);
         let mut rows = 0;
         let mut first_error = None;
@@ -354,6 +349,37 @@ where
         }
         Ok(rows)
     })
+}
+
+/// Decodes one chunk of whole `Row` frames, handing each row to `row`.
+fn decode_chunk<F>(chunk: &[u8], row: &F) -> Result<u64, ReadError>
+where
+    F: Fn(RowRef<'_>) -> Result<(), String>,
+{
+    let mut rest = chunk;
+    let mut n = 0;
+    while !rest.is_empty() {
+        let (item, tail) = postcard::take_from_bytes::<Item<'_>>(rest)
+            .map_err(|e| ReadError::Damaged(format!("a row frame does not parse: {e}")))?;
+        rest = tail;
+        if let Item::Row {
+            partition,
+            key,
+            value,
+            toast,
+        } = item
+        {
+            row(RowRef {
+                partition,
+                key,
+                value,
+                toast,
+            })
+            .map_err(ReadError::Row)?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Cuts the frames after the header into chunks of whole `Row` frames and hands each
@@ -458,9 +484,9 @@ mod tests {
     }
 
     fn read(path: &Path) -> Result<(Header, Vec<(String, i32)>), ReadError> {
-        let (h, at) = verify(path)?;
+        let (h, at, file) = verify(path)?;
         let seen = std::sync::Mutex::new(Vec::new());
-        read_rows(path, at, 3, |r| {
+        read_rows(file, at, 3, |r| {
             seen.lock().unwrap().push((r.key.to_owned(), r.partition));
             Ok(())
         })?;
@@ -485,6 +511,29 @@ mod tests {
         // No rows.
         write(&path, 0, 1);
         assert!(read(&path).unwrap().1.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_refused_or_panicking_row_ends_the_read_without_hanging() {
+        let dir = std::env::temp_dir().join(format!("tidemark-ckpt-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a");
+        // Many more chunks than the channel holds.
+        write(&path, 100_000, 200);
+        let (_, at, file) = verify(&path).unwrap();
+        let refused = read_rows(file, at, 2, |_| Err("does not fit".to_owned()));
+        assert!(matches!(refused, Err(ReadError::Row(m)) if m == "does not fit"));
+        let (_, at, file) = verify(&path).unwrap();
+        let panicked = read_rows(file, at, 2, |r| {
+            assert!(r.partition < 0, "a Deserialize impl that panics");
+            Ok(())
+        });
+        assert!(matches!(panicked, Err(ReadError::Row(m)) if m.contains("panicked")));
+        // Removed after the check: still read through the open file.
+        let (_, at, file) = verify(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(read_rows(file, at, 2, |_| Ok(())).unwrap(), 100_000);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

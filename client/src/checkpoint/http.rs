@@ -8,9 +8,10 @@
 //! does. A checkpoint holds a whole table, so neither side ever holds it in memory:
 //! the server streams the file from one open handle (so a prune that deletes the file
 //! meanwhile does not cut a download short), and the client streams the body into a
-//! hidden temporary file in the checkpoint directory. The caller checks that file
-//! and then renames it into place: a name in the directory is always a complete
-//! checkpoint, and a download that fails or is cut short leaves nothing behind.
+//! hidden temporary file in the checkpoint directory (or the system's temporary
+//! directory). The caller checks that file, loads it and removes it; a download that
+//! fails or is cut short leaves nothing behind, and one a crash interrupted is removed
+//! by the next prune of that directory after an hour.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

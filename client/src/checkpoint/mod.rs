@@ -262,7 +262,7 @@ where
     let verified = tokio::task::spawn_blocking(move || format::verify(&file))
         .await
         .unwrap_or_else(|e| Err(format::ReadError::Row(format!("the check panicked: {e}"))));
-    let (header, rows_at) = match verified {
+    let (header, rows_at, file) = match verified {
         Ok(v) => v,
         Err(e @ format::ReadError::Version { .. }) => {
             return Ok(Err(Refusal::Incompatible(format!("{location}: {e}"))))
@@ -271,6 +271,12 @@ where
     };
     if let Some(problem) = mismatch(&header, table, topic, partitions) {
         return Ok(Err(Refusal::Incompatible(format!("{location}: {problem}"))));
+    }
+    if let Some(problem) = header.partitions.iter().find_map(|p| {
+        let f = p.filter.as_ref()?;
+        crate::snapshot::Snapshot::parse(&f.snapshot).err()
+    }) {
+        return Ok(Err(Refusal::Damaged(format!("{location}: {problem}"))));
     }
     // Every offset must still be on the broker, and not beyond its end.
     let t = topic.to_owned();
@@ -303,9 +309,8 @@ where
         "checkpoint checked"
     );
     let reading = std::time::Instant::now();
-    let file = path.to_owned();
     let loader = applier.clone();
-    let read = tokio::task::spawn_blocking(move || load_rows(&file, rows_at, &loader))
+    let read = tokio::task::spawn_blocking(move || load_rows(file, rows_at, &loader))
         .await
         .unwrap_or_else(|e| Err(format::ReadError::Row(format!("the load panicked: {e}"))));
     tracing::debug!(
@@ -329,7 +334,7 @@ where
 /// Reads the rows of a verified checkpoint into the map through `applier`, on one
 /// thread per core.
 fn load_rows<K, V>(
-    path: &Path,
+    file: std::fs::File,
     rows_at: u64,
     applier: &Applier<K, V>,
 ) -> Result<u64, format::ReadError>
@@ -338,10 +343,12 @@ where
     V: DeserializeOwned,
     Applier<K, V>: Sync,
 {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // One per core, up to 8: beyond that the map's shard locks and the page faults of
+    // the new rows, not the decoding, bound the load.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     // 0: not known yet, 1: keys parse as K directly, 2: through the key object.
     let key_mode = AtomicU8::new(0);
-    format::read_rows(path, rows_at, threads, |row| {
+    format::read_rows(file, rows_at, threads, |row| {
         let key = parse_key::<K>(row.key, &key_mode)?;
         let value: V = serde_json::from_str(row.value)
             .map_err(|e| format!("a row does not fit the value type: {e}"))?;

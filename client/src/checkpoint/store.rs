@@ -5,7 +5,7 @@
 //! only `[A-Za-z0-9._-]`, so `@` separates the parts, and names sort by time within
 //! a topic. Many instances may share one directory: each writes its own names, a
 //! reader only ever sees whole files, and a file pruned while another instance reads
-//! it stays readable through the open handle.
+//! it stays readable through the handle the reader opened before reading it.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -82,7 +82,7 @@ pub(crate) fn write_atomically<T>(
 }
 
 /// Removes all but the newest `keep` checkpoints of `topic` in `dir`, and temporary
-/// files of the topic a crash left behind. Returns how many checkpoints it removed.
+/// files a crash left behind (of the topic's writes, and of downloads). Returns how many checkpoints it removed.
 pub(crate) fn prune(dir: &Path, topic: &str, keep: usize) -> io::Result<usize> {
     let old = newest_first(dir, topic)?;
     let mut removed = 0;
@@ -103,7 +103,8 @@ pub(crate) fn prune(dir: &Path, topic: &str, keep: usize) -> io::Result<usize> {
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .is_some_and(|age| age > STALE_TEMPORARY);
-        if name.starts_with(&prefix) && name.ends_with(".tmp") && stale {
+        let ours = name.starts_with(&prefix) || name.starts_with(".download-");
+        if ours && name.ends_with(".tmp") && stale {
             let _ = fs::remove_file(entry.path());
         }
     }
