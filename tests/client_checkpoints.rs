@@ -425,3 +425,80 @@ async fn dump_starts_from_its_checkpoint_and_says_so() {
     assert_eq!(dump("rows came from checkpoint"), expected);
     assert!(bridge.sigterm(Duration::from_secs(30)).success());
 }
+
+/// A value type that keeps only the key column.
+#[derive(serde::Deserialize, serde::Serialize, Debug, PartialEq)]
+struct IdOnly {
+    id: i64,
+}
+
+/// A later version of it that also reads `v`, with a default: given rows without
+/// `v` it would load every row with `v` empty, silently.
+#[derive(serde::Deserialize, serde::Serialize, Debug, PartialEq)]
+struct WithV {
+    id: i64,
+    #[serde(default)]
+    v: Option<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_value_type_that_reads_a_field_the_checkpoint_lacks_loads_from_postgres() {
+    let pg = pg().await;
+    let name = unique("ckfields");
+    let table = format!("{name}_t");
+    create_table(&pg, &table).await;
+    let (mut bridge, args) = start_bridge(&name, &[&format!("public.{table}")]).await;
+    let dir = checkpoint_dir(&name);
+    let typed = |prefix: &str| {
+        Cache::<i64, IdOnly>::builder()
+            .postgres(pg_url())
+            .kafka(args.kafka.clone())
+            .table(format!("public.{table}"))
+            .topic_prefix(prefix.to_owned())
+    };
+    let old = typed(&args.prefix)
+        .checkpoint_dir(&dir)
+        .build()
+        .await
+        .expect("cache");
+    old.clone().shutdown().await;
+    assert_eq!(checkpoints_in(&dir).len(), 1);
+
+    // The same value type continues from it.
+    let same = typed(&args.prefix)
+        .checkpoint_dir(&dir)
+        .build()
+        .await
+        .expect("cache");
+    assert!(
+        matches!(
+            same.stats().started_from,
+            Some(StartedFrom::Checkpoint { .. })
+        ),
+        "{:?}",
+        same.stats().started_from
+    );
+    same.shutdown().await;
+
+    // The new one reads `v`, which the checkpoint's rows do not hold: refused, and
+    // every row has its `v` from PostgreSQL.
+    let new = Cache::<i64, WithV>::builder()
+        .postgres(pg_url())
+        .kafka(args.kafka.clone())
+        .table(format!("public.{table}"))
+        .topic_prefix(args.prefix.clone())
+        .checkpoint_dir(&dir)
+        .build()
+        .await
+        .expect("cache");
+    match &new.stats().started_from {
+        Some(StartedFrom::Postgres { refused: Some(why) }) => {
+            assert!(why.contains("also reads v"), "{why}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(new.len(), 500);
+    assert!(new.iter().all(|(id, row)| row.v == Some(format!("v{id}"))));
+    new.shutdown().await;
+    assert!(bridge.sigterm(Duration::from_secs(30)).success());
+}

@@ -301,6 +301,21 @@ where
         self.encoders = Some(Encoders::new());
         self
     }
+
+    /// Reads checkpoints from `location` at start when
+    /// [`Builder::checkpoint_dir`] has no usable one (or is not set): a directory
+    /// that many instances share, or an `http://` / `https://` URL (a peer's
+    /// [`checkpoint::serve`](crate::checkpoint::serve), or an object store). Only read,
+    /// never written. A checkpoint that cannot be used is reported and the cache
+    /// warm-starts from PostgreSQL; see [`crate::checkpoint`].
+    /// Needs `K, V: Serialize` as [`Builder::checkpoint_dir`] does: a checkpoint whose
+    /// rows lack columns (its writer's value type did not keep them) is used only if
+    /// this value type, serialised, reads no other field.
+    pub fn checkpoint_from(mut self, location: impl Into<String>) -> Self {
+        self.checkpoints.from = Some(CheckpointSource::parse(&location.into()));
+        self.encoders = Some(Encoders::new());
+        self
+    }
 }
 
 impl<K, V> Builder<K, V>
@@ -308,17 +323,6 @@ where
     K: DeserializeOwned + Hash + Eq + Clone + Send + Sync + 'static,
     V: DeserializeOwned + Send + Sync + 'static,
 {
-    /// Reads checkpoints from `location` at start when
-    /// [`Builder::checkpoint_dir`] has no usable one (or is not set): a directory
-    /// that many instances share, or an `http://` / `https://` URL (a peer's
-    /// [`checkpoint::serve`](crate::checkpoint::serve), or an object store). Only read,
-    /// never written. A checkpoint that cannot be used is reported and the cache
-    /// warm-starts from PostgreSQL; see [`crate::checkpoint`].
-    pub fn checkpoint_from(mut self, location: impl Into<String>) -> Self {
-        self.checkpoints.from = Some(CheckpointSource::parse(&location.into()));
-        self
-    }
-
     /// How often a cache with a [`Builder::checkpoint_dir`] writes a checkpoint while
     /// it follows (when something changed); default
     /// [`DEFAULT_CHECKPOINT_INTERVAL`](crate::checkpoint::DEFAULT_CHECKPOINT_INTERVAL).
@@ -343,7 +347,7 @@ where
             )
         });
         let (stop, stopped) = watch::channel(false);
-        let encoders = self.encoders.filter(|_| config.checkpoints.dir.is_some());
+        let encoders = self.encoders.filter(|_| config.checkpoints.reads());
         let task = tokio::spawn(crate::run::run(config, shared.clone(), encoders, stopped));
         Ok(Cache {
             shared,

@@ -654,6 +654,7 @@ where
             slot_marker: self.slot_marker.clone(),
             taken_ms: chrono::Utc::now().timestamp_millis(),
             instance: shared.instance_id.to_string(),
+            value_fields: Vec::new(),
         };
         let (encoders, dir) = (c.encoders, c.dir.clone());
         let started = Instant::now();

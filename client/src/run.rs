@@ -154,16 +154,15 @@ where
         // Checkpoint rows carry generation 0, so that the sweep of a warm start
         // from PostgreSQL after a refusal removes whatever a refused one left.
         let applier = applier_for(config, shared, &table, ts_column.as_deref(), 0)?;
-        match checkpoint::restore(
-            &config.checkpoints,
-            &table,
-            &config.topic,
-            &consumer,
+        let target = checkpoint::Target {
+            table: &table,
+            topic: &config.topic,
+            consumer: &consumer,
             partitions,
-            &applier,
-        )
-        .await?
-        {
+            applier: &applier,
+            encoders,
+        };
+        match checkpoint::restore(&config.checkpoints, &target).await? {
             Ok(restored) => {
                 let header = &restored.header;
                 info!(

@@ -63,6 +63,10 @@ pub(crate) struct Header {
     pub taken_ms: i64,
     /// The cache instance that took it.
     pub instance: String,
+    /// The fields of the stored values (the value type's, serialised), sorted; when
+    /// they do not include every column, a reader whose value type reads another
+    /// field refuses the checkpoint.
+    pub value_fields: Vec<String>,
 }
 
 /// A table's shape as a checkpoint records it.
@@ -463,6 +467,7 @@ mod tests {
             slot_marker: None,
             taken_ms: 1,
             instance: "i".into(),
+            value_fields: vec!["v".into()],
         }
     }
 

@@ -142,6 +142,26 @@ pub(crate) fn shape_of(table: &TableInfo) -> format::Shape {
     }
 }
 
+/// What a checkpoint is checked against, and the map it is loaded into.
+pub(crate) struct Target<'a, K, V> {
+    pub table: &'a TableInfo,
+    pub topic: &'a str,
+    pub consumer: &'a Arc<Consumer>,
+    pub partitions: i32,
+    /// Puts rows in the map; its generation must be 0.
+    pub applier: &'a Applier<K, V>,
+    /// Present when the value type serialises (it always does when checkpoints are
+    /// configured through the builder).
+    pub encoders: Option<Encoders<K, V>>,
+}
+
+impl<K, V> Clone for Target<'_, K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K, V> Copy for Target<'_, K, V> {}
+
 /// A checkpoint that was loaded into the map.
 pub(crate) struct Restored {
     pub header: format::Header,
@@ -160,16 +180,13 @@ pub(crate) struct Restored {
 /// why none was used; `Err` is a Kafka failure the warm start reports as usual.
 pub(crate) async fn restore<K, V>(
     settings: &Settings,
-    table: &TableInfo,
-    topic: &str,
-    consumer: &Arc<Consumer>,
-    partitions: i32,
-    applier: &Applier<K, V>,
+    target: &Target<'_, K, V>,
 ) -> Result<std::result::Result<Restored, Vec<Refusal>>>
 where
     K: DeserializeOwned + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
     V: DeserializeOwned + Send + Sync + 'static,
 {
+    let topic = target.topic;
     let mut refusals = Vec::new();
     let mut candidates: Vec<(String, PathBuf, bool)> = Vec::new();
     let mut list = |dir: &Path, local: bool, refusals: &mut Vec<Refusal>| match store::newest_first(
@@ -198,11 +215,7 @@ where
         Some(Source::Url(_)) | None => {}
     }
     for (location, path, local) in candidates {
-        match try_one(
-            &path, &location, table, topic, consumer, partitions, applier,
-        )
-        .await?
-        {
+        match try_one(&path, &location, target).await? {
             Ok((header, rows, highs)) => {
                 return Ok(Ok(Restored {
                     header,
@@ -222,8 +235,7 @@ where
             Err(e) if e.contains("no checkpoint") => refusals.push(Refusal::Missing(e)),
             Err(e) => refusals.push(Refusal::Unreachable(e)),
             Ok(path) => {
-                let tried =
-                    try_one(&path, &shown, table, topic, consumer, partitions, applier).await;
+                let tried = try_one(&path, &shown, target).await;
                 let _ = std::fs::remove_file(&path);
                 match tried? {
                     Ok((header, rows, highs)) => {
@@ -247,16 +259,20 @@ where
 async fn try_one<K, V>(
     path: &Path,
     location: &str,
-    table: &TableInfo,
-    topic: &str,
-    consumer: &Arc<Consumer>,
-    partitions: i32,
-    applier: &Applier<K, V>,
+    target: &Target<'_, K, V>,
 ) -> Result<std::result::Result<(format::Header, u64, Vec<i64>), Refusal>>
 where
     K: DeserializeOwned + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
     V: DeserializeOwned + Send + Sync + 'static,
 {
+    let Target {
+        table,
+        topic,
+        consumer,
+        partitions,
+        applier,
+        encoders,
+    } = *target;
     let checking = std::time::Instant::now();
     let file = path.to_owned();
     let verified = tokio::task::spawn_blocking(move || format::verify(&file))
@@ -318,9 +334,16 @@ where
         seconds = reading.elapsed().as_secs_f64(),
         "checkpoint rows read"
     );
-    if read.is_err() {
+    let unfit = match &read {
+        Ok(_) => unread_fields(&header, table, applier, encoders),
+        Err(_) => None,
+    };
+    if read.is_err() || unfit.is_some() {
         // Take out what this checkpoint put in before the next one is tried.
         applier.remove_generation(0);
+    }
+    if let Some(problem) = unfit {
+        return Ok(Err(Refusal::Incompatible(format!("{location}: {problem}"))));
     }
     match read {
         Ok(rows) => Ok(Ok((header, rows, watermarks.iter().map(|w| w.1).collect()))),
@@ -361,6 +384,55 @@ where
             Origin::Checkpoint,
         );
         Ok(())
+    })
+}
+
+/// The sorted top-level field names of a JSON object's text (none for other JSON).
+fn fields_of(json: &str) -> Vec<String> {
+    let mut fields: Vec<String> = serde_json::from_str::<Row>(json)
+        .map(|row| row.keys().cloned().collect())
+        .unwrap_or_default();
+    fields.sort();
+    fields
+}
+
+/// Why rows that lack columns cannot serve this value type: the fields it has (as it
+/// serialises one of the loaded rows) that the checkpoint's values do not.
+fn unread_fields<K, V>(
+    header: &format::Header,
+    table: &TableInfo,
+    applier: &Applier<K, V>,
+    encoders: Option<Encoders<K, V>>,
+) -> Option<String>
+where
+    K: std::hash::Hash + Eq,
+{
+    let complete = table
+        .columns
+        .iter()
+        .all(|c| header.value_fields.binary_search(&c.name).is_ok());
+    if complete {
+        return None;
+    }
+    let Some(encoders) = encoders else {
+        return Some("its rows lack columns, and this cache cannot serialise its value type to tell whether it reads them".into());
+    };
+    let entry = applier.shared.map.iter().find(|e| e.generation == 0)?;
+    let ours = match (encoders.value)(&entry.value) {
+        Ok(text) => fields_of(&text),
+        Err(e) => return Some(format!("cannot serialise a loaded value: {e}")),
+    };
+    let missing: Vec<&str> = ours
+        .iter()
+        .filter(|f| header.value_fields.binary_search(f).is_err())
+        .map(String::as_str)
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "its rows hold only the fields {} (its writer's value type), and this value type also reads {}",
+            header.value_fields.join(", "),
+            missing.join(", ")
+        )
     })
 }
 
@@ -440,6 +512,13 @@ pub(crate) fn take<K: std::hash::Hash + Eq, V>(
     let bad = |what: &str, e: serde_json::Error| {
         std::io::Error::other(format!("cannot encode a {what} as JSON: {e}"))
     };
+    // The fields the values hold, from one of them (all come from the same type).
+    let mut header = header.clone();
+    if let Some(entry) = shared.map.iter().next() {
+        let value = (encoders.value)(&entry.value).map_err(|e| bad("value", e))?;
+        header.value_fields = fields_of(&value);
+    }
+    let header = &header;
     let written = store::write_atomically(dir, &name, |out| {
         let mut w = format::Writer::new(out, header)?;
         for entry in shared.map.iter() {
@@ -495,6 +574,7 @@ mod tests {
             slot_marker: None,
             taken_ms: 0,
             instance: "i".into(),
+            value_fields: Vec::new(),
         }
     }
 
