@@ -502,3 +502,83 @@ async fn a_new_value_type_that_reads_a_field_the_checkpoint_lacks_loads_from_pos
     new.shutdown().await;
     assert!(bridge.sigterm(Duration::from_secs(30)).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_older_than_the_topics_compaction_lag_loads_from_postgres() {
+    let pg = pg().await;
+    let name = unique("cklag");
+    let table = format!("{name}_t");
+    create_table(&pg, &table).await;
+    // A compacted topic whose records may be compacted a second after they are written:
+    // a checkpoint cannot know whether the records after it are all still there.
+    let args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
+    let topic = args.topic(&format!("public.{table}"));
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.kafka)
+        .create()
+        .unwrap();
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))
+                .set("cleanup.policy", "compact")
+                .set("min.compaction.lag.ms", "1000")],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let (mut bridge, args) = start_bridge_with(args).await;
+    let dir = checkpoint_dir(&name);
+    let first = args
+        .row_cache(&table)
+        .checkpoint_dir(&dir)
+        .build()
+        .await
+        .expect("cache");
+    churn(&pg, &table, 1).await;
+    until_equal(&pg, &table, &first).await;
+    first.shutdown().await;
+
+    // Nothing written since: no record after the checkpoint can be missing.
+    let quiet = args
+        .row_cache(&table)
+        .checkpoint_dir(&dir)
+        .build()
+        .await
+        .expect("cache");
+    assert!(
+        matches!(
+            quiet.stats().started_from,
+            Some(StartedFrom::Checkpoint { .. })
+        ),
+        "{:?}",
+        quiet.stats().started_from
+    );
+    quiet.shutdown().await;
+
+    // Changes since, older than the lag by the time the next cache starts.
+    churn(&pg, &table, 2).await;
+    let expected = table_rows(&pg, &table).await;
+    let end = current_lsn(&pg).await;
+    wait_for(
+        Duration::from_secs(30),
+        "the bridge to confirm the changes",
+        || async { confirmed_flush(&pg, &args.slot).await.filter(|&c| c >= end) },
+    )
+    .await;
+    let later = args
+        .row_cache(&table)
+        .checkpoint_dir(&dir)
+        .build()
+        .await
+        .expect("cache");
+    match &later.stats().started_from {
+        Some(StartedFrom::Postgres { refused: Some(why) }) => {
+            assert!(why.contains("min.compaction.lag.ms"), "{why}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    until_rows(&expected, &later).await;
+    later.shutdown().await;
+    assert!(bridge.sigterm(Duration::from_secs(30)).success());
+}

@@ -94,10 +94,16 @@ impl PartitionState {
     }
 
     /// The state as a checkpoint saves it.
-    pub fn saved(&self, partition: i32, next_offset: i64) -> format::PartitionState {
+    pub fn saved(
+        &self,
+        partition: i32,
+        next_offset: i64,
+        seen_until_ms: i64,
+    ) -> format::PartitionState {
         format::PartitionState {
             partition,
             next_offset,
+            seen_until_ms,
             last: self.last,
             filter: self.filter.as_ref().map(|f| format::Filter {
                 snapshot: f.snapshot.to_string(),
@@ -153,6 +159,8 @@ struct Record {
     stamp: Option<TombstoneStamp>,
     /// A slot marker: the bridge created its slot anew.
     marker: Option<SlotMarker>,
+    /// The record's timestamp (the commit time, as the bridge writes it).
+    timestamp_ms: Option<i64>,
 }
 
 impl Record {
@@ -171,6 +179,7 @@ impl Record {
             return Record {
                 partition: m.partition(),
                 offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis(),
                 stamp: None,
                 marker,
                 key: None,
@@ -180,6 +189,7 @@ impl Record {
         Record {
             partition: m.partition(),
             offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
             stamp,
             marker: None,
             key: m.key().map(<[u8]>::to_vec),
@@ -220,6 +230,11 @@ pub(crate) struct Follower<K, V> {
     pub start_lsn: u64,
     /// The newest slot marker passed, for checkpoints.
     pub slot_marker: Option<SlotMarker>,
+    /// Per partition, a time (ms since the epoch) such that every record with an
+    /// earlier timestamp is below `next`: the greatest timestamp read, or the time
+    /// the partition was last seen caught up. Checkpoints carry it, so that a restore
+    /// can tell whether compaction may have touched the records after them.
+    pub seen_until: Vec<i64>,
     /// Writing checkpoints, when the cache has a checkpoint directory.
     pub checkpoints: Option<Checkpointing<K, V>>,
 }
@@ -301,6 +316,11 @@ where
                 if let Some(flag) = self.at_end.get_mut(*p as usize) {
                     *flag = true;
                 }
+                // Every record written before now has been read on this partition.
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                if let Some(seen) = self.seen_until.get_mut(*p as usize) {
+                    *seen = (*seen).max(now_ms);
+                }
                 self.check_ready();
                 None
             }
@@ -367,6 +387,9 @@ where
             )));
         }
         self.next[p] = self.next[p].max(rec.offset + 1);
+        if let Some(ts) = rec.timestamp_ms {
+            self.seen_until[p] = self.seen_until[p].max(ts);
+        }
         if let Some(marker) = &rec.marker {
             if marker.lsn > self.start_lsn {
                 return Some(End::Rewarm(format!(
@@ -615,6 +638,10 @@ where
         for (p, h) in highs.into_iter().enumerate() {
             if let (Some(h), Some(slot)) = (h, self.high.get_mut(p)) {
                 *slot = h;
+                // Caught up at the moment the watermark was read.
+                if self.next[p] >= h {
+                    self.seen_until[p] = self.seen_until[p].max(now_ms);
+                }
             }
         }
         self.publish_positions();
@@ -648,7 +675,7 @@ where
                 .iter()
                 .zip(&self.next)
                 .enumerate()
-                .map(|(p, (s, &next))| s.saved(p as i32, next))
+                .map(|(p, (s, &next))| s.saved(p as i32, next, self.seen_until[p]))
                 .collect(),
             start_lsn: self.start_lsn,
             slot_marker: self.slot_marker.clone(),

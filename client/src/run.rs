@@ -154,15 +154,24 @@ where
         // Checkpoint rows carry generation 0, so that the sweep of a warm start
         // from PostgreSQL after a refusal removes whatever a refused one left.
         let applier = applier_for(config, shared, &table, ts_column.as_deref(), 0)?;
-        let target = checkpoint::Target {
-            table: &table,
-            topic: &config.topic,
-            consumer: &consumer,
-            partitions,
-            applier: &applier,
-            encoders,
+        let restored = match seek::compaction_lag(config, shared.instance_id).await {
+            Ok(compaction_lag_ms) => {
+                let target = checkpoint::Target {
+                    table: &table,
+                    topic: &config.topic,
+                    consumer: &consumer,
+                    partitions,
+                    applier: &applier,
+                    encoders,
+                    compaction_lag_ms,
+                };
+                checkpoint::restore(&config.checkpoints, &target).await?
+            }
+            Err(e) => Err(vec![checkpoint::Refusal::Unreachable(format!(
+                "cannot tell whether compaction removed records a checkpoint lacks: {e}"
+            ))]),
         };
-        match checkpoint::restore(&config.checkpoints, &target).await? {
+        match restored {
             Ok(restored) => {
                 let header = &restored.header;
                 info!(
@@ -218,6 +227,7 @@ where
                     starts,
                     start_lsn: header.start_lsn,
                     slot_marker: header.slot_marker.clone(),
+                    seen_until: header.partitions.iter().map(|p| p.seen_until_ms).collect(),
                     checkpoints,
                 };
                 return follower(config, shared, parts, started);
@@ -311,6 +321,8 @@ where
         starts,
         start_lsn: loaded.start_lsn,
         slot_marker: None,
+        // A partition starts at the first record stamped at or after the seek time.
+        seen_until: vec![seek_ms; partitions as usize],
         checkpoints,
     };
     follower(config, shared, parts, started)
@@ -326,6 +338,7 @@ struct Parts<K, V> {
     starts: Vec<Start>,
     start_lsn: u64,
     slot_marker: Option<tidemark_core::wire::envelope::SlotMarker>,
+    seen_until: Vec<i64>,
     checkpoints: Option<Checkpointing<K, V>>,
 }
 
@@ -348,6 +361,7 @@ where
         starts,
         start_lsn,
         slot_marker,
+        seen_until,
         checkpoints,
     } = parts;
     seek::assign(&consumer, &config.topic, &starts)?;
@@ -389,6 +403,7 @@ where
         last_error_log: None,
         start_lsn,
         slot_marker,
+        seen_until,
         checkpoints,
     })
 }

@@ -125,6 +125,44 @@ where
         .map_err(|e| Error::Stopped(format!("a Kafka request panicked: {e}")))?
 }
 
+/// How long the topic keeps every record uncompacted: its `min.compaction.lag.ms`
+/// when its `cleanup.policy` compacts, `None` when it does not (then only retention
+/// removes records, which moves the low watermark).
+pub(crate) async fn compaction_lag(
+    config: &Config,
+    instance_id: uuid::Uuid,
+) -> Result<Option<i64>> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        client_config(config, instance_id)
+            .create()
+            .map_err(Error::kafka("creating an admin client"))?;
+    let opts = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
+    let described = admin
+        .describe_configs(&[ResourceSpecifier::Topic(&config.topic)], &opts)
+        .await
+        .map_err(Error::kafka(
+            "reading the topic's cleanup.policy and min.compaction.lag.ms",
+        ))?;
+    let resource = described
+        .into_iter()
+        .next()
+        .and_then(|r| r.ok())
+        .ok_or_else(|| Error::Kafka {
+            during: "reading the topic's cleanup.policy and min.compaction.lag.ms (DescribeConfigs on the topic is needed for checkpoints)",
+            source: rdkafka::error::KafkaError::AdminOpCreation("no answer for the topic".into()),
+        })?;
+    let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
+    if !value("cleanup.policy").is_some_and(|p| p.contains("compact")) {
+        return Ok(None);
+    }
+    Ok(Some(
+        value("min.compaction.lag.ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    ))
+}
+
 /// The topic's partition count; a typed error when the topic does not exist.
 pub(crate) async fn partitions(consumer: &Arc<Consumer>, config: &Config) -> Result<i32> {
     let topic = config.topic.clone();

@@ -12,11 +12,10 @@
 //!
 //! The header is JSON so that an operator can read it with `head -c`; the rows are
 //! postcard frames (a varint length before each string), whose keys and values are
-//! the wire format's JSON text, exactly as the topic carries them. A reader therefore
-//! needs neither the writer's value type nor its version: a new application with a
-//! changed value type reads an old checkpoint as long as its type still deserialises
-//! from the rows (otherwise the checkpoint is refused and the cache warm-starts from
-//! PostgreSQL).
+//! JSON objects in the wire format's encoding, as the writer's key and value types
+//! serialise them (all columns for `Row`, the type's fields for a struct; the header
+//! lists them). A reader needs neither the writer's types nor its version; which value
+//! types may read which rows is the restore's rule (`checkpoint`).
 //!
 //! The checksum covers the whole file and is checked in a first pass before any row
 //! is used, so a damaged file never puts a row in the map; the second pass (served by
@@ -88,6 +87,9 @@ pub(crate) struct PartitionState {
     pub last: Option<Position>,
     /// The snapshot filter, while it is still on.
     pub filter: Option<Filter>,
+    /// Every record of the partition with a timestamp (its commit time) before this
+    /// one (ms since the epoch) is below `next_offset`: the cache had read them.
+    pub seen_until_ms: i64,
 }
 
 /// A snapshot filter that is still on.
@@ -462,6 +464,7 @@ mod tests {
                     snapshot: "5:9:6".into(),
                     insert_lsn: 99,
                 }),
+                seen_until_ms: 4,
             }],
             start_lsn: 3,
             slot_marker: None,

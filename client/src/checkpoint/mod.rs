@@ -19,7 +19,11 @@
 //!   catalog without reading the table;
 //! - every partition's offset is still on the broker (between the low and the high
 //!   watermark): otherwise retention removed changes the checkpoint lacks;
-//! - every row deserialises into the cache's key and value types.
+//! - on a compacted topic, the records after each partition's offset are younger
+//!   than the topic's `min.compaction.lag.ms` (less a margin), so compaction cannot
+//!   have removed any of them;
+//! - every row deserialises into the cache's key and value types, and rows that lack
+//!   columns are read only by a value type with no other field.
 //!
 //! Anything else is a refusal: logged with its reason, counted
 //! (`tidemark_client_checkpoint_refusals_total{reason}`), reported in
@@ -60,6 +64,10 @@ pub const KEEP: usize = 2;
 
 /// The default time between two checkpoints of a cache with a checkpoint directory.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// How far within the topic's compaction lag a checkpoint must be: records written
+/// around the time it was taken may carry a slightly earlier timestamp.
+const COMPACTION_MARGIN_MS: i64 = 5 * 60 * 1000;
 
 /// How long fetching a checkpoint over HTTP may take.
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
@@ -153,6 +161,8 @@ pub(crate) struct Target<'a, K, V> {
     /// Present when the value type serialises (it always does when checkpoints are
     /// configured through the builder).
     pub encoders: Option<Encoders<K, V>>,
+    /// The topic's `min.compaction.lag.ms` when it is compacted.
+    pub compaction_lag_ms: Option<i64>,
 }
 
 impl<K, V> Clone for Target<'_, K, V> {
@@ -272,6 +282,7 @@ where
         partitions,
         applier,
         encoders,
+        compaction_lag_ms,
     } = *target;
     let checking = std::time::Instant::now();
     let file = path.to_owned();
@@ -305,11 +316,27 @@ where
             .collect::<Result<Vec<_>>>()
     })
     .await?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
     for (state, (low, high)) in header.partitions.iter().zip(&watermarks) {
         if state.next_offset < *low {
             return Ok(Err(Refusal::TooOld(format!(
                 "{location}: partition {} continues at offset {}, but the broker keeps offsets from {low} on (retention removed changes the checkpoint lacks)",
                 state.partition, state.next_offset
+            ))));
+        }
+        // Compaction leaves records alone for min.compaction.lag.ms after their
+        // timestamp. Records after the checkpoint's offset that are older than that may
+        // be gone (an update whose unchanged TOAST value the checkpoint lacks, a delete
+        // whose tombstone went too): the cache would not see them.
+        let too_old = compaction_lag_ms.is_some_and(|lag| {
+            state.next_offset < *high && state.seen_until_ms < now_ms - lag + COMPACTION_MARGIN_MS
+        });
+        if too_old {
+            return Ok(Err(Refusal::TooOld(format!(
+                "{location}: partition {} continues at offset {}, and the records after it are older than the topic's min.compaction.lag.ms ({} ms), so compaction may have removed some the checkpoint lacks; take checkpoints more often than that, or raise it",
+                state.partition,
+                state.next_offset,
+                compaction_lag_ms.unwrap_or_default()
             ))));
         }
         if state.next_offset > *high {
@@ -568,6 +595,7 @@ mod tests {
                     next_offset: 0,
                     last: None,
                     filter: None,
+                    seen_until_ms: 0,
                 })
                 .collect(),
             start_lsn: 0,
