@@ -16,6 +16,29 @@ use tokio_postgres::Client;
 
 use crate::support::*;
 
+/// Creates `topic` with one partition and `configs`, before the bridge starts (it
+/// keeps existing topics as they are); returns the admin client.
+async fn create_topic(
+    brokers: &str,
+    topic: &str,
+    configs: &[(&str, &str)],
+) -> AdminClient<DefaultClientContext> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let new_topic = configs.iter().fold(
+        NewTopic::new(topic, 1, TopicReplication::Fixed(1)),
+        |t, (k, v)| t.set(k, v),
+    );
+    let created = admin
+        .create_topics(&[new_topic], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    admin
+}
+
 /// A fresh, empty directory for checkpoints.
 fn checkpoint_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tidemark-checkpoints-{name}"));
@@ -179,20 +202,7 @@ async fn damaged_reshaped_and_expired_checkpoints_fall_back_to_postgres() {
     // moves the low watermark, and DeleteRecords can do the same at once.
     let args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
     let topic = args.topic(&format!("public.{table}"));
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &args.kafka)
-        .create()
-        .unwrap();
-    let created =
-        admin
-            .create_topics(
-                &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))
-                    .set("cleanup.policy", "delete")],
-                &AdminOptions::new(),
-            )
-            .await
-            .unwrap();
-    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let admin = create_topic(&args.kafka, &topic, &[("cleanup.policy", "delete")]).await;
     let (mut bridge, args) = start_bridge_with(args).await;
     let good = checkpoint_dir(&format!("{name}_good"));
     let cache = args
@@ -513,20 +523,15 @@ async fn a_checkpoint_older_than_the_topics_compaction_lag_loads_from_postgres()
     // a checkpoint cannot know whether the records after it are all still there.
     let args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
     let topic = args.topic(&format!("public.{table}"));
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &args.kafka)
-        .create()
-        .unwrap();
-    let created = admin
-        .create_topics(
-            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))
-                .set("cleanup.policy", "compact")
-                .set("min.compaction.lag.ms", "1000")],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    create_topic(
+        &args.kafka,
+        &topic,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.compaction.lag.ms", "1000"),
+        ],
+    )
+    .await;
     let (mut bridge, args) = start_bridge_with(args).await;
     let dir = checkpoint_dir(&name);
     let first = args
