@@ -3,6 +3,7 @@
 //! pipeline's acknowledgement frontier).
 
 pub mod producer;
+pub mod state;
 pub mod topics;
 
 pub use producer::{Acks, Record, Sink};

@@ -1,0 +1,177 @@
+//! The bridge's own state, kept in Kafka beside the records it describes.
+//!
+//! One compacted topic per topic prefix, `<prefix>.tidemark-state` (one partition),
+//! holds small JSON documents keyed by slot and kind: `{"slot":"<slot>","kind":"<kind>"}`.
+//! The initial snapshot keeps its progress there (which tables are done, and the
+//! snapshot each was read in, see [`crate::source::snapshot`]). Kafka is the place for
+//! it: the records it speaks of are there, a state record is written through the same
+//! producer after them, and it survives the bridge's machine. Written records are read
+//! back with `isolation.level=read_committed`, so a transactional writer's aborted
+//! state never counts.
+//!
+//! The table topics are `<prefix>.<schema>.<table>`, three names; the state topic has
+//! two, so it never collides with a table's topic under the same prefix.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::config::Config;
+use crate::error::BridgeError;
+use crate::sink::producer::client_config;
+use crate::sink::Record;
+
+/// How long reading the state may take in all.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The state topic of the bridge's topic prefix.
+pub fn topic(config: &Config) -> String {
+    format!("{}.tidemark-state", config.topic_prefix)
+}
+
+/// The key of one state document: the slot and the kind of state.
+pub fn key(slot: &str, kind: &str) -> Vec<u8> {
+    use serde_json::Value;
+    tidemark_core::wire::key::encode([
+        ("slot", &Value::String(slot.to_owned())),
+        ("kind", &Value::String(kind.to_owned())),
+    ])
+}
+
+/// Creates the state topic when it is missing: one partition, compacted, with the
+/// replication factor and topic settings of the table topics.
+pub async fn ensure_topic(config: &Config) -> Result<(), BridgeError> {
+    let name = topic(config);
+    let admin: AdminClient<DefaultClientContext> = client_config(config)
+        .create()
+        .map_err(BridgeError::kafka("creating the admin client"))?;
+    let spec = config.topic_config.iter().fold(
+        NewTopic::new(&name, 1, TopicReplication::Fixed(config.replication_factor))
+            .set("cleanup.policy", "compact"),
+        |t, (k, v)| {
+            // Retention by time would forget a finished snapshot.
+            if k == "retention.ms" || k == "cleanup.policy" {
+                t
+            } else {
+                t.set(k, v)
+            }
+        },
+    );
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics([&spec], &opts)
+        .await
+        .map_err(BridgeError::kafka("creating the state topic"))?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "created the state topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(BridgeError::kafka(format!("creating topic {name}"))(
+                    KafkaError::AdminOp(code),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The newest state document under `key`, `None` when there is none (or it was
+/// deleted with a tombstone). Reads the whole topic, which compaction keeps small.
+pub fn load<T: DeserializeOwned>(config: &Config, key: &[u8]) -> Result<Option<T>, BridgeError> {
+    let name = topic(config);
+    let consumer: BaseConsumer = client_config(config)
+        .set("group.id", "tidemark-bridge-state")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(BridgeError::kafka("creating the state reader"))?;
+    let (low, high) = consumer
+        .fetch_watermarks(&name, 0, Duration::from_secs(10))
+        .map_err(BridgeError::kafka(format!(
+            "reading the watermarks of {name}"
+        )))?;
+    if high <= low {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&name, 0, Offset::Offset(low))
+        .map_err(BridgeError::kafka("assigning the state topic"))?;
+    consumer
+        .assign(&tpl)
+        .map_err(BridgeError::kafka("assigning the state topic"))?;
+    let deadline = Instant::now() + READ_TIMEOUT;
+    let mut newest: Option<Option<Vec<u8>>> = None;
+    loop {
+        // Under read_committed the position can stop short of `high` at an open
+        // transaction's records; it ends at the last stable offset, which the position
+        // reaches once nothing more is returned.
+        let position = match consumer
+            .position()
+            .ok()
+            .and_then(|p| p.find_partition(&name, 0).map(|e| e.offset()))
+        {
+            Some(Offset::Offset(o)) => o,
+            _ => low,
+        };
+        if position >= high {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(BridgeError::Kafka {
+                context: format!("reading {name}: not at its end ({high}) within {READ_TIMEOUT:?}, at {position}"),
+                source: KafkaError::MessageConsumption(RDKafkaErrorCode::RequestTimedOut),
+            });
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                if m.key() == Some(key) {
+                    newest = Some(m.payload().map(<[u8]>::to_vec));
+                }
+                if m.offset() + 1 >= high {
+                    break;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(BridgeError::kafka(format!("reading {name}"))(e)),
+            None => {}
+        }
+    }
+    match newest.flatten() {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            BridgeError::Decode(format!(
+                "the state in {name} under {} does not parse: {e}; delete it with a tombstone for that key, or use another --slot",
+                String::from_utf8_lossy(key)
+            ))
+        }),
+    }
+}
+
+/// A record that stores `state` under `key`.
+pub fn record(
+    config: &Config,
+    key: Vec<u8>,
+    state: &impl Serialize,
+    now_ms: i64,
+) -> Result<Record, BridgeError> {
+    let topic: std::sync::Arc<str> = topic(config).into();
+    let value = serde_json::to_vec(state).map_err(|e| BridgeError::Decode(e.to_string()))?;
+    Ok(Record {
+        topic: topic.clone(),
+        partition: Some(0),
+        key,
+        value: Some(value),
+        timestamp_ms: now_ms,
+        table: topic,
+        op: None,
+        header: None,
+        lsn: 0,
+    })
+}
