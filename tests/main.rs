@@ -5,6 +5,7 @@
 mod support;
 
 mod bridge_crash;
+mod bridge_exactly_once;
 mod bridge_keys;
 mod bridge_ops;
 mod bridge_refusals;

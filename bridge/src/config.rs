@@ -35,6 +35,7 @@ pub const TYPED_PRODUCER_PROPERTIES: &[&str] = &[
     "message.timeout.ms",
     "delivery.timeout.ms",
     "enable.gapless.guarantee",
+    "transactional.id",
 ];
 
 /// Default Kafka bootstrap servers.
@@ -122,7 +123,52 @@ pub struct Cli {
         value_delimiter = ';'
     )]
     pub topic_config: Vec<String>,
+    /// Exactly-once delivery to `isolation.level=read_committed` consumers: a transactional producer groups the records of PostgreSQL transactions into Kafka transactions, each storing the bridge's position in <prefix>.tidemark-state, so a restart after a crash writes no record twice. Consumers that read uncommitted still see aborted records [default: off, at-least-once].
+    #[arg(long, env = "TIDEMARK_EXACTLY_ONCE")]
+    pub exactly_once: bool,
+    /// With --exactly-once: how long a Kafka transaction collects PostgreSQL transactions before it commits; a longer interval costs latency, a shorter one throughput [default: 100].
+    #[arg(long, env = "TIDEMARK_TRANSACTION_INTERVAL_MS")]
+    pub transaction_interval_ms: Option<u64>,
+    /// With --exactly-once: the producer's transactional.id; a new producer with the same id fences the old one [default: tidemark.<topic prefix>.<slot>].
+    #[arg(long, env = "TIDEMARK_TRANSACTIONAL_ID")]
+    pub transactional_id: Option<String>,
+    /// When a table's topic got no record for this long, write a heartbeat on each of its partitions: a tombstone of a key that never holds a row, with header tidemark.heartbeat (the slot's confirmed LSN and the server's time). A duration such as 30s, 500ms, 5m, or milliseconds [default: off].
+    #[arg(long, env = "TIDEMARK_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
+    pub heartbeat_interval: Option<std::time::Duration>,
 }
+
+/// Parses a duration: a number of milliseconds, or a number followed by `ms`, `s`,
+/// `m` or `h`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; write e.g. 30s, 500ms, 5m or 1h"))?;
+    let ms = match unit.trim() {
+        "" | "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        other => return Err(format!("unknown unit {other:?} in {text:?}; use ms, s, m or h")),
+    };
+    ms.map(std::time::Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// A duration in the TOML file: milliseconds, or text as for the flag.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileDuration {
+    Millis(u64),
+    Text(String),
+}
+
+/// Default `--transaction-interval-ms`.
+pub const DEFAULT_TRANSACTION_INTERVAL_MS: u64 = 100;
 
 /// The TOML file: the same settings as the flags.
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +190,11 @@ struct FileConfig {
     #[serde(default)]
     topic_config: BTreeMap<String, String>,
     oversized_records: Option<Oversized>,
+    #[serde(default)]
+    exactly_once: bool,
+    transaction_interval_ms: Option<u64>,
+    transactional_id: Option<String>,
+    heartbeat_interval: Option<FileDuration>,
 }
 
 /// A PostgreSQL URL, and a password given apart from it, whose `Debug` and `Display`
@@ -223,6 +274,14 @@ pub struct Config {
     pub topic_config: BTreeMap<String, String>,
     /// What to do with a record larger than its topic accepts.
     pub oversized_records: Oversized,
+    /// Exactly-once delivery through Kafka transactions (`--exactly-once`).
+    pub exactly_once: bool,
+    /// How long one Kafka transaction collects changes, with `exactly_once`.
+    pub transaction_interval: std::time::Duration,
+    /// The producer's `transactional.id`, with `exactly_once`.
+    pub transactional_id: String,
+    /// Heartbeats on topics idle this long; `None`: none.
+    pub heartbeat_interval: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Config {
@@ -248,6 +307,10 @@ impl std::fmt::Debug for Config {
             )
             .field("topic_config", &self.topic_config)
             .field("oversized_records", &self.oversized_records)
+            .field("exactly_once", &self.exactly_once)
+            .field("transaction_interval", &self.transaction_interval)
+            .field("transactional_id", &self.transactional_id)
+            .field("heartbeat_interval", &self.heartbeat_interval)
             .finish()
     }
 }
@@ -348,6 +411,14 @@ impl Config {
         let mut topic_config = file.topic_config;
         key_values("topic-config", &cli.topic_config, &mut topic_config)?;
         let tables = cli.tables.or(file.tables).unwrap_or_default();
+        let heartbeat_interval = match (cli.heartbeat_interval, file.heartbeat_interval) {
+            (Some(d), _) => Some(d),
+            (None, Some(FileDuration::Millis(ms))) => Some(std::time::Duration::from_millis(ms)),
+            (None, Some(FileDuration::Text(t))) => {
+                Some(parse_duration(&t).map_err(|e| invalid("heartbeat-interval", e))?)
+            }
+            (None, None) => None,
+        };
         let mut postgres = PgUrl::new(
             cli.postgres
                 .or(file.postgres)
@@ -414,7 +485,20 @@ impl Config {
                 .oversized_records
                 .or(file.oversized_records)
                 .unwrap_or_default(),
+            exactly_once: cli.exactly_once || file.exactly_once,
+            transaction_interval: std::time::Duration::from_millis(
+                cli.transaction_interval_ms
+                    .or(file.transaction_interval_ms)
+                    .unwrap_or(DEFAULT_TRANSACTION_INTERVAL_MS),
+            ),
+            transactional_id: String::new(),
+            heartbeat_interval,
         };
+        let mut config = config;
+        config.transactional_id = cli
+            .transactional_id
+            .or(file.transactional_id)
+            .unwrap_or_else(|| format!("tidemark.{}.{}", config.topic_prefix, config.slot));
         config.validate()?;
         Ok(config)
     }
@@ -492,6 +576,15 @@ impl Config {
                     format!("{typed} is set by the bridge itself and cannot be overridden"),
                 ));
             }
+        }
+        if self.heartbeat_interval.is_some_and(|d| d.is_zero()) {
+            return Err(invalid(
+                "heartbeat-interval",
+                "must be longer than 0; leave it out for no heartbeats",
+            ));
+        }
+        if self.exactly_once && self.transactional_id.trim().is_empty() {
+            return Err(invalid("transactional-id", "must not be empty"));
         }
         if self.kafka.trim().is_empty() {
             return Err(invalid("kafka", "must not be empty"));

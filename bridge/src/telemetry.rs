@@ -49,6 +49,13 @@ pub const ERRORS: &str = "tidemark_errors_total";
 pub const SKIPPED_RECORDS: &str = "tidemark_skipped_records_total";
 /// Values the codec could not read and wrote as their text, labelled by `table`.
 pub const UNDECODABLE_VALUES: &str = "tidemark_undecodable_values_total";
+/// Kafka transactions committed (`--exactly-once`).
+pub const KAFKA_TRANSACTIONS: &str = "tidemark_kafka_transactions_total";
+/// PostgreSQL transactions a session skipped because a committed Kafka transaction
+/// holds them already (`--exactly-once`, after a restart).
+pub const SKIPPED_TRANSACTIONS: &str = "tidemark_replayed_transactions_skipped_total";
+/// Heartbeat records written (`--heartbeat-interval`).
+pub const HEARTBEATS: &str = "tidemark_heartbeats_total";
 
 /// Whether the bridge is ready: streaming, the broker reachable, and the slot not lost.
 #[derive(Debug, Default)]
@@ -180,6 +187,18 @@ fn describe() {
     describe_counter!(
         UNDECODABLE_VALUES,
         "Values the codec could not read, written as their PostgreSQL text, by table."
+    );
+    describe_counter!(
+        KAFKA_TRANSACTIONS,
+        "Kafka transactions committed (--exactly-once)."
+    );
+    describe_counter!(
+        SKIPPED_TRANSACTIONS,
+        "PostgreSQL transactions skipped after a restart because Kafka holds them committed already (--exactly-once)."
+    );
+    describe_counter!(
+        HEARTBEATS,
+        "Heartbeat records written on idle topics (--heartbeat-interval)."
     );
 }
 

@@ -12,8 +12,14 @@
 //! LSN only on its status interval, so after closing the stream the session also
 //! moves the slot with `pg_replication_slot_advance`: the last safe LSN is confirmed
 //! before the process exits, not at the next start.
+//!
+//! With `--exactly-once` the records go out in Kafka transactions and the slot is
+//! confirmed to the position the last committed one stored ([`exactly_once`]);
+//! with `--heartbeat-interval` idle topics get [`heartbeat`] records.
 
+pub mod exactly_once;
 pub mod frontier;
+pub mod heartbeat;
 pub mod records;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -278,6 +284,49 @@ async fn report_progress(
 /// How long the slot query may take.
 const SLOT_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Writes the heartbeats of every idle topic (see [`heartbeat`]), stamped with the
+/// server's time and `confirmed`, the LSN confirmed to the slot. When the server does
+/// not tell its time within [`SLOT_QUERY_TIMEOUT`], they wait for the next round.
+async fn write_heartbeats(
+    client: &tokio_postgres::Client,
+    sink: &Sink,
+    frontier: &Mutex<Frontier>,
+    heartbeats: &mut heartbeat::Heartbeats,
+    eos: Option<&mut exactly_once::Transactions>,
+    slot: &str,
+    confirmed: u64,
+) -> Result<(), BridgeError> {
+    let sql = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8";
+    let now_ms: i64 = match tokio::time::timeout(SLOT_QUERY_TIMEOUT, client.query_one(sql, &[])).await {
+        Ok(Ok(row)) => row.get(0),
+        Ok(Err(e)) => return Err(BridgeError::postgres("reading the server's time")(e)),
+        Err(_) => {
+            tracing::warn!(timeout = ?SLOT_QUERY_TIMEOUT, "PostgreSQL did not tell its time in time; heartbeats wait");
+            return Ok(());
+        }
+    };
+    let records = heartbeats.due(slot, confirmed, now_ms)?;
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut eos = eos;
+    if let Some(eos) = eos.as_deref_mut() {
+        eos.ensure_open(sink)?;
+    }
+    let id = lock(frontier).begin(now_ms);
+    for record in &records {
+        sink.send(id, record).await?;
+        if let Some(eos) = eos.as_deref_mut() {
+            eos.produced();
+        }
+    }
+    let at = lock(frontier).confirmed();
+    lock(frontier).commit(id, at);
+    metrics::counter!(telemetry::HEARTBEATS).increment(records.len() as u64);
+    debug!(records = records.len(), "heartbeats");
+    Ok(())
+}
+
 /// Runs one session until `shutdown` turns true (returns `Ok`) or something fails.
 pub async fn run_session(
     config: &Config,
@@ -305,6 +354,16 @@ pub async fn run_session(
     let frontier = Arc::new(Mutex::new(Frontier::new(start)));
     let limits = topics::record_limits(config, partitions.keys()).await;
     let sink = Sink::new(config, frontier.clone(), limits)?;
+    let mut eos = match config.exactly_once {
+        true => {
+            sink.init_transactions()?;
+            let stored = exactly_once::load(config).await?;
+            let position = exactly_once::applicable(stored, start, created_slot);
+            info!(position = %Lsn(position.lsn), slot_created = %Lsn(position.slot_lsn), transactional_id = %config.transactional_id, "exactly once: transactions up to the stored position are in Kafka already");
+            Some(exactly_once::Transactions::new(config, position))
+        }
+        false => None,
+    };
     let _stall_watch = AbortOnDrop(tokio::spawn(watch_stalls(frontier.clone())));
     let mut tables = Tables::new(
         config.tables.clone(),
@@ -319,7 +378,18 @@ pub async fn run_session(
                 .await
                 .map_err(BridgeError::postgres("reading the server's time"))?
                 .get(0);
+            if eos.is_some() {
+                sink.begin_transaction()?;
+            }
             mark_new_slot(&sink, &frontier, &config.slot, lsn, &partitions, start, now_ms).await?;
+            if let Some(eos) = &eos {
+                // The new slot's position goes with its markers, in one transaction.
+                let record = eos.new_slot_record(config, now_ms)?;
+                let id = lock(&frontier).begin(now_ms);
+                sink.send(id, &record).await?;
+                lock(&frontier).commit(id, lsn);
+                sink.commit_transaction()?;
+            }
             sink.drain(DRAIN_TIMEOUT).await?;
             match lock(&frontier).in_flight() {
                 0 => Ok(()),
@@ -349,6 +419,11 @@ pub async fn run_session(
     let _not_streaming = NotStreamingOnDrop(health);
 
     let mut txn: Option<(u64, TxnInfo)> = None;
+    // Inside a transaction that a committed Kafka transaction holds already.
+    let mut skipping = false;
+    let mut heartbeats = config
+        .heartbeat_interval
+        .map(|interval| heartbeat::Heartbeats::new(interval, &partitions));
     let mut numbering = Numbering::default();
     let mut reported = start;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -367,17 +442,26 @@ pub async fn run_session(
                 };
                 match event {
                     ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
-                        let info = TxnInfo {
-                            xid,
-                            commit_lsn: final_lsn.as_u64(),
-                            commit_ms: (commit_time_micros + PG_EPOCH_MICROS) / 1000,
-                        };
-                        txn = Some((lock(&frontier).begin(info.commit_ms), info));
-                        numbering = Numbering::default();
+                        if eos.as_mut().is_some_and(|e| e.skip(final_lsn.as_u64())) {
+                            skipping = true;
+                        } else {
+                            if let Some(eos) = eos.as_mut() {
+                                eos.ensure_open(&sink)?;
+                            }
+                            let info = TxnInfo {
+                                xid,
+                                commit_lsn: final_lsn.as_u64(),
+                                commit_ms: (commit_time_micros + PG_EPOCH_MICROS) / 1000,
+                            };
+                            txn = Some((lock(&frontier).begin(info.commit_ms), info));
+                            numbering = Numbering::default();
+                        }
                     }
                     ReplicationEvent::XLogData { wal_start, data, .. } => {
                         match pgoutput::decode(data).map_err(|e| BridgeError::Decode(e.to_string()))? {
                             pgoutput::Message::Relation(rel) => within_deadline("reading a table's key columns", tables.learn(&client, rel)).await?,
+                            // Committed in Kafka already (`--exactly-once`).
+                            _ if skipping => {}
                             msg => {
                                 let Some((id, info)) = &txn else {
                                     return Err(BridgeError::Decode("change outside a transaction".into()));
@@ -386,18 +470,32 @@ pub async fn run_session(
                                 for record in tables.records(msg, lsn, numbering.at(lsn), info)? {
                                     count_record(&record);
                                     sink.send(*id, &record).await?;
+                                    if let Some(eos) = eos.as_mut() {
+                                        eos.produced();
+                                    }
+                                    if let Some(h) = heartbeats.as_mut() {
+                                        h.wrote(&record.topic);
+                                    }
                                 }
                             }
                         }
                     }
                     ReplicationEvent::Commit { end_lsn, .. } => {
-                        if let Some((id, _)) = txn.take() {
+                        if std::mem::take(&mut skipping) {
+                            // Its records are committed in Kafka already.
+                        } else if let Some((id, _)) = txn.take() {
                             lock(&frontier).commit(id, end_lsn.as_u64());
+                            if let Some(eos) = eos.as_mut() {
+                                eos.pg_committed(end_lsn.as_u64());
+                            }
                         }
                     }
                     ReplicationEvent::KeepAlive { wal_end, .. } => {
-                        if txn.is_none() {
-                            lock(&frontier).confirm_idle(wal_end.as_u64());
+                        if txn.is_none() && !skipping {
+                            match eos.as_mut() {
+                                Some(eos) => eos.idle(wal_end.as_u64()),
+                                None => lock(&frontier).confirm_idle(wal_end.as_u64()),
+                            }
                         }
                     }
                     ReplicationEvent::Message { .. } => {}
@@ -408,7 +506,18 @@ pub async fn run_session(
         if let Some(e) = sink.failure() {
             return Err(e);
         }
-        let confirmed = lock(&frontier).confirmed();
+        if txn.is_none() && !skipping {
+            if let Some(h) = heartbeats.as_mut().filter(|h| h.any_due()) {
+                write_heartbeats(&client, &sink, &frontier, h, eos.as_mut(), &config.slot, reported).await?;
+            }
+            if let Some(eos) = eos.as_mut().filter(|e| e.due(false)) {
+                eos.commit(config, &sink, &frontier, telemetry::now_ms()).await?;
+            }
+        }
+        let confirmed = match &eos {
+            Some(eos) => eos.committed(),
+            None => lock(&frontier).confirmed(),
+        };
         if lag_probe.elapsed() >= LAG_PROBE_INTERVAL {
             lag_probe = Instant::now();
             report_progress(&client, &config.slot, &frontier, health).await?;
@@ -428,8 +537,25 @@ pub async fn run_session(
         in_flight = lock(&frontier).in_flight(),
         "stopping: draining in-flight records"
     );
-    let drained = sink.drain(DRAIN_TIMEOUT).await;
-    let confirmed = lock(&frontier).confirmed();
+    let (drained, confirmed) = match eos.as_mut() {
+        None => (sink.drain(DRAIN_TIMEOUT).await, lock(&frontier).confirmed()),
+        Some(eos) => {
+            // A Kafka transaction commits only between PostgreSQL transactions.
+            let finished = if txn.is_some() {
+                eos.abort(&sink)
+            } else if eos.due(true) {
+                eos.commit(config, &sink, &frontier, telemetry::now_ms())
+                    .await
+                    .map(|_| ())
+            } else {
+                Ok(())
+            };
+            if eos.skipped() > 0 {
+                info!(skipped = eos.skipped(), "transactions skipped because Kafka held them already");
+            }
+            (finished, eos.committed())
+        }
+    };
     repl.update_applied_lsn(Lsn(confirmed));
     repl.stop();
     while let Ok(Some(_)) = repl.recv().await {}

@@ -19,6 +19,16 @@
 //! fatal error: every later record fails too, the session ends, and the next session
 //! replays from the slot with a new producer). Neither can be set through a
 //! passthrough property.
+//!
+//! **Exactly once** (`--exactly-once`). The producer is transactional
+//! (`transactional.id`, see [`Sink::init_transactions`]). librdkafka refuses an
+//! infinite `message.timeout.ms` with transactions: the message timeout follows
+//! `transaction.timeout.ms` (60 s unless a passthrough property says otherwise), and
+//! `enable.gapless.guarantee` is not set. A record that fails or times out puts the
+//! transaction in an abortable state: its records never become visible to
+//! `read_committed` readers, the session ends, and the next one starts again from
+//! the position stored by the last committed transaction, so no partition of what a
+//! `read_committed` reader sees has a gap (see `pipeline::exactly_once`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -187,6 +197,13 @@ fn apply_client_config(cc: &mut ClientConfig, config: &Config) {
     cc.set("allow.auto.create.topics", "false");
 }
 
+/// Default `transaction.timeout.ms` of the transactional producer (librdkafka's): the
+/// longest a Kafka transaction may stay open, and the message timeout with it.
+const TRANSACTION_TIMEOUT_MS: &str = "60000";
+
+/// How long a transactional call (init, commit, abort) may take.
+const TRANSACTION_CALL_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// The producer's settings: tuning defaults, then [`client_config`]'s, then the ones
 /// the bridge's guarantees rest on.
 fn producer_config(config: &Config, max_message_bytes: usize) -> ClientConfig {
@@ -198,6 +215,9 @@ fn producer_config(config: &Config, max_message_bytes: usize) -> ClientConfig {
         .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "100000")
         .set("queue.buffering.max.kbytes", "65536");
+    if config.exactly_once {
+        cc.set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS);
+    }
     // Not by copying `client_config(..).config_map()`: it shows `sasl.password` and the
     // other secrets as a placeholder, which would then be sent as the password.
     apply_client_config(&mut cc, config);
@@ -218,9 +238,15 @@ fn producer_config(config: &Config, max_message_bytes: usize) -> ClientConfig {
     cc.set("acks", "all")
         .set("enable.idempotence", "true")
         .set("partitioner", "murmur2_random");
-    // No gaps: see the module doc.
-    cc.set("message.timeout.ms", "0")
-        .set("enable.gapless.guarantee", "true");
+    if config.exactly_once {
+        // Transactions: see the module doc. The message timeout follows
+        // `transaction.timeout.ms`.
+        cc.set("transactional.id", &config.transactional_id);
+    } else {
+        // No gaps: see the module doc.
+        cc.set("message.timeout.ms", "0")
+            .set("enable.gapless.guarantee", "true");
+    }
     cc
 }
 
@@ -232,6 +258,8 @@ pub struct Sink {
     /// The largest record the producer takes (`message.max.bytes`).
     max_message_bytes: usize,
     oversized: Oversized,
+    /// Whether the producer is transactional (`--exactly-once`).
+    transactional: bool,
 }
 
 impl Sink {
@@ -271,7 +299,43 @@ impl Sink {
             acked,
             max_message_bytes,
             oversized: config.oversized_records,
+            transactional: config.exactly_once,
         })
+    }
+
+    /// Whether the producer is transactional.
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
+    }
+
+    /// Registers the `transactional.id` with the broker: a transaction an earlier
+    /// producer with the same id left open is aborted (or, when its commit had begun,
+    /// completed), and that producer is fenced: whatever it still sends fails. Call
+    /// once, before any other transactional call.
+    pub fn init_transactions(&self) -> Result<(), BridgeError> {
+        tokio::task::block_in_place(|| self.producer.init_transactions(TRANSACTION_CALL_TIMEOUT))
+            .map_err(BridgeError::kafka("initialising the transactional producer"))
+    }
+
+    /// Opens a Kafka transaction.
+    pub fn begin_transaction(&self) -> Result<(), BridgeError> {
+        self.producer
+            .begin_transaction()
+            .map_err(BridgeError::kafka("beginning a Kafka transaction"))
+    }
+
+    /// Delivers every record of the open transaction and commits it. On an error the
+    /// transaction's fate is unknown until the next producer initialises: the session
+    /// must end.
+    pub fn commit_transaction(&self) -> Result<(), BridgeError> {
+        tokio::task::block_in_place(|| self.producer.commit_transaction(TRANSACTION_CALL_TIMEOUT))
+            .map_err(BridgeError::kafka("committing a Kafka transaction"))
+    }
+
+    /// Aborts the open transaction: its records never reach `read_committed` readers.
+    pub fn abort_transaction(&self) -> Result<(), BridgeError> {
+        tokio::task::block_in_place(|| self.producer.abort_transaction(TRANSACTION_CALL_TIMEOUT))
+            .map_err(BridgeError::kafka("aborting a Kafka transaction"))
     }
 
     /// A record larger than its topic takes: stop, or skip and count it.
@@ -374,7 +438,14 @@ impl Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        let _ = self.producer.flush(Duration::from_millis(100));
+        if self.transactional {
+            // An open transaction would hold back `read_committed` readers of its
+            // partitions until the coordinator times it out; without one this fails
+            // at once and changes nothing.
+            let _ = self.producer.abort_transaction(Duration::from_secs(5));
+        } else {
+            let _ = self.producer.flush(Duration::from_millis(100));
+        }
     }
 }
 

@@ -150,6 +150,10 @@ mod tests {
             kafka_properties: Default::default(),
             topic_config: Default::default(),
             oversized_records: Default::default(),
+            exactly_once: false,
+            transaction_interval: std::time::Duration::from_millis(100),
+            transactional_id: String::new(),
+            heartbeat_interval: None,
         };
         let c = replication_config(&config.postgres, &config).unwrap();
         assert_eq!(

@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod envelope;
+pub mod heartbeat;
 pub mod key;
 pub mod partitioner;
 

@@ -1,0 +1,297 @@
+//! Exactly-once delivery (`--exactly-once`): Kafka transactions over PostgreSQL ones.
+//!
+//! The producer is transactional. The records of whole PostgreSQL transactions are
+//! grouped into one Kafka transaction, which commits once it is
+//! `--transaction-interval-ms` old, holds [`MAX_RECORDS`] records, or the session
+//! stops, and only between PostgreSQL transactions: a PostgreSQL transaction is never
+//! split over two Kafka ones. Each Kafka transaction also writes the bridge's
+//! [`Position`] to the state topic (`sink::state`, kind [`KIND`]): the end LSN of the
+//! last PostgreSQL transaction inside it. The position and the records become
+//! visible to `read_committed` readers together, or neither does.
+//!
+//! Only after the commit succeeds may the slot be confirmed to that position, so the
+//! slot's confirmed LSN never passes the stored one. A session starts from the slot,
+//! reads the stored position (read_committed, after `init_transactions` has ended any
+//! transaction a previous producer left open) and skips every PostgreSQL transaction
+//! whose commit ends at or below it: its records are committed already. So a crash
+//! anywhere, before, during or after a Kafka commit, writes nothing twice that a
+//! `read_committed` reader sees, and an aborted transaction leaves no gap: its
+//! records are invisible and the next session writes them again.
+//!
+//! **Slot incarnations.** The position counts only for the slot it was written
+//! for. It stores the LSN at which that slot was created (its consistent point);
+//! when the bridge creates the slot, the new slot's markers and a fresh position go
+//! in one transaction. A position is ignored when the slot cannot be the one it
+//! belongs to: when the slot's confirmed LSN is below the stored creation LSN (a slot
+//! created again, e.g. on a restored server with an older WAL history) or above the
+//! position (something other than this mode moved the slot; every transaction the
+//! slot still sends is then above the position anyway).
+//!
+//! **Idle slot.** Keepalives carry the server's WAL end; while no change arrives, a
+//! transaction holding only a new position moves the stored position there, at
+//! most every [`IDLE_POSITION_INTERVAL`], so the slot can be confirmed and release
+//! WAL without ever passing the stored position.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use pgwire_replication::Lsn;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::frontier::Frontier;
+use super::lock;
+use crate::config::Config;
+use crate::error::BridgeError;
+use crate::sink::{state, Sink};
+
+/// The state kind of the position document.
+pub const KIND: &str = "position";
+
+/// The most records one Kafka transaction collects before it commits (at the next
+/// boundary between PostgreSQL transactions).
+pub const MAX_RECORDS: u64 = 50_000;
+
+/// How often, at most, an idle bridge stores a keepalive's WAL position.
+pub const IDLE_POSITION_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The stored position: everything up to `lsn` is committed in Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The end LSN of the last PostgreSQL transaction whose records are committed
+    /// (or a WAL position that no change of the published tables lies below).
+    pub lsn: u64,
+    /// The LSN at which the slot this position belongs to was created (its
+    /// consistent point), or the lowest LSN it was seen at.
+    pub slot_lsn: u64,
+}
+
+/// The position that applies to the slot found at session start: `stored` when it
+/// can belong to this slot, whose confirmed LSN is `slot_confirmed` and which this
+/// session created at `created`, if it did; see the module doc.
+pub fn applicable(stored: Option<Position>, slot_confirmed: u64, created: Option<u64>) -> Position {
+    if let Some(lsn) = created {
+        return Position { lsn, slot_lsn: lsn };
+    }
+    match stored {
+        Some(p) if p.slot_lsn <= slot_confirmed && p.lsn >= slot_confirmed => p,
+        Some(p) => {
+            warn!(
+                stored = %Lsn(p.lsn),
+                stored_slot_created = %Lsn(p.slot_lsn),
+                slot_confirmed = %Lsn(slot_confirmed),
+                "the stored exactly-once position does not belong to this slot (created again, or moved by a bridge without --exactly-once); starting from the slot's position"
+            );
+            Position {
+                lsn: slot_confirmed,
+                slot_lsn: if p.slot_lsn <= slot_confirmed {
+                    p.slot_lsn
+                } else {
+                    slot_confirmed
+                },
+            }
+        }
+        None => Position {
+            lsn: slot_confirmed,
+            slot_lsn: slot_confirmed,
+        },
+    }
+}
+
+/// Reads the stored position of `config.slot` (read_committed). Call after
+/// [`Sink::init_transactions`], which settles what a previous producer left open.
+pub async fn load(config: &Config) -> Result<Option<Position>, BridgeError> {
+    state::ensure_topic(config).await?;
+    let key = state::key(&config.slot, KIND);
+    tokio::task::block_in_place(|| state::load::<Position>(config, &key))
+}
+
+/// The Kafka transaction in progress and the committed position; see the module doc.
+#[derive(Debug)]
+pub struct Transactions {
+    interval: Duration,
+    committed: Position,
+    /// The position the open transaction will store.
+    pending: u64,
+    /// When the open Kafka transaction began, and its records so far.
+    open: Option<(Instant, u64)>,
+    last_commit: Instant,
+    /// PostgreSQL transactions skipped because they were committed already.
+    skipped: u64,
+}
+
+impl Transactions {
+    /// Starts from the stored `position`.
+    pub fn new(config: &Config, position: Position) -> Self {
+        Transactions {
+            interval: config.transaction_interval,
+            committed: position,
+            pending: position.lsn,
+            open: None,
+            last_commit: Instant::now(),
+            skipped: 0,
+        }
+    }
+
+    /// The committed position: the LSN the slot may be confirmed to.
+    pub fn committed(&self) -> u64 {
+        self.committed.lsn
+    }
+
+    /// Whether the PostgreSQL transaction whose commit record starts at `final_lsn`
+    /// is committed in Kafka already: its commit then ends at or below the position.
+    pub fn skip(&mut self, final_lsn: u64) -> bool {
+        let skip = final_lsn < self.committed.lsn;
+        if skip {
+            self.skipped += 1;
+            metrics::counter!(crate::telemetry::SKIPPED_TRANSACTIONS).increment(1);
+        }
+        skip
+    }
+
+    /// PostgreSQL transactions skipped so far in this session.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Opens a Kafka transaction unless one is open.
+    pub fn ensure_open(&mut self, sink: &Sink) -> Result<(), BridgeError> {
+        if self.open.is_none() {
+            sink.begin_transaction()?;
+            self.open = Some((Instant::now(), 0));
+        }
+        Ok(())
+    }
+
+    /// Counts one record produced in the open transaction.
+    pub fn produced(&mut self) {
+        if let Some((_, n)) = &mut self.open {
+            *n += 1;
+        }
+    }
+
+    /// A PostgreSQL transaction whose records are all in the open Kafka transaction
+    /// ended at `end_lsn`.
+    pub fn pg_committed(&mut self, end_lsn: u64) {
+        self.pending = self.pending.max(end_lsn);
+    }
+
+    /// A keepalive while no PostgreSQL transaction is open: every change of the
+    /// published tables below `wal_end` has been read.
+    pub fn idle(&mut self, wal_end: u64) {
+        self.pending = self.pending.max(wal_end);
+    }
+
+    /// Whether [`Transactions::commit`] has something to do now; `stopping` commits
+    /// whatever is open.
+    pub fn due(&self, stopping: bool) -> bool {
+        match self.open {
+            Some((since, records)) => {
+                stopping || since.elapsed() >= self.interval || records >= MAX_RECORDS
+            }
+            None => {
+                self.pending > self.committed.lsn
+                    && (stopping || self.last_commit.elapsed() >= IDLE_POSITION_INTERVAL)
+            }
+        }
+    }
+
+    /// Writes the pending position into the open transaction (opening one if needed)
+    /// and commits it. Call only between PostgreSQL transactions. Returns the new
+    /// committed position.
+    pub async fn commit(
+        &mut self,
+        config: &Config,
+        sink: &Sink,
+        frontier: &Mutex<Frontier>,
+        now_ms: i64,
+    ) -> Result<u64, BridgeError> {
+        self.ensure_open(sink)?;
+        let position = Position {
+            lsn: self.pending,
+            slot_lsn: self.committed.slot_lsn,
+        };
+        let record = state::record(config, state::key(&config.slot, KIND), &position, now_ms)?;
+        let id = lock(frontier).begin(now_ms);
+        sink.send(id, &record).await?;
+        lock(frontier).commit(id, position.lsn);
+        sink.commit_transaction()?;
+        if let Some(e) = sink.failure() {
+            return Err(e);
+        }
+        self.open = None;
+        self.last_commit = Instant::now();
+        debug_assert!(position.lsn >= self.committed.lsn, "the position moves forward");
+        self.committed = position;
+        metrics::counter!(crate::telemetry::KAFKA_TRANSACTIONS).increment(1);
+        Ok(position.lsn)
+    }
+
+    /// Aborts the open transaction, if any (a stop in the middle of a PostgreSQL
+    /// transaction): its records never become visible, and the next session writes
+    /// them again from the committed position.
+    pub fn abort(&mut self, sink: &Sink) -> Result<(), BridgeError> {
+        if self.open.take().is_some() {
+            info!(committed = %Lsn(self.committed.lsn), "aborting the open Kafka transaction: it holds part of a PostgreSQL transaction");
+            sink.abort_transaction()?;
+        }
+        self.pending = self.committed.lsn;
+        Ok(())
+    }
+
+    /// The position record written with a new slot's markers (the session then
+    /// commits that transaction itself).
+    pub fn new_slot_record(
+        &self,
+        config: &Config,
+        now_ms: i64,
+    ) -> Result<crate::sink::Record, BridgeError> {
+        state::record(config, state::key(&config.slot, KIND), &self.committed, now_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_counts_only_for_its_slot() {
+        let p = Position {
+            lsn: 500,
+            slot_lsn: 100,
+        };
+        assert_eq!(applicable(Some(p), 400, None), p, "the slot lags the position");
+        assert_eq!(applicable(Some(p), 500, None), p);
+        assert_eq!(
+            applicable(Some(p), 50, None),
+            Position {
+                lsn: 50,
+                slot_lsn: 50
+            },
+            "a slot below the position's creation LSN is another slot"
+        );
+        assert_eq!(
+            applicable(Some(p), 600, None),
+            Position {
+                lsn: 600,
+                slot_lsn: 100
+            },
+            "a slot beyond the position: nothing it sends lies below it"
+        );
+        assert_eq!(
+            applicable(Some(p), 400, Some(700)),
+            Position {
+                lsn: 700,
+                slot_lsn: 700
+            },
+            "a slot created now starts a new history"
+        );
+        assert_eq!(
+            applicable(None, 400, None),
+            Position {
+                lsn: 400,
+                slot_lsn: 400
+            }
+        );
+    }
+}

@@ -1,0 +1,290 @@
+//! `--exactly-once`: across kill -9 crashes a `read_committed` reader sees every
+//! committed change exactly once; the same crashes without it replay changes (the
+//! at-least-once baseline, which shows the check can fail). And heartbeats: an idle
+//! table's topic gets them on every partition, and a cache of it stays exact.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+use tidemark_core::wire::envelope::SLOT_MARKER_HEADER;
+use tidemark_core::wire::heartbeat::HEARTBEAT_HEADER;
+
+use crate::support::*;
+
+/// Commits `total` writes (inserts of new ids and updates of earlier ones) in
+/// transactions of 1 to 20, paced to `per_sec`. Write `w` sets column `w` to `w`, so
+/// each change is named by its `w`; returns the committed ones.
+async fn write(table: &str, total: i64, per_sec: u64) -> Vec<i64> {
+    let pg = pg().await;
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let (mut w, mut next_id, mut committed) = (0i64, 1i64, Vec::new());
+    let started = Instant::now();
+    while w < total {
+        let n = rng.gen_range(1..=20);
+        let mut sql = String::from("BEGIN;");
+        let (mut ws, mut ids) = (Vec::new(), next_id);
+        for _ in 0..n {
+            w += 1;
+            if ids == 1 || rng.gen_range(0..100) < 60 {
+                sql += &format!("INSERT INTO {table} VALUES ({ids}, {w});");
+                ids += 1;
+            } else {
+                let id = rng.gen_range(1..ids);
+                sql += &format!("UPDATE {table} SET w = {w} WHERE id = {id};");
+            }
+            ws.push(w);
+        }
+        sql += "COMMIT;";
+        pg.batch_execute(&sql).await.expect("writer transaction");
+        next_id = ids;
+        committed.extend(ws);
+        let due = Duration::from_millis(committed.len() as u64 * 1000 / per_sec);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    committed
+}
+
+/// One record of a topic as a `read_committed` consumer sees it.
+struct Seen {
+    partition: i32,
+    value: Option<Value>,
+    headers: Vec<String>,
+}
+
+/// Every record of `topic` a `read_committed` consumer reads up to the end of each
+/// partition (for such a consumer, the last stable offset).
+fn read_committed(brokers: &str, topic: &str) -> Vec<Seen> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "tidemark-tests-unused")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut tpl = TopicPartitionList::new();
+    for &p in &parts {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("assign");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut at_end: HashSet<i32> = HashSet::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while at_end.len() < parts.len() {
+        assert!(Instant::now() < deadline, "reading {topic} timed out");
+        match c.poll(Duration::from_millis(500)) {
+            None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => panic!("consuming {topic}: {e}"),
+            Some(Ok(m)) => out.push(Seen {
+                partition: m.partition(),
+                value: m
+                    .payload()
+                    .map(|v| serde_json::from_slice(v).expect("JSON value")),
+                headers: m
+                    .headers()
+                    .map(|h| h.iter().map(|h| h.key.to_owned()).collect())
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+    out
+}
+
+/// The write a change record carries (its `after.w`); `None` for anything else.
+fn write_of(seen: &Seen) -> Option<i64> {
+    if seen.headers.iter().any(|h| h == SLOT_MARKER_HEADER || h == HEARTBEAT_HEADER) {
+        return None;
+    }
+    seen.value.as_ref()?["after"]["w"].as_i64()
+}
+
+/// Writes under load, kills the bridge with SIGKILL twice at different moments and
+/// restarts it each time; returns the committed writes and how often a
+/// `read_committed` reader sees each write once every committed one arrived.
+async fn crash_twice(exactly_once: bool) -> (Vec<i64>, BTreeMap<i64, usize>) {
+    let pg = pg().await;
+    let name = unique(if exactly_once { "eos" } else { "alo" });
+    let table = format!("{name}_t");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int8 PRIMARY KEY, w int8 NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
+    args.partitions = 3;
+    if exactly_once {
+        args.extra = vec!["--exactly-once".into()];
+    }
+    let (mut bridge, args) = start_bridge_with(args).await;
+    let writer = tokio::spawn({
+        let table = table.clone();
+        async move { write(&table, 15_000, 1_200).await }
+    });
+    // Different moments: early in a Kafka transaction's life and at a random point.
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    for (crash, wait_ms) in [(1, 3_000), (2, 3_000 + rng.gen_range(0..1_000))] {
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        bridge.kill9();
+        eprintln!("crash {crash}: SIGKILL after {wait_ms} ms");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        bridge = Bridge::start(&args);
+    }
+    let committed = writer.await.unwrap();
+    let topic = args.topic(&format!("public.{table}"));
+    let expected: HashSet<i64> = committed.iter().copied().collect();
+    let counts = wait_for(
+        Duration::from_secs(180),
+        "every committed write in Kafka",
+        || {
+            let (topic, brokers, expected) = (topic.clone(), args.kafka.clone(), expected.clone());
+            async move {
+                let seen = tokio::task::spawn_blocking(move || read_committed(&brokers, &topic))
+                    .await
+                    .unwrap();
+                let mut counts = BTreeMap::<i64, usize>::new();
+                for w in seen.iter().filter_map(write_of) {
+                    *counts.entry(w).or_default() += 1;
+                }
+                expected
+                    .iter()
+                    .all(|w| counts.contains_key(w))
+                    .then_some(counts)
+            }
+        },
+    )
+    .await;
+    assert!(
+        bridge.sigterm(Duration::from_secs(60)).success(),
+        "{}",
+        bridge.log_text()
+    );
+    (committed, counts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_a_read_committed_reader_sees_each_change_once_across_two_crashes() {
+    let (committed, counts) = crash_twice(true).await;
+    let expected: HashSet<i64> = committed.iter().copied().collect();
+    let unknown: Vec<&i64> = counts.keys().filter(|w| !expected.contains(w)).collect();
+    assert!(unknown.is_empty(), "writes that were never committed: {unknown:?}");
+    let twice: Vec<(&i64, &usize)> = counts.iter().filter(|(_, &n)| n > 1).collect();
+    eprintln!(
+        "exactly once: {} committed writes, {} change records, {} written more than once",
+        committed.len(),
+        counts.values().sum::<usize>(),
+        twice.len()
+    );
+    assert!(
+        twice.is_empty(),
+        "{} writes reached the reader more than once, e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
+    assert_eq!(counts.len(), expected.len());
+}
+
+/// The baseline: the same crashes without `--exactly-once` replay changes, so the
+/// check above can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_baseline_at_least_once_replays_after_crashes() {
+    let (committed, counts) = crash_twice(false).await;
+    let twice = counts.values().filter(|&&n| n > 1).count();
+    eprintln!(
+        "at least once: {} committed writes, {} change records, {twice} written more than once",
+        committed.len(),
+        counts.values().sum::<usize>()
+    );
+    assert!(twice > 0, "a crash under at-least-once replayed nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_reach_every_partition_of_an_idle_topic_and_a_cache_stays_exact() {
+    let pg = pg().await;
+    let name = unique("beat");
+    let (idle, busy) = (format!("{name}_idle"), format!("{name}_busy"));
+    create_table(&pg, &idle).await;
+    create_table(&pg, &busy).await;
+    let mut args = BridgeArgs::new(&name, &[&format!("public.{idle}"), &format!("public.{busy}")]);
+    args.partitions = 3;
+    args.extra = vec!["--heartbeat-interval".into(), "1s".into()];
+    let (mut bridge, args) = start_bridge_with(args).await;
+    let cache = args.row_cache(&idle).build().await.expect("cache");
+    cache.ready().await.expect("ready");
+
+    // The busy table gets a change every 200 ms; the idle one none for a while.
+    let busy_writer = tokio::spawn({
+        let busy = busy.clone();
+        async move {
+            let pg = crate::support::pg().await;
+            for i in 0..25 {
+                pg.batch_execute(&format!("UPDATE {busy} SET v = 'b{i}' WHERE id = 1"))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let topic = args.topic(&format!("public.{idle}"));
+    let beats = wait_for(
+        Duration::from_secs(30),
+        "heartbeats on every partition of the idle topic",
+        || {
+            let (topic, brokers) = (topic.clone(), args.kafka.clone());
+            async move {
+                let seen = tokio::task::spawn_blocking(move || read_committed(&brokers, &topic))
+                    .await
+                    .unwrap();
+                let mut per_partition: HashMap<i32, usize> = HashMap::new();
+                for s in seen.iter().filter(|s| s.headers.iter().any(|h| h == HEARTBEAT_HEADER)) {
+                    assert!(s.value.is_none(), "a heartbeat is a tombstone");
+                    *per_partition.entry(s.partition).or_default() += 1;
+                }
+                (per_partition.len() == 3 && per_partition.values().all(|&n| n >= 2))
+                    .then_some(per_partition)
+            }
+        },
+    )
+    .await;
+    busy_writer.await.unwrap();
+    let busy_topic = args.topic(&format!("public.{busy}"));
+    let busy_beats = tokio::task::spawn_blocking({
+        let brokers = args.kafka.clone();
+        move || read_committed(&brokers, &busy_topic)
+    })
+    .await
+    .unwrap()
+    .iter()
+    .filter(|s| s.headers.iter().any(|h| h == HEARTBEAT_HEADER))
+    .count();
+    eprintln!("heartbeats per partition of the idle topic: {beats:?}; on the busy topic: {busy_beats}");
+
+    pg.batch_execute(&format!(
+        "UPDATE {idle} SET v = 'changed' WHERE id % 7 = 0; DELETE FROM {idle} WHERE id % 11 = 0"
+    ))
+    .await
+    .unwrap();
+    let expected = table_rows(&pg, &idle).await;
+    wait_for(Duration::from_secs(30), "the cache to equal the table", || async {
+        (cache_rows(&cache) == expected).then_some(())
+    })
+    .await;
+    let stats = cache.stats();
+    assert_eq!(stats.bad_records, 0, "heartbeats are no bad records: {stats:?}");
+    cache.shutdown().await;
+    assert!(bridge.sigterm(Duration::from_secs(30)).success());
+}
