@@ -107,7 +107,11 @@ fn read_committed(brokers: &str, topic: &str) -> Vec<Seen> {
 
 /// The write a change record carries (its `after.w`); `None` for anything else.
 fn write_of(seen: &Seen) -> Option<i64> {
-    if seen.headers.iter().any(|h| h == SLOT_MARKER_HEADER || h == HEARTBEAT_HEADER) {
+    if seen
+        .headers
+        .iter()
+        .any(|h| h == SLOT_MARKER_HEADER || h == HEARTBEAT_HEADER)
+    {
         return None;
     }
     seen.value.as_ref()?["after"]["w"].as_i64()
@@ -181,7 +185,10 @@ async fn exactly_once_a_read_committed_reader_sees_each_change_once_across_two_c
     let (committed, counts) = crash_twice(true).await;
     let expected: HashSet<i64> = committed.iter().copied().collect();
     let unknown: Vec<&i64> = counts.keys().filter(|w| !expected.contains(w)).collect();
-    assert!(unknown.is_empty(), "writes that were never committed: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "writes that were never committed: {unknown:?}"
+    );
     let twice: Vec<(&i64, &usize)> = counts.iter().filter(|(_, &n)| n > 1).collect();
     eprintln!(
         "exactly once: {} committed writes, {} change records, {} written more than once",
@@ -219,7 +226,10 @@ async fn heartbeats_reach_every_partition_of_an_idle_topic_and_a_cache_stays_exa
     let (idle, busy) = (format!("{name}_idle"), format!("{name}_busy"));
     create_table(&pg, &idle).await;
     create_table(&pg, &busy).await;
-    let mut args = BridgeArgs::new(&name, &[&format!("public.{idle}"), &format!("public.{busy}")]);
+    let mut args = BridgeArgs::new(
+        &name,
+        &[&format!("public.{idle}"), &format!("public.{busy}")],
+    );
     args.partitions = 3;
     args.extra = vec!["--heartbeat-interval".into(), "1s".into()];
     let (mut bridge, args) = start_bridge_with(args).await;
@@ -250,7 +260,10 @@ async fn heartbeats_reach_every_partition_of_an_idle_topic_and_a_cache_stays_exa
                     .await
                     .unwrap();
                 let mut per_partition: HashMap<i32, usize> = HashMap::new();
-                for s in seen.iter().filter(|s| s.headers.iter().any(|h| h == HEARTBEAT_HEADER)) {
+                for s in seen
+                    .iter()
+                    .filter(|s| s.headers.iter().any(|h| h == HEARTBEAT_HEADER))
+                {
                     assert!(s.value.is_none(), "a heartbeat is a tombstone");
                     *per_partition.entry(s.partition).or_default() += 1;
                 }
@@ -271,7 +284,9 @@ async fn heartbeats_reach_every_partition_of_an_idle_topic_and_a_cache_stays_exa
     .iter()
     .filter(|s| s.headers.iter().any(|h| h == HEARTBEAT_HEADER))
     .count();
-    eprintln!("heartbeats per partition of the idle topic: {beats:?}; on the busy topic: {busy_beats}");
+    eprintln!(
+        "heartbeats per partition of the idle topic: {beats:?}; on the busy topic: {busy_beats}"
+    );
 
     pg.batch_execute(&format!(
         "UPDATE {idle} SET v = 'changed' WHERE id % 7 = 0; DELETE FROM {idle} WHERE id % 11 = 0"
@@ -279,12 +294,17 @@ async fn heartbeats_reach_every_partition_of_an_idle_topic_and_a_cache_stays_exa
     .await
     .unwrap();
     let expected = table_rows(&pg, &idle).await;
-    wait_for(Duration::from_secs(30), "the cache to equal the table", || async {
-        (cache_rows(&cache) == expected).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "the cache to equal the table",
+        || async { (cache_rows(&cache) == expected).then_some(()) },
+    )
     .await;
     let stats = cache.stats();
-    assert_eq!(stats.bad_records, 0, "heartbeats are no bad records: {stats:?}");
+    assert_eq!(
+        stats.bad_records, 0,
+        "heartbeats are no bad records: {stats:?}"
+    );
     cache.shutdown().await;
     assert!(bridge.sigterm(Duration::from_secs(30)).success());
 }

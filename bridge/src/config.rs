@@ -153,7 +153,11 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "s" => n.checked_mul(1_000),
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
-        other => return Err(format!("unknown unit {other:?} in {text:?}; use ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}; use ms, s, m or h"
+            ))
+        }
     };
     ms.map(std::time::Duration::from_millis)
         .ok_or_else(|| format!("{text:?} is too long"))
@@ -680,6 +684,48 @@ mod tests {
             doc == fresh,
             "docs/configuration.md is out of date; regenerate with TIDEMARK_WRITE_DOCS=1 cargo test -p tidemark-bridge configuration_reference"
         );
+    }
+
+    #[test]
+    fn durations_take_units_or_milliseconds() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn exactly_once_derives_its_transactional_id_and_refuses_one_as_a_property() {
+        let c = Config::from_cli(cli(&[
+            "--postgres",
+            "postgres://h/db",
+            "--tables",
+            "a.b",
+            "--slot",
+            "s1",
+            "--exactly-once",
+        ]))
+        .expect("valid");
+        assert!(c.exactly_once);
+        assert_eq!(c.transactional_id, "tidemark.tidemark.s1");
+        assert_eq!(
+            c.transaction_interval,
+            std::time::Duration::from_millis(100)
+        );
+        let e = Config::from_cli(cli(&[
+            "--postgres",
+            "postgres://h/db",
+            "--tables",
+            "a.b",
+            "--kafka-property",
+            "transactional.id=x",
+        ]))
+        .expect_err("typed");
+        assert!(e.to_string().contains("transactional.id"), "{e}");
     }
 
     fn cli(args: &[&str]) -> Cli {

@@ -172,7 +172,13 @@ impl Record {
                     .and_then(|h| h.value.map(<[u8]>::to_vec))
             })
         };
-        let stamp = header(TOMBSTONE_HEADER).and_then(|v| serde_json::from_slice(&v).ok());
+        // A heartbeat (`--heartbeat-interval`) is a tombstone of a key no row has,
+        // without a stamp: `tombstone` skips it, and its timestamp (the server's
+        // time) still counts for `seen_until`.
+        let heartbeat = header(tidemark_core::wire::heartbeat::HEARTBEAT_HEADER).is_some();
+        let stamp = header(TOMBSTONE_HEADER)
+            .filter(|_| !heartbeat)
+            .and_then(|v| serde_json::from_slice(&v).ok());
         let marker: Option<SlotMarker> =
             header(SLOT_MARKER_HEADER).and_then(|v| serde_json::from_slice(&v).ok());
         if marker.is_some() {
@@ -350,7 +356,8 @@ where
     /// replay when the delete (or anything later) was already applied on the
     /// partition, skipped when the snapshot holds the delete, and otherwise applied
     /// as a delete of its key. That matters when compaction removed the delete and
-    /// kept the tombstone. A tombstone without a stamp is ignored.
+    /// kept the tombstone. A tombstone without a stamp, such as a heartbeat, is
+    /// ignored (and is no bad record).
     fn tombstone(&mut self, rec: &Record) {
         // The watermark strategy orders by the ts column, which a tombstone lacks.
         let Some(stamp) = rec.stamp.filter(|_| self.applier.ts_column.is_none()) else {

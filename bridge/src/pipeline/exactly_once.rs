@@ -221,7 +221,10 @@ impl Transactions {
         }
         self.open = None;
         self.last_commit = Instant::now();
-        debug_assert!(position.lsn >= self.committed.lsn, "the position moves forward");
+        debug_assert!(
+            position.lsn >= self.committed.lsn,
+            "the position moves forward"
+        );
         self.committed = position;
         metrics::counter!(crate::telemetry::KAFKA_TRANSACTIONS).increment(1);
         Ok(position.lsn)
@@ -246,7 +249,12 @@ impl Transactions {
         config: &Config,
         now_ms: i64,
     ) -> Result<crate::sink::Record, BridgeError> {
-        state::record(config, state::key(&config.slot, KIND), &self.committed, now_ms)
+        state::record(
+            config,
+            state::key(&config.slot, KIND),
+            &self.committed,
+            now_ms,
+        )
     }
 }
 
@@ -260,7 +268,11 @@ mod tests {
             lsn: 500,
             slot_lsn: 100,
         };
-        assert_eq!(applicable(Some(p), 400, None), p, "the slot lags the position");
+        assert_eq!(
+            applicable(Some(p), 400, None),
+            p,
+            "the slot lags the position"
+        );
         assert_eq!(applicable(Some(p), 500, None), p);
         assert_eq!(
             applicable(Some(p), 50, None),

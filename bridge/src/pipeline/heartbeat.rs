@@ -58,7 +58,8 @@ impl Heartbeats {
             lsn,
             ts_ms: now_ms,
         };
-        let header = serde_json::to_vec(&heartbeat).map_err(|e| BridgeError::Decode(e.to_string()))?;
+        let header =
+            serde_json::to_vec(&heartbeat).map_err(|e| BridgeError::Decode(e.to_string()))?;
         let key = heartbeat.key();
         let mut out = Vec::new();
         for (topic, (partitions, last)) in &mut self.topics {
@@ -96,7 +97,9 @@ mod tests {
         assert!(h.any_due());
         let records = h.due("s", 7, 1_000).expect("records");
         assert_eq!(records.len(), 3);
-        assert!(records.iter().all(|r| &*r.topic == "a" && r.value.is_none()));
+        assert!(records
+            .iter()
+            .all(|r| &*r.topic == "a" && r.value.is_none()));
         let mut parts: Vec<i32> = records.iter().filter_map(|r| r.partition).collect();
         parts.sort_unstable();
         assert_eq!(parts, [0, 1, 2]);

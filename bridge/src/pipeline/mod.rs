@@ -297,7 +297,9 @@ async fn write_heartbeats(
     confirmed: u64,
 ) -> Result<(), BridgeError> {
     let sql = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8";
-    let now_ms: i64 = match tokio::time::timeout(SLOT_QUERY_TIMEOUT, client.query_one(sql, &[])).await {
+    let now_ms: i64 = match tokio::time::timeout(SLOT_QUERY_TIMEOUT, client.query_one(sql, &[]))
+        .await
+    {
         Ok(Ok(row)) => row.get(0),
         Ok(Err(e)) => return Err(BridgeError::postgres("reading the server's time")(e)),
         Err(_) => {
@@ -508,10 +510,20 @@ pub async fn run_session(
         }
         if txn.is_none() && !skipping {
             if let Some(h) = heartbeats.as_mut().filter(|h| h.any_due()) {
-                write_heartbeats(&client, &sink, &frontier, h, eos.as_mut(), &config.slot, reported).await?;
+                write_heartbeats(
+                    &client,
+                    &sink,
+                    &frontier,
+                    h,
+                    eos.as_mut(),
+                    &config.slot,
+                    reported,
+                )
+                .await?;
             }
             if let Some(eos) = eos.as_mut().filter(|e| e.due(false)) {
-                eos.commit(config, &sink, &frontier, telemetry::now_ms()).await?;
+                eos.commit(config, &sink, &frontier, telemetry::now_ms())
+                    .await?;
             }
         }
         let confirmed = match &eos {
@@ -551,7 +563,10 @@ pub async fn run_session(
                 Ok(())
             };
             if eos.skipped() > 0 {
-                info!(skipped = eos.skipped(), "transactions skipped because Kafka held them already");
+                info!(
+                    skipped = eos.skipped(),
+                    "transactions skipped because Kafka held them already"
+                );
             }
             (finished, eos.committed())
         }

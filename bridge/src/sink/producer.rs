@@ -314,7 +314,9 @@ impl Sink {
     /// once, before any other transactional call.
     pub fn init_transactions(&self) -> Result<(), BridgeError> {
         tokio::task::block_in_place(|| self.producer.init_transactions(TRANSACTION_CALL_TIMEOUT))
-            .map_err(BridgeError::kafka("initialising the transactional producer"))
+            .map_err(BridgeError::kafka(
+                "initialising the transactional producer",
+            ))
     }
 
     /// Opens a Kafka transaction.
@@ -485,6 +487,40 @@ mod tests {
         );
         assert_eq!(cc.get("enable.gapless.guarantee"), Some("true"));
         assert_eq!(cc.get("allow.auto.create.topics"), Some("false"));
+    }
+
+    /// With `--exactly-once` the producer is transactional, with a finite message
+    /// timeout (librdkafka refuses `message.timeout.ms=0` with transactions) and
+    /// without the gapless guarantee; without it nothing changes.
+    #[test]
+    fn exactly_once_makes_the_producer_transactional() {
+        let args = [
+            "tidemark-bridge",
+            "--postgres",
+            "postgres://h/db",
+            "--tables",
+            "public.t",
+            "--slot",
+            "s",
+        ];
+        let plain = Config::from_cli(Cli::parse_from(args)).expect("valid settings");
+        let cc = producer_config(&plain, LIBRDKAFKA_MAX_MESSAGE_BYTES);
+        assert_eq!(cc.get("transactional.id"), None);
+        assert_eq!(cc.get("message.timeout.ms"), Some("0"));
+        let eos = Config::from_cli(Cli::parse_from(
+            args.iter().copied().chain(["--exactly-once"]),
+        ))
+        .expect("valid settings");
+        let cc = producer_config(&eos, LIBRDKAFKA_MAX_MESSAGE_BYTES);
+        assert_eq!(cc.get("transactional.id"), Some("tidemark.tidemark.s"));
+        assert_eq!(
+            cc.get("transaction.timeout.ms"),
+            Some(TRANSACTION_TIMEOUT_MS)
+        );
+        assert_eq!(cc.get("message.timeout.ms"), None);
+        assert_eq!(cc.get("enable.gapless.guarantee"), None);
+        cc.create::<rdkafka::producer::BaseProducer>()
+            .expect("librdkafka accepts the transactional settings");
     }
 
     /// librdkafka is built with OpenSSL, so `security.protocol=SSL` and `SASL_SSL`
