@@ -37,7 +37,7 @@ pub struct Throughput {
     pub broker_bound: f64,
 }
 
-async fn write_workload(env: &Env, table: &str, shape: Shape) -> Result<(), BoxError> {
+pub(crate) async fn write_workload(env: &Env, table: &str, shape: Shape) -> Result<(), BoxError> {
     let pg = env.pg().await?;
     let pad = format!(
         "substr(repeat(md5(random()::text), {}), 1, {})",
@@ -239,6 +239,17 @@ pub struct Latency {
 /// and measures commit time (the record timestamp) to arrival at a consumer that
 /// polls with `fetch.wait.max.ms=5`: an upper bound on commit-to-acknowledgement.
 pub async fn latency(env: &Env, rate: u64, seconds: u64) -> Result<Latency, BoxError> {
+    latency_with(env, rate, seconds, &[]).await
+}
+
+/// [`latency`] of a bridge started with `extra` flags; the consumer reads
+/// `read_committed` (librdkafka's default).
+pub async fn latency_with(
+    env: &Env,
+    rate: u64,
+    seconds: u64,
+    extra: &[&str],
+) -> Result<Latency, BoxError> {
     let name = format!("benchlat{rate}_{}", rand::random::<u16>());
     let table = format!("{name}_t");
     let pg = env.pg().await?;
@@ -246,7 +257,8 @@ pub async fn latency(env: &Env, rate: u64, seconds: u64) -> Result<Latency, BoxE
         "CREATE TABLE {table} (id int8 PRIMARY KEY, pad text NOT NULL)"
     ))
     .await?;
-    let bridge = BridgeProcess::start(env, &name, &format!("public.{table}"), 1).await?;
+    let bridge =
+        BridgeProcess::start_with(env, &name, &format!("public.{table}"), 1, extra).await?;
     let topic = format!("{name}.public.{table}");
     let consumer = env.consumer()?;
     let mut tpl = TopicPartitionList::new();

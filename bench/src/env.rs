@@ -108,6 +108,17 @@ impl BridgeProcess {
         table: &str,
         partitions: u32,
     ) -> Result<Self, BoxError> {
+        Self::start_with(env, name, table, partitions, &[]).await
+    }
+
+    /// [`BridgeProcess::start`] with `extra` flags.
+    pub async fn start_with(
+        env: &Env,
+        name: &str,
+        table: &str,
+        partitions: u32,
+        extra: &[&str],
+    ) -> Result<Self, BoxError> {
         let exe = std::env::current_exe()?;
         let bin = exe.with_file_name("tidemark-bridge");
         if !bin.exists() {
@@ -142,6 +153,7 @@ impl BridgeProcess {
                 "--partitions",
                 &partitions.to_string(),
             ])
+            .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

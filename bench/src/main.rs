@@ -6,6 +6,7 @@ mod bridge_bench;
 mod cache_bench;
 mod checkpoint_bench;
 mod env;
+mod eos_bench;
 
 use std::fmt::Write as _;
 
@@ -23,12 +24,12 @@ struct Args {
     /// Runs per figure; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Sections to run: throughput, latency, warmstart, fanout, checkpoint
-    /// (comma-separated).
+    /// Sections to run: throughput, latency, warmstart, fanout, checkpoint,
+    /// exactly-once (comma-separated).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "throughput,latency,warmstart,fanout,checkpoint"
+        default_value = "throughput,latency,warmstart,fanout,checkpoint,exactly-once"
     )]
     only: Vec<String>,
     /// Rows of the warm-start table (also restarted from a checkpoint).
@@ -266,6 +267,11 @@ async fn main() -> Result<(), BoxError> {
             let f = checkpoint_bench::fan_out(&env, args.checkpoint_caches).await;
             section(&mut rows, &mut notes, "checkpoint fan-out", f);
         }
+    }
+
+    if want("exactly-once") {
+        let e = eos_bench::section(&env, args.repeat, 1_000, 15).await;
+        section(&mut rows, &mut notes, "exactly-once", e);
     }
 
     let mut table = String::from(
