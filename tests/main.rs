@@ -10,6 +10,7 @@ mod bridge_ops;
 mod bridge_refusals;
 mod bridge_secrets;
 mod bridge_setup;
+mod bridge_snapshot;
 mod bridge_stream;
 mod bridge_values;
 mod bridge_wire;

@@ -122,6 +122,26 @@ pub struct Cli {
         value_delimiter = ';'
     )]
     pub topic_config: Vec<String>,
+    /// When the bridge creates its slot, first write every row of the tables whose topics are still empty as an op "r" record (initial), or write only changes (never) [default: initial].
+    #[arg(long, env = "TIDEMARK_SNAPSHOT", value_enum)]
+    pub snapshot: Option<SnapshotMode>,
+    /// Most rows per second the initial snapshot reads, so that it does not starve the database; 0 is no limit [default: 0].
+    #[arg(long, env = "TIDEMARK_SNAPSHOT_ROWS_PER_SECOND")]
+    pub snapshot_rows_per_second: Option<u64>,
+}
+
+/// Whether a new slot starts with a snapshot of the tables (`--snapshot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    /// When the bridge creates its slot, every row of each table whose topic holds no
+    /// record yet is written as an op `r` record before the first change (Debezium's
+    /// `snapshot.mode=initial`). Topics that already hold records are left as they
+    /// are.
+    #[default]
+    Initial,
+    /// Only changes: a topic holds what changed since the slot was created.
+    Never,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -144,6 +164,8 @@ struct FileConfig {
     #[serde(default)]
     topic_config: BTreeMap<String, String>,
     oversized_records: Option<Oversized>,
+    snapshot: Option<SnapshotMode>,
+    snapshot_rows_per_second: Option<u64>,
 }
 
 /// A PostgreSQL URL, and a password given apart from it, whose `Debug` and `Display`
@@ -223,6 +245,10 @@ pub struct Config {
     pub topic_config: BTreeMap<String, String>,
     /// What to do with a record larger than its topic accepts.
     pub oversized_records: Oversized,
+    /// Whether a new slot starts with a snapshot.
+    pub snapshot: SnapshotMode,
+    /// Most rows per second the snapshot reads (0: no limit).
+    pub snapshot_rows_per_second: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -248,6 +274,8 @@ impl std::fmt::Debug for Config {
             )
             .field("topic_config", &self.topic_config)
             .field("oversized_records", &self.oversized_records)
+            .field("snapshot", &self.snapshot)
+            .field("snapshot_rows_per_second", &self.snapshot_rows_per_second)
             .finish()
     }
 }
@@ -414,6 +442,11 @@ impl Config {
                 .oversized_records
                 .or(file.oversized_records)
                 .unwrap_or_default(),
+            snapshot: cli.snapshot.or(file.snapshot).unwrap_or_default(),
+            snapshot_rows_per_second: cli
+                .snapshot_rows_per_second
+                .or(file.snapshot_rows_per_second)
+                .unwrap_or(0),
         };
         config.validate()?;
         Ok(config)

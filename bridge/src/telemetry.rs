@@ -49,6 +49,8 @@ pub const ERRORS: &str = "tidemark_errors_total";
 pub const SKIPPED_RECORDS: &str = "tidemark_skipped_records_total";
 /// Values the codec could not read and wrote as their text, labelled by `table`.
 pub const UNDECODABLE_VALUES: &str = "tidemark_undecodable_values_total";
+/// Rows the initial snapshot wrote as op `r` records, labelled by `table`.
+pub const SNAPSHOT_ROWS: &str = "tidemark_snapshot_rows_total";
 
 /// Whether the bridge is ready: streaming, the broker reachable, and the slot not lost.
 #[derive(Debug, Default)]
@@ -180,6 +182,10 @@ fn describe() {
     describe_counter!(
         UNDECODABLE_VALUES,
         "Values the codec could not read, written as their PostgreSQL text, by table."
+    );
+    describe_counter!(
+        SNAPSHOT_ROWS,
+        "Rows the initial snapshot wrote as op r records, by table."
     );
 }
 

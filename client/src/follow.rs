@@ -9,6 +9,11 @@
 //!    A slot marker (the bridge created its slot anew) beyond the WAL position at
 //!    which the load began ends the loop with [`End::Rewarm`]: changes between the
 //!    old slot and the new one never reached the topic.
+//!    A record of the bridge's initial snapshot (an op `r` row or the marker that
+//!    ends a table's snapshot, both with the snapshot it was read in) is skipped when
+//!    the load's snapshot contains that snapshot, and otherwise ends the loop with
+//!    [`End::Rewarm`]: the load is older than the topic's start for the table, and
+//!    rows deleted in between are in no record.
 //! 2. A record that is not an envelope of this table is counted, logged with its
 //!    partition and offset, and skipped.
 //! 3. De-duplication: the bridge replays from its slot after a crash, so a
@@ -43,12 +48,12 @@ use tracing::{debug, info, warn};
 use crate::apply::{merge_toast, typed_key, Applier, Rejected};
 use crate::checkpoint::{self, format, Encoders};
 use crate::seek::{blocking, Consumer, Start};
-use crate::snapshot::Snapshot;
 use crate::state::{Origin, PartitionPosition, Status};
 use crate::table::TableInfo;
 use rdkafka::message::Headers as _;
+use tidemark_core::pg::snapshot::Snapshot;
 use tidemark_core::wire::envelope::{
-    Position, SlotMarker, TombstoneStamp, SLOT_MARKER_HEADER, TOMBSTONE_HEADER,
+    Position, SlotMarker, TombstoneStamp, SLOT_MARKER_HEADER, SNAPSHOT_HEADER, TOMBSTONE_HEADER,
 };
 use tidemark_core::wire::partitioner::partition_of;
 use tidemark_core::wire::{Envelope, Op, Row};
@@ -80,17 +85,32 @@ pub(crate) struct Filter {
 pub(crate) struct PartitionState {
     /// `None` once switched off (or for the watermark strategy).
     filter: Option<Filter>,
+    /// The load's snapshot, also after the filter is off; `None` for the watermark
+    /// strategy and for a checkpoint restored with the filter off.
+    loaded: Option<Arc<Snapshot>>,
     last: Option<Position>,
 }
 
 impl PartitionState {
     pub fn new(filter: Option<Filter>) -> Self {
-        PartitionState { filter, last: None }
+        Self::restored(filter, None)
     }
 
     /// The state a checkpoint saved.
     pub fn restored(filter: Option<Filter>, last: Option<Position>) -> Self {
-        PartitionState { filter, last }
+        PartitionState {
+            loaded: filter.as_ref().map(|f| f.snapshot.clone()),
+            filter,
+            last,
+        }
+    }
+
+    /// Whether the loaded rows hold everything the bridge's snapshot `theirs` read
+    /// (an op `r` record of its initial snapshot, or the marker that ends it).
+    pub fn holds(&self, theirs: &Snapshot) -> bool {
+        self.loaded
+            .as_ref()
+            .is_some_and(|ours| ours.contains(theirs))
     }
 
     /// The state as a checkpoint saves it.
@@ -159,6 +179,10 @@ struct Record {
     stamp: Option<TombstoneStamp>,
     /// A slot marker: the bridge created its slot anew.
     marker: Option<SlotMarker>,
+    /// The snapshot of the bridge's initial snapshot that wrote the record (an op
+    /// `r` record, or the marker that ends a table's snapshot); `Err` when the header
+    /// does not parse.
+    snapshot: Option<Result<Snapshot, String>>,
     /// The record's timestamp (the commit time, as the bridge writes it).
     timestamp_ms: Option<i64>,
 }
@@ -175,6 +199,8 @@ impl Record {
         let stamp = header(TOMBSTONE_HEADER).and_then(|v| serde_json::from_slice(&v).ok());
         let marker: Option<SlotMarker> =
             header(SLOT_MARKER_HEADER).and_then(|v| serde_json::from_slice(&v).ok());
+        let snapshot = header(SNAPSHOT_HEADER)
+            .map(|v| Snapshot::parse(&String::from_utf8_lossy(&v)).map_err(|e| e.to_string()));
         if marker.is_some() {
             return Record {
                 partition: m.partition(),
@@ -182,6 +208,7 @@ impl Record {
                 timestamp_ms: m.timestamp().to_millis(),
                 stamp: None,
                 marker,
+                snapshot: None,
                 key: None,
                 value: Ok(None),
             };
@@ -192,6 +219,7 @@ impl Record {
             timestamp_ms: m.timestamp().to_millis(),
             stamp,
             marker: None,
+            snapshot,
             key: m.key().map(<[u8]>::to_vec),
             value: match m.payload() {
                 None => Ok(None),
@@ -403,6 +431,31 @@ where
                 self.slot_marker = Some(marker.clone());
             }
             return None;
+        }
+        // The bridge's initial snapshot (the watermark strategy applies its rows by
+        // their ts column, as any other).
+        if let Some(theirs) = rec
+            .snapshot
+            .as_ref()
+            .filter(|_| self.applier.ts_column.is_none())
+        {
+            match theirs {
+                Ok(theirs) if self.states[p].holds(theirs) => {
+                    if rec.value.as_ref().is_ok_and(Option::is_some) {
+                        self.applier.shared.counters.counts.skipped_in_snapshot.add(1);
+                    }
+                    return None;
+                }
+                Ok(theirs) => {
+                    return Some(End::Rewarm(format!(
+                        "the bridge's initial snapshot of this table ({theirs}) is newer than this cache's load: the changes between the two are in no record, only their result; loading again"
+                    )))
+                }
+                Err(problem) => {
+                    self.bad(&rec, problem);
+                    return None;
+                }
+            }
         }
         let env = match &rec.value {
             Ok(None) => {

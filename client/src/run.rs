@@ -27,11 +27,11 @@ use crate::config::{Config, Strategy};
 use crate::error::{Error, Result};
 use crate::follow::{Checkpointing, End, Filter, Follower, PartitionState};
 use crate::seek::Start;
-use crate::snapshot::Snapshot;
 use crate::state::{PartitionPosition, Shared, StartedFrom, Status};
 use crate::table::TableInfo;
 use crate::ts::Ts;
 use crate::{load, seek};
+use tidemark_core::pg::snapshot::Snapshot;
 
 /// The first and the longest pause between failed warm starts.
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);

@@ -15,6 +15,7 @@
 
 pub mod frontier;
 pub mod records;
+pub mod snapshot;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ use tracing::{debug, info};
 
 use crate::config::Config;
 use crate::error::{within_deadline, BridgeError};
-use crate::sink::{topics, Acks, Record, Sink};
+use crate::sink::{state, topics, Acks, Record, Sink};
 use crate::source::{pgoutput, setup, stream};
 use crate::telemetry::{self, Health};
 use frontier::Frontier;
@@ -312,6 +313,15 @@ pub async fn run_session(
         config.topic_prefix.clone(),
         db,
     );
+    // The snapshot's tables are decided before the markers make every topic non-empty.
+    let mut progress = None;
+    if config.snapshot != crate::config::SnapshotMode::Never {
+        state::ensure_topic(config).await?;
+        progress = match created_slot {
+            Some(lsn) => snapshot::plan(&client, config, &sink, &partitions, lsn).await?,
+            None => tokio::task::block_in_place(|| snapshot::load(config, start))?,
+        };
+    }
     if let Some(lsn) = created_slot {
         let marked = async {
             let now_ms: i64 = client
@@ -320,6 +330,13 @@ pub async fn run_session(
                 .map_err(BridgeError::postgres("reading the server's time"))?
                 .get(0);
             mark_new_slot(&sink, &frontier, &config.slot, lsn, &partitions, start, now_ms).await?;
+            if let Some(progress) = &progress {
+                // Saved with the markers: a slot without its snapshot plan is dropped too.
+                let txn = lock(&frontier).begin(now_ms);
+                sink.send(txn, &snapshot::save_record(config, progress, now_ms)?)
+                    .await?;
+                lock(&frontier).commit(txn, start);
+            }
             sink.drain(DRAIN_TIMEOUT).await?;
             match lock(&frontier).in_flight() {
                 0 => Ok(()),
@@ -338,6 +355,19 @@ pub async fn run_session(
             }
             return Err(e);
         }
+    }
+    if let Some(progress) = &mut progress {
+        if !progress.finished() {
+            info!(tables = progress.tables.len() - progress.done.len(), "initial snapshot: writing every row of the tables as op r records before streaming");
+            let writer = snapshot::Writer {
+                sink: &sink,
+                frontier: &frontier,
+                start,
+            };
+            snapshot::run(&client, config, &writer, &mut tables, progress).await?;
+            info!("initial snapshot written");
+        }
+        progress.install_filters(&mut tables)?;
     }
     let mut repl = within_deadline(
         "starting the replication connection",

@@ -16,7 +16,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
-use tidemark_core::wire::envelope::{TombstoneStamp, TOMBSTONE_HEADER, TRUNCATE_KEY};
+use tidemark_core::pg::snapshot::Snapshot;
+use tidemark_core::wire::envelope::{
+    TombstoneStamp, SNAPSHOT_HEADER, TOMBSTONE_HEADER, TRUNCATE_KEY,
+};
 use tidemark_core::wire::partitioner::partition_of;
 use tidemark_core::wire::{codec, key};
 use tidemark_core::wire::{Envelope, Op, Row, Source, TableName, ValueKind};
@@ -25,7 +28,7 @@ use tracing::{info, warn};
 
 use crate::error::BridgeError;
 use crate::sink::Record;
-use crate::source::pgoutput::{Datum, Message, OldTuple, Relation, Tuple};
+use crate::source::pgoutput::{Datum, Message, OldTuple, RelColumn, Relation, Tuple};
 use crate::source::setup::{primary_key, TypeCache};
 use crate::telemetry::now_ms;
 
@@ -151,9 +154,33 @@ impl Numbering {
     }
 }
 
+/// What a table's initial snapshot read: changes of the transactions it shows are in
+/// its op `r` records already, so the stream leaves them out, until the first change
+/// that committed at or past `insert_lsn` (sampled after the snapshot was taken, so
+/// every later change committed after it). The client's filter, applied in the bridge.
+#[derive(Debug, Clone)]
+pub struct SnapshotFilter {
+    /// The snapshot the rows were read in.
+    pub snapshot: Snapshot,
+    /// The WAL insert position sampled right after the snapshot was taken.
+    pub insert_lsn: u64,
+}
+
+/// One snapshot read, for its op `r` records.
+#[derive(Debug, Clone)]
+pub struct SnapshotRead {
+    /// The `pg_current_snapshot()` text ([`SNAPSHOT_HEADER`]).
+    pub snapshot: String,
+    /// The WAL insert position right after it was taken (`source.lsn`).
+    pub insert_lsn: u64,
+    /// The server's time when it was taken (`source.ts_ms`, the record timestamp).
+    pub ts_ms: i64,
+}
+
 /// The tables seen on the stream, and how to write their records.
 pub struct Tables {
     by_id: HashMap<u32, Table>,
+    filters: HashMap<TableName, SnapshotFilter>,
     ignored: HashSet<u32>,
     types: TypeCache,
     configured: Vec<TableName>,
@@ -176,6 +203,7 @@ impl Tables {
     ) -> Self {
         Tables {
             by_id: HashMap::new(),
+            filters: HashMap::new(),
             ignored: HashSet::new(),
             types: TypeCache::default(),
             configured,
@@ -219,11 +247,156 @@ impl Tables {
         Ok(())
     }
 
+    /// Learns a configured table from the catalog, as a Relation message would
+    /// describe it now (for the snapshot, which reads before the stream starts).
+    /// Returns its OID.
+    pub async fn learn_from_catalog(
+        &mut self,
+        client: &Client,
+        name: &TableName,
+    ) -> Result<u32, BridgeError> {
+        let pg = |e| BridgeError::postgres(format!("reading the columns of {name}"))(e);
+        let row = client
+            .query_one(
+                "SELECT c.oid, c.relreplident::text FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass",
+                &[&name.quoted()],
+            )
+            .await
+            .map_err(pg)?;
+        let (id, identity): (u32, String) = (row.get(0), row.get(1));
+        let key = primary_key(client, id).await?;
+        let columns = client
+            .query(
+                "SELECT attname::text, atttypid FROM pg_catalog.pg_attribute \
+                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
+                 ORDER BY attnum",
+                &[&id],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                RelColumn {
+                    key: identity == "f" || key.contains(&name),
+                    name,
+                    type_oid: r.get(1),
+                }
+            })
+            .collect();
+        let rel = Relation {
+            id,
+            schema: name.schema.clone(),
+            table: name.table.clone(),
+            replica_identity: identity.bytes().next().unwrap_or(b'd'),
+            columns,
+        };
+        self.learn(client, rel).await?;
+        Ok(id)
+    }
+
+    /// From now on, leaves out the changes of `table` that its snapshot holds.
+    pub fn filter(&mut self, table: TableName, filter: SnapshotFilter) {
+        self.filters.insert(table, filter);
+    }
+
+    /// Whether the change of `txn` to relation `rel` is in that table's snapshot
+    /// already; the filter goes at the first change committed past the snapshot.
+    fn in_snapshot(&mut self, rel: u32, txn: &TxnInfo) -> bool {
+        let Some(name) = self.by_id.get(&rel).map(|t| &t.name) else {
+            return false;
+        };
+        let Some(filter) = self.filters.get(name) else {
+            return false;
+        };
+        if txn.commit_lsn >= filter.insert_lsn {
+            self.filters.remove(&name.clone());
+            return false;
+        }
+        filter.snapshot.visible(txn.xid)
+    }
+
+    /// The op `r` record of one row a snapshot of relation `rel` read; `mark` is its
+    /// `source.snapshot` (`"true"`, or `"first"`, `"last"`, ... at the edges).
+    pub fn snapshot_record(
+        &self,
+        rel: u32,
+        tuple: &Tuple,
+        read: &SnapshotRead,
+        mark: &str,
+    ) -> Result<Record, BridgeError> {
+        let t = self.by_id.get(&rel).ok_or_else(|| {
+            decode_err(format!("snapshot of relation {rel} before it was learned"))
+        })?;
+        let (after, _) = t.row(tuple)?;
+        let env = Envelope {
+            before: None,
+            after: Some(after),
+            op: Op::Read,
+            ts_ms: now_ms(),
+            source: Source {
+                connector: "postgresql".into(),
+                name: "tidemark".into(),
+                db: self.db.clone(),
+                schema: t.name.schema.clone(),
+                table: t.name.table.clone(),
+                tx_id: None,
+                lsn: Some(read.insert_lsn),
+                commit_lsn: None,
+                seq: 0,
+                ts_ms: read.ts_ms,
+                snapshot: Value::String(mark.to_owned()),
+            },
+            unchanged_toast: Vec::new(),
+        };
+        let key = t.key_of(tuple)?;
+        Ok(Record {
+            topic: t.topic.clone(),
+            partition: Some(partition_of(&key, t.partitions)),
+            key,
+            value: Some(serde_json::to_vec(&env).map_err(|e| decode_err(e.to_string()))?),
+            timestamp_ms: read.ts_ms,
+            table: t.label.clone(),
+            op: Some("r"),
+            header: Some((SNAPSHOT_HEADER, read.snapshot.clone().into_bytes())),
+            lsn: read.insert_lsn,
+        })
+    }
+
+    /// The records that close the snapshot of relation `rel`: on every partition of its
+    /// topic, a tombstone of the key `{"tidemark.snapshot":"<schema.table>"}` (never a
+    /// row's key, so a consumer that rebuilds the table sees nothing) with the
+    /// [`SNAPSHOT_HEADER`]. A cache whose load is older than the snapshot meets one on
+    /// every partition, even where the table had no row.
+    pub fn snapshot_markers(
+        &self,
+        rel: u32,
+        read: &SnapshotRead,
+    ) -> Result<Vec<Record>, BridgeError> {
+        let t = self.by_id.get(&rel).ok_or_else(|| {
+            decode_err(format!("snapshot of relation {rel} before it was learned"))
+        })?;
+        let key = key::encode([("tidemark.snapshot", &Value::String(t.label.to_string()))]);
+        Ok((0..t.partitions)
+            .map(|p| Record {
+                topic: t.topic.clone(),
+                partition: Some(p),
+                key: key.clone(),
+                value: None,
+                timestamp_ms: read.ts_ms,
+                table: t.label.clone(),
+                op: None,
+                header: Some((SNAPSHOT_HEADER, read.snapshot.clone().into_bytes())),
+                lsn: read.insert_lsn,
+            })
+            .collect())
+    }
+
     /// The records for one change at `lsn` of transaction `txn`. `seq` numbers the
     /// changes that share `lsn` (see [`Numbering`]): the first record gets `*seq`, and
     /// `*seq` is moved past the numbers used.
     pub fn records(
-        &self,
+        &mut self,
         msg: Message,
         lsn: u64,
         seq: &mut u32,
@@ -234,13 +407,18 @@ impl Tables {
             | Message::Update { rel, .. }
             | Message::Delete { rel, .. } => *rel,
             Message::Truncate { rels } => {
-                let out = self.truncates(rels, lsn, *seq, txn);
+                let rels: Vec<u32> = rels
+                    .iter()
+                    .copied()
+                    .filter(|&r| !self.in_snapshot(r, txn))
+                    .collect();
+                let out = self.truncates(&rels, lsn, *seq, txn);
                 *seq += 1;
                 return out;
             }
             Message::Relation(_) | Message::Ignored(_) => return Ok(Vec::new()),
         };
-        if self.ignored.contains(&rel) {
+        if self.ignored.contains(&rel) || self.in_snapshot(rel, txn) {
             return Ok(Vec::new());
         }
         let t = self.by_id.get(&rel).ok_or_else(|| {

@@ -150,6 +150,8 @@ mod tests {
             kafka_properties: Default::default(),
             topic_config: Default::default(),
             oversized_records: Default::default(),
+            snapshot: Default::default(),
+            snapshot_rows_per_second: 0,
         };
         let c = replication_config(&config.postgres, &config).unwrap();
         assert_eq!(

@@ -65,7 +65,9 @@ pub struct Source {
     /// The transaction's commit time, in milliseconds since the epoch.
     #[serde(default)]
     pub ts_ms: i64,
-    /// `"false"` for streamed changes (Debezium's convention).
+    /// `"false"` for streamed changes; for a snapshot's op `r` records `"true"`, or
+    /// `"first"`, `"first_in_data_collection"`, `"last_in_data_collection"` and
+    /// `"last"` at the edges (Debezium's convention).
     #[serde(default)]
     pub snapshot: Value,
 }
@@ -114,6 +116,13 @@ impl TombstoneStamp {
 /// The bridge writes one marker, with a [`SlotMarker`] as its value and this header,
 /// on every partition before the new slot's first change.
 pub const SLOT_MARKER_HEADER: &str = "tidemark.slot-created";
+
+/// The record header of an op `r` record the bridge's initial snapshot wrote: the
+/// `pg_current_snapshot()` text (`xmin:xmax:xip,...`) of the transaction that read the
+/// row. A reader whose own snapshot contains it already holds the row (or a newer
+/// version); a reader whose snapshot does not may be older than the topic's start for
+/// that table and must load again.
+pub const SNAPSHOT_HEADER: &str = "tidemark.snapshot";
 
 /// What a slot marker says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
