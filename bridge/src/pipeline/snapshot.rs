@@ -50,7 +50,7 @@ use futures::{pin_mut, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tidemark_core::pg::snapshot::Snapshot;
 use tidemark_core::wire::TableName;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, SimpleQueryMessage};
 use tracing::{info, warn};
 
 use super::lock;
@@ -366,7 +366,7 @@ async fn read_table(
     let rel = tables.learn_from_catalog(client, table).await?;
     let columns: Vec<String> = client
         .query(
-            "SELECT format('%I::text', attname) FROM pg_catalog.pg_attribute \
+            "SELECT quote_ident(attname) FROM pg_catalog.pg_attribute \
              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
              ORDER BY attnum",
             &[&rel],
@@ -376,9 +376,12 @@ async fn read_table(
         .iter()
         .map(|r| r.get(0))
         .collect();
+    // The simple query protocol returns every value as its type's output text, which
+    // is what pgoutput sends (a cast to text would not be: `true::text` is `true`,
+    // pgoutput sends `t`; `inet`'s cast adds the netmask), and streams the rows.
     let sql = format!("SELECT {} FROM ONLY {}", columns.join(", "), table.quoted());
     let rows = client
-        .query_raw(sql.as_str(), std::iter::empty::<&str>())
+        .simple_query_raw(&sql)
         .await
         .map_err(pg("reading the rows"))?;
     pin_mut!(rows);
@@ -388,15 +391,24 @@ async fn read_table(
     let mut pending: Option<crate::source::pgoutput::Tuple> = None;
     let mut written = 0u64;
     loop {
-        let next = rows.try_next().await.map_err(pg("reading the rows"))?;
-        let tuple = next.map(|row| {
-            (0..columns.len())
-                .map(|i| match row.get::<_, Option<&str>>(i) {
-                    Some(text) => Datum::Text(bytes::Bytes::copy_from_slice(text.as_bytes())),
-                    None => Datum::Null,
-                })
-                .collect::<Vec<_>>()
-        });
+        let tuple = loop {
+            match rows.try_next().await.map_err(pg("reading the rows"))? {
+                Some(SimpleQueryMessage::Row(row)) => {
+                    break Some(
+                        (0..columns.len())
+                            .map(|i| match row.get(i) {
+                                Some(text) => {
+                                    Datum::Text(bytes::Bytes::copy_from_slice(text.as_bytes()))
+                                }
+                                None => Datum::Null,
+                            })
+                            .collect::<Vec<_>>(),
+                    )
+                }
+                Some(_) => {}
+                None => break None,
+            }
+        };
         if let Some(previous) = pending.take() {
             let record = tables.snapshot_record(
                 rel,
