@@ -57,6 +57,18 @@ pub const DEFAULT_REPLICATION_FACTOR: i32 = -1;
 /// Topic settings the bridge sets itself on the topics it creates.
 pub const TYPED_TOPIC_CONFIGS: &[&str] = &["cleanup.policy", "min.compaction.lag.ms"];
 
+/// What the bridge writes for a TRUNCATE (`--truncate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TruncateMode {
+    /// One `op: "t"` record on every partition of the table's topic, so every cache
+    /// following the topic meets it in order and empties the table.
+    #[default]
+    PerPartition,
+    /// Nothing: the TRUNCATE is logged and counted, and caches keep the truncated rows.
+    Skip,
+}
+
 /// Command-line flags; each also reads a `TIDEMARK_*` environment variable.
 #[derive(Debug, Parser)]
 #[command(
@@ -122,6 +134,9 @@ pub struct Cli {
         value_delimiter = ';'
     )]
     pub topic_config: Vec<String>,
+    /// What a TRUNCATE becomes: per-partition (an op "t" record on every partition, which caches need to stay exact) or skip (logged, counted in tidemark_skipped_truncates_total; caches keep the truncated rows) [default: per-partition].
+    #[arg(long, env = "TIDEMARK_TRUNCATE", value_enum)]
+    pub truncate: Option<TruncateMode>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -144,6 +159,7 @@ struct FileConfig {
     #[serde(default)]
     topic_config: BTreeMap<String, String>,
     oversized_records: Option<Oversized>,
+    truncate: Option<TruncateMode>,
 }
 
 /// A PostgreSQL URL, and a password given apart from it, whose `Debug` and `Display`
@@ -223,6 +239,17 @@ pub struct Config {
     pub topic_config: BTreeMap<String, String>,
     /// What to do with a record larger than its topic accepts.
     pub oversized_records: Oversized,
+    /// How change records are written.
+    pub records: RecordSettings,
+}
+
+/// How the bridge writes change records: what a TRUNCATE becomes and, later, the value
+/// format. One field of [`Config`], so that adding a setting here changes no other
+/// code that builds a `Config`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordSettings {
+    /// What a TRUNCATE becomes.
+    pub truncate: TruncateMode,
 }
 
 impl std::fmt::Debug for Config {
@@ -248,6 +275,7 @@ impl std::fmt::Debug for Config {
             )
             .field("topic_config", &self.topic_config)
             .field("oversized_records", &self.oversized_records)
+            .field("records", &self.records)
             .finish()
     }
 }
@@ -414,6 +442,9 @@ impl Config {
                 .oversized_records
                 .or(file.oversized_records)
                 .unwrap_or_default(),
+            records: RecordSettings {
+                truncate: cli.truncate.or(file.truncate).unwrap_or_default(),
+            },
         };
         config.validate()?;
         Ok(config)

@@ -49,6 +49,8 @@ pub const ERRORS: &str = "tidemark_errors_total";
 pub const SKIPPED_RECORDS: &str = "tidemark_skipped_records_total";
 /// Values the codec could not read and wrote as their text, labelled by `table`.
 pub const UNDECODABLE_VALUES: &str = "tidemark_undecodable_values_total";
+/// TRUNCATEs left out of the topic (`--truncate skip`), labelled by `table`.
+pub const SKIPPED_TRUNCATES: &str = "tidemark_skipped_truncates_total";
 
 /// Whether the bridge is ready: streaming, the broker reachable, and the slot not lost.
 #[derive(Debug, Default)]
@@ -181,6 +183,10 @@ fn describe() {
         UNDECODABLE_VALUES,
         "Values the codec could not read, written as their PostgreSQL text, by table."
     );
+    describe_counter!(
+        SKIPPED_TRUNCATES,
+        "TRUNCATEs left out of the topic (--truncate skip), by table; caches following the topic keep the truncated rows."
+    );
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`.
@@ -213,6 +219,13 @@ pub async fn serve(
             let _ = shutdown.wait_for(|stop| *stop).await;
         })
         .await
+}
+
+/// Nanoseconds since the epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// Milliseconds since the epoch.

@@ -16,18 +16,21 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
-use tidemark_core::wire::envelope::{TombstoneStamp, TOMBSTONE_HEADER, TRUNCATE_KEY};
+use tidemark_core::wire::envelope::{
+    sequence, TombstoneStamp, NEW_KEY_HEADER, OLD_KEY_HEADER, TOMBSTONE_HEADER, TRUNCATE_KEY,
+};
 use tidemark_core::wire::partitioner::partition_of;
 use tidemark_core::wire::{codec, key};
 use tidemark_core::wire::{Envelope, Op, Row, Source, TableName, ValueKind};
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
+use crate::config::TruncateMode;
 use crate::error::BridgeError;
 use crate::sink::Record;
 use crate::source::pgoutput::{Datum, Message, OldTuple, Relation, Tuple};
 use crate::source::setup::{primary_key, TypeCache};
-use crate::telemetry::now_ms;
+use crate::telemetry::now_ns;
 
 /// The transaction a change belongs to (from its Begin message).
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +41,11 @@ pub struct TxnInfo {
     pub commit_lsn: u64,
     /// Commit time, milliseconds since the epoch.
     pub commit_ms: i64,
+    /// Commit time, microseconds since the epoch.
+    pub commit_us: i64,
+    /// The commit LSN of the transaction before this one in the stream, when this
+    /// session has seen one (the first half of Debezium's `source.sequence`).
+    pub previous_commit_lsn: Option<u64>,
 }
 
 struct Table {
@@ -151,6 +159,17 @@ impl Numbering {
     }
 }
 
+/// How records are written: the settings every record of the session shares.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The topic prefix, also `source.name`.
+    pub prefix: String,
+    /// The database name, `source.db`.
+    pub db: String,
+    /// What a TRUNCATE becomes.
+    pub truncate: TruncateMode,
+}
+
 /// The tables seen on the stream, and how to write their records.
 pub struct Tables {
     by_id: HashMap<u32, Table>,
@@ -158,8 +177,7 @@ pub struct Tables {
     types: TypeCache,
     configured: Vec<TableName>,
     partitions: HashMap<String, i32>,
-    prefix: String,
-    db: String,
+    out: Output,
 }
 
 fn decode_err(msg: impl Into<String>) -> BridgeError {
@@ -168,20 +186,14 @@ fn decode_err(msg: impl Into<String>) -> BridgeError {
 
 impl Tables {
     /// An empty set for the configured tables; `partitions` maps topic to partition count.
-    pub fn new(
-        configured: Vec<TableName>,
-        partitions: HashMap<String, i32>,
-        prefix: String,
-        db: String,
-    ) -> Self {
+    pub fn new(configured: Vec<TableName>, partitions: HashMap<String, i32>, out: Output) -> Self {
         Tables {
             by_id: HashMap::new(),
             ignored: HashSet::new(),
             types: TypeCache::default(),
             configured,
             partitions,
-            prefix,
-            db,
+            out,
         }
     }
 
@@ -202,7 +214,7 @@ impl Tables {
         let key = key_columns(&rel, &primary_key(client, rel.id).await?, &name)?;
         let columns: Vec<(String, ValueKind)> =
             rel.columns.into_iter().map(|c| c.name).zip(kinds).collect();
-        let topic = name.topic(&self.prefix);
+        let topic = name.topic(&self.out.prefix);
         let partitions = *self.partitions.get(&topic).unwrap_or(&1);
         info!(table = %name, columns = columns.len(), "relation");
         self.by_id.insert(
@@ -253,7 +265,7 @@ impl Tables {
             lsn,
             seq: *seq,
             txn,
-            db: &self.db,
+            out: &self.out,
         };
         *seq += 1;
         Ok(match msg {
@@ -263,10 +275,15 @@ impl Tables {
                 new,
                 ..
             } if t.key_of(&old.tuple)? != t.key_of(&new)? => {
+                // Debezium's headers: the delete names the new key, the create the old.
+                let (old_key, new_key) = (t.key_of(&old.tuple)?, t.key_of(&new)?);
                 let mut out = w.delete(&old)?;
+                out[0].headers.push((NEW_KEY_HEADER, new_key));
                 let second = Writer { seq: *seq, ..w };
                 *seq += 1;
-                out.push(second.change(Op::Create, None, &new)?);
+                let mut create = second.change(Op::Create, None, &new)?;
+                create.headers.push((OLD_KEY_HEADER, old_key));
+                out.push(create);
                 out
             }
             Message::Update {
@@ -291,12 +308,19 @@ impl Tables {
     ) -> Result<Vec<Record>, BridgeError> {
         let mut out = Vec::new();
         for t in rels.iter().filter_map(|r| self.by_id.get(r)) {
+            if self.out.truncate == TruncateMode::Skip {
+                metrics::counter!(crate::telemetry::SKIPPED_TRUNCATES, "table" => t.label.to_string())
+                    .increment(1);
+                warn!(table = %t.name, lsn = %pgwire_replication::Lsn(lsn),
+                    "TRUNCATE skipped (--truncate skip): caches following the topic keep the truncated rows");
+                continue;
+            }
             let w = Writer {
                 t,
                 lsn,
                 seq,
                 txn,
-                db: &self.db,
+                out: &self.out,
             };
             let value = w.envelope(Op::Truncate, None, None, Vec::new())?;
             out.extend((0..t.partitions).map(|p| Record {
@@ -378,7 +402,7 @@ struct Writer<'a> {
     /// See [`Source::seq`].
     seq: u32,
     txn: &'a TxnInfo,
-    db: &'a str,
+    out: &'a Output,
 }
 
 impl Writer<'_> {
@@ -389,15 +413,19 @@ impl Writer<'_> {
         after: Option<Row>,
         unchanged_toast: Vec<String>,
     ) -> Result<Vec<u8>, BridgeError> {
+        let now = now_ns();
         let env = Envelope {
             before,
             after,
             op,
-            ts_ms: now_ms(),
+            ts_ms: now / 1_000_000,
+            ts_us: Some(now / 1_000),
+            ts_ns: Some(now),
             source: Source {
+                version: env!("CARGO_PKG_VERSION").into(),
                 connector: "postgresql".into(),
-                name: "tidemark".into(),
-                db: self.db.to_owned(),
+                name: self.out.prefix.clone(),
+                db: self.out.db.clone(),
                 schema: self.t.name.schema.clone(),
                 table: self.t.name.table.clone(),
                 tx_id: Some(u64::from(self.txn.xid)),
@@ -405,7 +433,10 @@ impl Writer<'_> {
                 commit_lsn: Some(self.txn.commit_lsn),
                 seq: self.seq,
                 ts_ms: self.txn.commit_ms,
+                ts_us: Some(self.txn.commit_us),
+                ts_ns: Some(self.txn.commit_us.saturating_mul(1_000)),
                 snapshot: Value::String("false".into()),
+                sequence: Some(sequence(self.txn.previous_commit_lsn, self.lsn)),
             },
             unchanged_toast,
         };
@@ -422,7 +453,7 @@ impl Writer<'_> {
             timestamp_ms: self.txn.commit_ms,
             table: self.t.label.clone(),
             op: None,
-            header: None,
+            headers: Vec::new(),
             lsn: self.lsn,
         }
     }
@@ -438,10 +469,10 @@ impl Writer<'_> {
             ts_ms: self.txn.commit_ms,
         };
         Ok(Record {
-            header: Some((
+            headers: vec![(
                 TOMBSTONE_HEADER,
                 serde_json::to_vec(&stamp).map_err(|e| decode_err(e.to_string()))?,
-            )),
+            )],
             ..self.record(key, None)
         })
     }

@@ -150,6 +150,7 @@ mod tests {
             kafka_properties: Default::default(),
             topic_config: Default::default(),
             oversized_records: Default::default(),
+            records: Default::default(),
         };
         let c = replication_config(&config.postgres, &config).unwrap();
         assert_eq!(
