@@ -17,7 +17,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use serde::Deserialize;
-use tidemark_core::wire::TableName;
+use tidemark_core::wire::debezium::{BinaryMode, DecimalMode, Modes, TimePrecisionMode};
+use tidemark_core::wire::{TableName, ValueFormat};
 
 use tidemark_core::pg::{ConnectOptions, SettingsError};
 use tidemark_core::secrets::{redact_url, shown_properties};
@@ -137,6 +138,18 @@ pub struct Cli {
     /// What a TRUNCATE becomes: per-partition (an op "t" record on every partition, which caches need to stay exact) or skip (logged, counted in tidemark_skipped_truncates_total; caches keep the truncated rows) [default: per-partition].
     #[arg(long, env = "TIDEMARK_TRUNCATE", value_enum)]
     pub truncate: Option<TruncateMode>,
+    /// Encoding of the values in before, after and the key: tidemark (tidemark's codec) or debezium (as Debezium's PostgreSQL connector writes them; see docs/value-formats.md); clients must be built with the same format [default: tidemark].
+    #[arg(long, env = "TIDEMARK_VALUE_FORMAT")]
+    pub value_format: Option<String>,
+    /// With --value-format debezium: numeric and money as precise (Connect Decimal, base64 of the unscaled value), double or string [default: precise].
+    #[arg(long, env = "TIDEMARK_DECIMAL_HANDLING_MODE")]
+    pub decimal_handling_mode: Option<String>,
+    /// With --value-format debezium: time and timestamp as adaptive (millis up to precision 3, else micros), adaptive_time_microseconds (time always in micros) or connect (always millis) [default: adaptive].
+    #[arg(long, env = "TIDEMARK_TIME_PRECISION_MODE")]
+    pub time_precision_mode: Option<String>,
+    /// With --value-format debezium: bytea as bytes (base64 in JSON), base64, base64-url-safe or hex [default: bytes].
+    #[arg(long, env = "TIDEMARK_BINARY_HANDLING_MODE")]
+    pub binary_handling_mode: Option<String>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -160,6 +173,10 @@ struct FileConfig {
     topic_config: BTreeMap<String, String>,
     oversized_records: Option<Oversized>,
     truncate: Option<TruncateMode>,
+    value_format: Option<String>,
+    decimal_handling_mode: Option<String>,
+    time_precision_mode: Option<String>,
+    binary_handling_mode: Option<String>,
 }
 
 /// A PostgreSQL URL, and a password given apart from it, whose `Debug` and `Display`
@@ -250,6 +267,58 @@ pub struct Config {
 pub struct RecordSettings {
     /// What a TRUNCATE becomes.
     pub truncate: TruncateMode,
+    /// The encoding of the values.
+    pub format: ValueFormat,
+}
+
+/// Parses one setting of `field` with `FromStr`.
+fn parse_setting<T: std::str::FromStr>(
+    field: &'static str,
+    value: Option<String>,
+) -> Result<Option<T>, BridgeError>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .map(|v| {
+            v.trim()
+                .parse()
+                .map_err(|e: T::Err| invalid(field, e.to_string()))
+        })
+        .transpose()
+}
+
+/// The value format from `--value-format` and Debezium's three knobs, which are
+/// refused without `--value-format debezium`.
+fn value_format(
+    format: Option<String>,
+    decimal: Option<String>,
+    time: Option<String>,
+    binary: Option<String>,
+) -> Result<ValueFormat, BridgeError> {
+    let decimal: Option<DecimalMode> = parse_setting("decimal-handling-mode", decimal)?;
+    let time: Option<TimePrecisionMode> = parse_setting("time-precision-mode", time)?;
+    let binary: Option<BinaryMode> = parse_setting("binary-handling-mode", binary)?;
+    match format.as_deref().map(str::trim) {
+        None | Some("tidemark") => {
+            if decimal.is_some() || time.is_some() || binary.is_some() {
+                return Err(invalid(
+                    "value-format",
+                    "--decimal-handling-mode, --time-precision-mode and --binary-handling-mode apply only with --value-format debezium",
+                ));
+            }
+            Ok(ValueFormat::Tidemark)
+        }
+        Some("debezium") => Ok(ValueFormat::Debezium(Modes {
+            decimal: decimal.unwrap_or_default(),
+            time: time.unwrap_or_default(),
+            binary: binary.unwrap_or_default(),
+        })),
+        Some(other) => Err(invalid(
+            "value-format",
+            format!("{other:?} is not one of tidemark, debezium"),
+        )),
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -444,6 +513,12 @@ impl Config {
                 .unwrap_or_default(),
             records: RecordSettings {
                 truncate: cli.truncate.or(file.truncate).unwrap_or_default(),
+                format: value_format(
+                    cli.value_format.or(file.value_format),
+                    cli.decimal_handling_mode.or(file.decimal_handling_mode),
+                    cli.time_precision_mode.or(file.time_precision_mode),
+                    cli.binary_handling_mode.or(file.binary_handling_mode),
+                )?,
             },
         };
         config.validate()?;

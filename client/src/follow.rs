@@ -42,11 +42,13 @@ use tracing::{debug, info, warn};
 
 use crate::apply::{merge_toast, typed_key, Applier, Rejected};
 use crate::checkpoint::{self, format, Encoders};
+use crate::error::Error;
 use crate::seek::{blocking, Consumer, Start};
 use crate::snapshot::Snapshot;
 use crate::state::{Origin, PartitionPosition, Status};
 use crate::table::TableInfo;
 use rdkafka::message::Headers as _;
+use tidemark_core::wire::debezium::FORMAT_HEADER;
 use tidemark_core::wire::envelope::{
     Position, SlotMarker, TombstoneStamp, SLOT_MARKER_HEADER, TOMBSTONE_HEADER,
 };
@@ -66,6 +68,8 @@ pub(crate) enum End {
     Stopped,
     /// The cache must warm-start again; the reason is for the log.
     Rewarm(String),
+    /// The cache cannot follow the topic (its records are in another value format).
+    Fail(crate::error::Error),
 }
 
 /// The snapshot filter of one partition.
@@ -161,6 +165,8 @@ struct Record {
     marker: Option<SlotMarker>,
     /// The record's timestamp (the commit time, as the bridge writes it).
     timestamp_ms: Option<i64>,
+    /// The value format the record names ([`FORMAT_HEADER`]), when it names one.
+    format: Option<String>,
 }
 
 impl Record {
@@ -175,11 +181,13 @@ impl Record {
         let stamp = header(TOMBSTONE_HEADER).and_then(|v| serde_json::from_slice(&v).ok());
         let marker: Option<SlotMarker> =
             header(SLOT_MARKER_HEADER).and_then(|v| serde_json::from_slice(&v).ok());
+        let format = header(FORMAT_HEADER).map(|v| String::from_utf8_lossy(&v).into_owned());
         if marker.is_some() {
             return Record {
                 partition: m.partition(),
                 offset: m.offset(),
                 timestamp_ms: m.timestamp().to_millis(),
+                format,
                 stamp: None,
                 marker,
                 key: None,
@@ -190,6 +198,7 @@ impl Record {
             partition: m.partition(),
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
+            format,
             stamp,
             marker: None,
             key: m.key().map(<[u8]>::to_vec),
@@ -207,6 +216,9 @@ impl Record {
 pub(crate) struct Follower<K, V> {
     pub consumer: Arc<Consumer>,
     pub topic: String,
+    /// [`ValueFormat::describe`](tidemark_core::wire::ValueFormat::describe) of the
+    /// cache's format, which a record's [`FORMAT_HEADER`] must match.
+    pub value_format: String,
     pub table: TableInfo,
     pub applier: Applier<K, V>,
     /// For re-reading rows whose unchanged TOAST values the cache does not have.
@@ -379,6 +391,15 @@ where
 
     /// Applies one record; `Some` when the loop must end.
     async fn handle(&mut self, rec: Record) -> Option<End> {
+        if let Some(format) = rec.format.as_deref().filter(|f| *f != self.value_format) {
+            return Some(End::Fail(Error::Config {
+                field: "value_format",
+                problem: format!(
+                    "the records of {} are in the value format {format} (record header {FORMAT_HEADER}, the bridge's --value-format and its modes), but the cache is built for {}; build the cache with Builder::value_format matching the bridge's settings",
+                    self.topic, self.value_format
+                ),
+            }));
+        }
         let p = rec.partition as usize;
         if p >= self.states.len() {
             return Some(End::Rewarm(format!(

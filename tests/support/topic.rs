@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers as _, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 
@@ -19,6 +19,8 @@ pub struct Rec {
     pub key: Value,
     /// `None` for a tombstone.
     pub value: Option<Value>,
+    /// The record headers, name and value (as text).
+    pub headers: Vec<(String, String)>,
 }
 
 /// A consumer for reading topics back (no group, manual assignment).
@@ -93,6 +95,17 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
             value: msg
                 .payload()
                 .map(|v| serde_json::from_slice(v).expect("value is JSON")),
+            headers: msg
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                            (h.key.to_owned(), value.into_owned())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         });
     }
     out

@@ -316,6 +316,7 @@ pub async fn run_session(
             prefix: config.topic_prefix.clone(),
             db,
             truncate: config.records.truncate,
+            format: config.records.format,
         },
     );
     if let Some(lsn) = created_slot {

@@ -16,12 +16,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
+use tidemark_core::wire::debezium::FORMAT_HEADER;
 use tidemark_core::wire::envelope::{
     sequence, TombstoneStamp, NEW_KEY_HEADER, OLD_KEY_HEADER, TOMBSTONE_HEADER, TRUNCATE_KEY,
 };
 use tidemark_core::wire::partitioner::partition_of;
 use tidemark_core::wire::{codec, key};
-use tidemark_core::wire::{Envelope, Op, Row, Source, TableName, ValueKind};
+use tidemark_core::wire::{Envelope, Op, Row, Source, TableName, ValueFormat, ValueKind};
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
@@ -168,6 +169,8 @@ pub struct Output {
     pub db: String,
     /// What a TRUNCATE becomes.
     pub truncate: TruncateMode,
+    /// The encoding of the values.
+    pub format: ValueFormat,
 }
 
 /// The tables seen on the stream, and how to write their records.
@@ -209,8 +212,8 @@ impl Tables {
             }
             return Ok(());
         }
-        let oids: Vec<u32> = rel.columns.iter().map(|c| c.type_oid).collect();
-        let kinds = self.types.kinds(client, &oids).await?;
+        let types: Vec<(u32, i32)> = rel.columns.iter().map(|c| (c.type_oid, c.typmod)).collect();
+        let kinds = self.types.kinds(client, &types, &self.out.format).await?;
         let key = key_columns(&rel, &primary_key(client, rel.id).await?, &name)?;
         let columns: Vec<(String, ValueKind)> =
             rel.columns.into_iter().map(|c| c.name).zip(kinds).collect();
@@ -444,7 +447,12 @@ impl Writer<'_> {
     }
 
     /// A record of `key`, on the key's partition under the session's partition count.
+    /// A record in a format other than tidemark's names it in [`FORMAT_HEADER`].
     fn record(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Record {
+        let headers = match self.out.format {
+            ValueFormat::Tidemark => Vec::new(),
+            other => vec![(FORMAT_HEADER, other.describe().into_bytes())],
+        };
         Record {
             topic: self.t.topic.clone(),
             partition: Some(partition_of(&key, self.t.partitions)),
@@ -453,7 +461,7 @@ impl Writer<'_> {
             timestamp_ms: self.txn.commit_ms,
             table: self.t.label.clone(),
             op: None,
-            headers: Vec::new(),
+            headers,
             lsn: self.lsn,
         }
     }
@@ -468,13 +476,12 @@ impl Writer<'_> {
             seq: self.seq,
             ts_ms: self.txn.commit_ms,
         };
-        Ok(Record {
-            headers: vec![(
-                TOMBSTONE_HEADER,
-                serde_json::to_vec(&stamp).map_err(|e| decode_err(e.to_string()))?,
-            )],
-            ..self.record(key, None)
-        })
+        let mut record = self.record(key, None);
+        record.headers.push((
+            TOMBSTONE_HEADER,
+            serde_json::to_vec(&stamp).map_err(|e| decode_err(e.to_string()))?,
+        ));
+        Ok(record)
     }
 
     fn change(&self, op: Op, before: Option<Row>, new: &Tuple) -> Result<Record, BridgeError> {
@@ -530,6 +537,7 @@ mod tests {
                 .map(|&(name, key)| RelColumn {
                     name: name.into(),
                     type_oid: 23,
+                    typmod: -1,
                     key,
                 })
                 .collect(),

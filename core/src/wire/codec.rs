@@ -43,6 +43,8 @@
 use base64::Engine as _;
 use serde_json::{Number, Value};
 
+use crate::wire::debezium::{self, Modes, PgType, ValueFormat};
+
 /// Startup options for every PostgreSQL connection whose values reach the codec: every
 /// setting that changes a value's text, pinned, so that a setting on the role or the
 /// database cannot change what either path reads.
@@ -88,6 +90,9 @@ pub enum ValueKind {
     Array(Box<ValueKind>),
     /// An array of `box`, whose elements are separated by `;`; elements as text.
     BoxArray,
+    /// A scalar in Debezium's encoding ([`debezium::encode`]), with the column's type
+    /// and the modes.
+    Debezium(Box<(PgType, Modes)>),
 }
 
 /// `box`, the only built-in type whose array delimiter (`typdelim`) is `;`, not `,`:
@@ -116,6 +121,32 @@ impl ValueKind {
             17 => ValueKind::Bytea,
             1184 => ValueKind::TimestampTz,
             _ => ValueKind::Text,
+        }
+    }
+
+    /// The kind of a column in `format`: `base` is the type (domains resolved), `elem`
+    /// the element type of an array (0 otherwise), `typmod` the column's type
+    /// modifier and `name` the type's name (the element's for an array). In the
+    /// tidemark format only the OIDs matter ([`ValueKind::from_type`]).
+    pub fn for_format(format: &ValueFormat, base: u32, elem: u32, typmod: i32, name: &str) -> Self {
+        let ValueFormat::Debezium(modes) = format else {
+            return Self::from_type(base, elem);
+        };
+        let scalar = |oid: u32| {
+            ValueKind::Debezium(Box::new((
+                PgType {
+                    oid,
+                    typmod,
+                    name: name.to_owned(),
+                },
+                *modes,
+            )))
+        };
+        match (base, elem) {
+            (_, BOX_OID) => ValueKind::BoxArray,
+            (_, 0) if matches!(base, 22 | 30) => ValueKind::Vector,
+            (_, 0) => scalar(base),
+            (_, elem) => ValueKind::Array(Box::new(scalar(elem))),
         }
     }
 
@@ -181,6 +212,10 @@ impl ValueKind {
             ),
             ValueKind::Array(elem) => parse_array(text, elem, ',').map_err(fail)?,
             ValueKind::BoxArray => parse_array(text, &ValueKind::Text, ';').map_err(fail)?,
+            ValueKind::Debezium(column) => {
+                let (ty, modes) = &**column;
+                debezium::encode(ty, modes, text).map_err(fail)?
+            }
         })
     }
 
@@ -194,7 +229,7 @@ impl ValueKind {
 }
 
 /// `bytea` text output: hex (`\x0a0b`) or the legacy escape format.
-fn decode_bytea(text: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn decode_bytea(text: &str) -> Result<Vec<u8>, String> {
     if let Some(hex) = text.strip_prefix("\\x") {
         if !hex.is_ascii() || hex.len() % 2 != 0 {
             return Err("odd number of hex digits".into());
@@ -292,7 +327,7 @@ fn numbers_fit_f64(text: &str) -> bool {
 
 /// `money` as `lc_monetary=C` prints it (`$1,234.56`, `-$1,234.56`) to an exact
 /// decimal (`1234.56`, `-1234.56`).
-fn money_to_decimal(text: &str) -> Result<String, String> {
+pub(crate) fn money_to_decimal(text: &str) -> Result<String, String> {
     let (negative, rest) = match text.strip_prefix('-') {
         Some(r) => (true, r),
         None => (false, text),
