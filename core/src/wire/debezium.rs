@@ -22,7 +22,7 @@
 use base64::Engine as _;
 use serde_json::{json, Map, Number, Value};
 
-use crate::wire::codec::{decode_bytea, money_to_decimal};
+use crate::wire::pgtext::{decode_bytea, money_to_decimal};
 
 /// How `numeric` and `money` values are written (Debezium's `decimal.handling.mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -8,6 +8,7 @@ pub mod debezium;
 pub mod envelope;
 pub mod key;
 pub mod partitioner;
+mod pgtext;
 
 pub use codec::{ValueKind, SESSION_OPTIONS};
 pub use debezium::ValueFormat;
