@@ -749,6 +749,47 @@ mod tests {
     }
 
     #[test]
+    fn value_format_and_debeziums_modes() {
+        let base = ["--postgres", "postgres://h/db", "--tables", "t"];
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            Config::from_cli(cli(&args))
+        };
+        let c = with(&[]).unwrap();
+        assert_eq!(c.records.format, ValueFormat::Tidemark);
+        assert_eq!(c.records.truncate, TruncateMode::PerPartition);
+        let c = with(&[
+            "--value-format",
+            "debezium",
+            "--time-precision-mode",
+            "connect",
+            "--truncate",
+            "skip",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.records.format,
+            ValueFormat::Debezium(Modes {
+                time: TimePrecisionMode::Connect,
+                ..Modes::default()
+            })
+        );
+        assert_eq!(c.records.truncate, TruncateMode::Skip);
+        let err = with(&["--decimal-handling-mode", "string"]).unwrap_err();
+        assert!(err.to_string().contains("--value-format debezium"), "{err}");
+        let err = with(&["--value-format", "avro"]).unwrap_err();
+        assert!(err.to_string().contains("tidemark, debezium"), "{err}");
+        let err = with(&[
+            "--value-format",
+            "debezium",
+            "--binary-handling-mode",
+            "raw",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("base64-url-safe"), "{err}");
+    }
+
+    #[test]
     fn password_never_shows() {
         let url = PgUrl::new("postgres://app:s3cret@db:5432/app");
         assert!(!format!("{url} {url:?}").contains("s3cret"));
