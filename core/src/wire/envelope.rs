@@ -285,6 +285,22 @@ mod tests {
     }
 
     #[test]
+    fn reads_debeziums_transaction_block_and_new_fields() {
+        let debezium = json!({
+            "before": null, "after": {"id": 1}, "op": "c", "ts_ms": 5, "ts_us": 5001, "ts_ns": 5001002,
+            "source": {"version": "2.7.0.Final", "connector": "postgresql", "name": "srv", "db": "app",
+                       "schema": "public", "table": "t", "txId": 7, "lsn": 100, "ts_ms": 4,
+                       "ts_us": 4000, "ts_ns": 4000000, "snapshot": "false", "xmin": null,
+                       "sequence": "[\"90\",\"100\"]"},
+            "transaction": {"id": "7:100", "total_order": 1, "data_collection_order": 1}
+        });
+        let env: Envelope = serde_json::from_value(debezium).unwrap();
+        assert_eq!(env.ts_us, Some(5001));
+        assert_eq!(env.source.sequence.as_deref(), Some(r#"["90","100"]"#));
+        assert_eq!(env.source.version, "2.7.0.Final");
+    }
+
+    #[test]
     fn sequence_is_debeziums_array_string() {
         assert_eq!(sequence(None, 24023128), r#"[null,"24023128"]"#);
         assert_eq!(
