@@ -421,7 +421,11 @@ async fn a_snapshot_row_reads_as_the_stream_writes_it() {
         after.as_object_mut().unwrap().remove("id");
         after
     };
-    assert_eq!(row("r"), row("c"), "the snapshot and the stream encode alike");
+    assert_eq!(
+        row("r"),
+        row("c"),
+        "the snapshot and the stream encode alike"
+    );
     assert_eq!(row("r")["b"], Value::Bool(true));
     assert_eq!(row("r")["ip"], Value::String("10.1.2.3".into()));
 }

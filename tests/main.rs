@@ -24,6 +24,7 @@ mod client_robust;
 mod client_schema;
 mod client_toast;
 mod client_topic_history;
+mod debezium_conformance;
 mod faults;
 mod kafka_sasl_ssl;
 mod kafka_transactions;

@@ -47,11 +47,13 @@ use tracing::{debug, info, warn};
 
 use crate::apply::{merge_toast, typed_key, Applier, Rejected};
 use crate::checkpoint::{self, format, Encoders};
+use crate::error::Error;
 use crate::seek::{blocking, Consumer, Start};
 use crate::state::{Origin, PartitionPosition, Status};
 use crate::table::TableInfo;
 use rdkafka::message::Headers as _;
 use tidemark_core::pg::snapshot::Snapshot;
+use tidemark_core::wire::debezium::FORMAT_HEADER;
 use tidemark_core::wire::envelope::{
     Position, SlotMarker, TombstoneStamp, SLOT_MARKER_HEADER, SNAPSHOT_HEADER, TOMBSTONE_HEADER,
 };
@@ -71,6 +73,8 @@ pub(crate) enum End {
     Stopped,
     /// The cache must warm-start again; the reason is for the log.
     Rewarm(String),
+    /// The cache cannot follow the topic (its records are in another value format).
+    Fail(crate::error::Error),
 }
 
 /// The snapshot filter of one partition.
@@ -185,6 +189,8 @@ struct Record {
     snapshot: Option<Result<Snapshot, String>>,
     /// The record's timestamp (the commit time, as the bridge writes it).
     timestamp_ms: Option<i64>,
+    /// The value format the record names ([`FORMAT_HEADER`]), when it names one.
+    format: Option<String>,
 }
 
 impl Record {
@@ -201,11 +207,13 @@ impl Record {
             header(SLOT_MARKER_HEADER).and_then(|v| serde_json::from_slice(&v).ok());
         let snapshot = header(SNAPSHOT_HEADER)
             .map(|v| Snapshot::parse(&String::from_utf8_lossy(&v)).map_err(|e| e.to_string()));
+        let format = header(FORMAT_HEADER).map(|v| String::from_utf8_lossy(&v).into_owned());
         if marker.is_some() {
             return Record {
                 partition: m.partition(),
                 offset: m.offset(),
                 timestamp_ms: m.timestamp().to_millis(),
+                format,
                 stamp: None,
                 marker,
                 snapshot: None,
@@ -217,6 +225,7 @@ impl Record {
             partition: m.partition(),
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
+            format,
             stamp,
             marker: None,
             snapshot,
@@ -235,6 +244,9 @@ impl Record {
 pub(crate) struct Follower<K, V> {
     pub consumer: Arc<Consumer>,
     pub topic: String,
+    /// [`ValueFormat::describe`](tidemark_core::wire::ValueFormat::describe) of the
+    /// cache's format, which a record's [`FORMAT_HEADER`] must match.
+    pub value_format: String,
     pub table: TableInfo,
     pub applier: Applier<K, V>,
     /// For re-reading rows whose unchanged TOAST values the cache does not have.
@@ -407,6 +419,15 @@ where
 
     /// Applies one record; `Some` when the loop must end.
     async fn handle(&mut self, rec: Record) -> Option<End> {
+        if let Some(format) = rec.format.as_deref().filter(|f| *f != self.value_format) {
+            return Some(End::Fail(Error::Config {
+                field: "value_format",
+                problem: format!(
+                    "the records of {} are in the value format {format} (record header {FORMAT_HEADER}, the bridge's --value-format and its modes), but the cache is built for {}; build the cache with Builder::value_format matching the bridge's settings",
+                    self.topic, self.value_format
+                ),
+            }));
+        }
         let p = rec.partition as usize;
         if p >= self.states.len() {
             return Some(End::Rewarm(format!(

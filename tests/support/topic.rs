@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers as _, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 
@@ -23,6 +23,8 @@ pub struct Rec {
     pub value: Option<Value>,
     /// The `tidemark.snapshot` header of an op `r` record.
     pub snapshot: Option<String>,
+    /// The record headers, name and value (as text).
+    pub headers: Vec<(String, String)>,
 }
 
 /// A consumer for reading topics back (no group, manual assignment).
@@ -107,6 +109,17 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
                 .payload()
                 .map(|v| serde_json::from_slice(v).expect("value is JSON")),
             snapshot: header(&msg, tidemark_core::wire::envelope::SNAPSHOT_HEADER),
+            headers: msg
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                            (h.key.to_owned(), value.into_owned())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         });
     }
     out

@@ -23,15 +23,15 @@ use std::time::{Duration, Instant};
 use pgwire_replication::{Lsn, ReplicationEvent};
 use rdkafka::error::KafkaError;
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, TruncateMode};
 use crate::error::{within_deadline, BridgeError};
 use crate::sink::{state, topics, Acks, Record, Sink};
 use crate::source::{pgoutput, setup, stream};
 use crate::telemetry::{self, Health};
 use frontier::Frontier;
-use records::{Numbering, Tables, TxnInfo};
+use records::{Numbering, Output, Tables, TxnInfo};
 
 /// How long a graceful stop waits for Kafka to acknowledge in-flight records.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -149,10 +149,10 @@ async fn mark_new_slot(
                 timestamp_ms: now,
                 table: topic.clone(),
                 op: None,
-                header: Some((
+                headers: vec![(
                     tidemark_core::wire::envelope::SLOT_MARKER_HEADER,
                     value.clone(),
-                )),
+                )],
                 lsn,
             };
             sink.send(txn, &record).await?;
@@ -307,11 +307,18 @@ pub async fn run_session(
     let limits = topics::record_limits(config, partitions.keys()).await;
     let sink = Sink::new(config, frontier.clone(), limits)?;
     let _stall_watch = AbortOnDrop(tokio::spawn(watch_stalls(frontier.clone())));
+    if config.records.truncate == TruncateMode::Skip {
+        warn!("--truncate skip: TRUNCATEs are left out of the topics, so caches following them keep the truncated rows");
+    }
     let mut tables = Tables::new(
         config.tables.clone(),
         partitions.clone(),
-        config.topic_prefix.clone(),
-        db,
+        Output {
+            prefix: config.topic_prefix.clone(),
+            db,
+            truncate: config.records.truncate,
+            format: config.records.format,
+        },
     );
     // The snapshot's tables are decided before the markers make every topic non-empty.
     let mut progress = None;
@@ -379,6 +386,8 @@ pub async fn run_session(
     let _not_streaming = NotStreamingOnDrop(health);
 
     let mut txn: Option<(u64, TxnInfo)> = None;
+    // The commit LSN of the last transaction seen (Debezium's `source.sequence`).
+    let mut previous_commit_lsn: Option<u64> = None;
     let mut numbering = Numbering::default();
     let mut reported = start;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -397,11 +406,15 @@ pub async fn run_session(
                 };
                 match event {
                     ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
+                        let commit_us = commit_time_micros + PG_EPOCH_MICROS;
                         let info = TxnInfo {
                             xid,
                             commit_lsn: final_lsn.as_u64(),
-                            commit_ms: (commit_time_micros + PG_EPOCH_MICROS) / 1000,
+                            commit_ms: commit_us / 1000,
+                            commit_us,
+                            previous_commit_lsn,
                         };
+                        previous_commit_lsn = Some(info.commit_lsn);
                         txn = Some((lock(&frontier).begin(info.commit_ms), info));
                         numbering = Numbering::default();
                     }

@@ -17,20 +17,23 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tidemark_core::pg::snapshot::Snapshot;
+use tidemark_core::wire::debezium::FORMAT_HEADER;
 use tidemark_core::wire::envelope::{
-    TombstoneStamp, SNAPSHOT_HEADER, TOMBSTONE_HEADER, TRUNCATE_KEY,
+    sequence, TombstoneStamp, NEW_KEY_HEADER, OLD_KEY_HEADER, SNAPSHOT_HEADER, TOMBSTONE_HEADER,
+    TRUNCATE_KEY,
 };
 use tidemark_core::wire::partitioner::partition_of;
 use tidemark_core::wire::{codec, key};
-use tidemark_core::wire::{Envelope, Op, Row, Source, TableName, ValueKind};
+use tidemark_core::wire::{Envelope, Op, Row, Source, TableName, ValueFormat, ValueKind};
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
+use crate::config::TruncateMode;
 use crate::error::BridgeError;
 use crate::sink::Record;
 use crate::source::pgoutput::{Datum, Message, OldTuple, RelColumn, Relation, Tuple};
 use crate::source::setup::{primary_key, TypeCache};
-use crate::telemetry::now_ms;
+use crate::telemetry::now_ns;
 
 /// The transaction a change belongs to (from its Begin message).
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +44,11 @@ pub struct TxnInfo {
     pub commit_lsn: u64,
     /// Commit time, milliseconds since the epoch.
     pub commit_ms: i64,
+    /// Commit time, microseconds since the epoch.
+    pub commit_us: i64,
+    /// The commit LSN of the transaction before this one in the stream, when this
+    /// session has seen one (the first half of Debezium's `source.sequence`).
+    pub previous_commit_lsn: Option<u64>,
 }
 
 struct Table {
@@ -177,6 +185,19 @@ pub struct SnapshotRead {
     pub ts_ms: i64,
 }
 
+/// How records are written: the settings every record of the session shares.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The topic prefix, also `source.name`.
+    pub prefix: String,
+    /// The database name, `source.db`.
+    pub db: String,
+    /// What a TRUNCATE becomes.
+    pub truncate: TruncateMode,
+    /// The encoding of the values.
+    pub format: ValueFormat,
+}
+
 /// The tables seen on the stream, and how to write their records.
 pub struct Tables {
     by_id: HashMap<u32, Table>,
@@ -185,8 +206,7 @@ pub struct Tables {
     types: TypeCache,
     configured: Vec<TableName>,
     partitions: HashMap<String, i32>,
-    prefix: String,
-    db: String,
+    out: Output,
 }
 
 fn decode_err(msg: impl Into<String>) -> BridgeError {
@@ -195,12 +215,7 @@ fn decode_err(msg: impl Into<String>) -> BridgeError {
 
 impl Tables {
     /// An empty set for the configured tables; `partitions` maps topic to partition count.
-    pub fn new(
-        configured: Vec<TableName>,
-        partitions: HashMap<String, i32>,
-        prefix: String,
-        db: String,
-    ) -> Self {
+    pub fn new(configured: Vec<TableName>, partitions: HashMap<String, i32>, out: Output) -> Self {
         Tables {
             by_id: HashMap::new(),
             filters: HashMap::new(),
@@ -208,8 +223,7 @@ impl Tables {
             types: TypeCache::default(),
             configured,
             partitions,
-            prefix,
-            db,
+            out,
         }
     }
 
@@ -225,12 +239,12 @@ impl Tables {
             }
             return Ok(());
         }
-        let oids: Vec<u32> = rel.columns.iter().map(|c| c.type_oid).collect();
-        let kinds = self.types.kinds(client, &oids).await?;
+        let types: Vec<(u32, i32)> = rel.columns.iter().map(|c| (c.type_oid, c.typmod)).collect();
+        let kinds = self.types.kinds(client, &types, &self.out.format).await?;
         let key = key_columns(&rel, &primary_key(client, rel.id).await?, &name)?;
         let columns: Vec<(String, ValueKind)> =
             rel.columns.into_iter().map(|c| c.name).zip(kinds).collect();
-        let topic = name.topic(&self.prefix);
+        let topic = name.topic(&self.out.prefix);
         let partitions = *self.partitions.get(&topic).unwrap_or(&1);
         info!(table = %name, columns = columns.len(), "relation");
         self.by_id.insert(
@@ -267,7 +281,7 @@ impl Tables {
         let key = primary_key(client, id).await?;
         let columns = client
             .query(
-                "SELECT attname::text, atttypid FROM pg_catalog.pg_attribute \
+                "SELECT attname::text, atttypid, atttypmod FROM pg_catalog.pg_attribute \
                  WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
                  ORDER BY attnum",
                 &[&id],
@@ -281,6 +295,7 @@ impl Tables {
                     key: identity == "f" || key.contains(&name),
                     name,
                     type_oid: r.get(1),
+                    typmod: r.get(2),
                 }
             })
             .collect();
@@ -328,39 +343,35 @@ impl Tables {
         let t = self.by_id.get(&rel).ok_or_else(|| {
             decode_err(format!("snapshot of relation {rel} before it was learned"))
         })?;
-        let (after, _) = t.row(tuple)?;
-        let env = Envelope {
-            before: None,
-            after: Some(after),
-            op: Op::Read,
-            ts_ms: now_ms(),
-            source: Source {
-                connector: "postgresql".into(),
-                name: "tidemark".into(),
-                db: self.db.clone(),
-                schema: t.name.schema.clone(),
-                table: t.name.table.clone(),
-                tx_id: None,
-                lsn: Some(read.insert_lsn),
-                commit_lsn: None,
-                seq: 0,
-                ts_ms: read.ts_ms,
-                snapshot: Value::String(mark.to_owned()),
-            },
-            unchanged_toast: Vec::new(),
+        let txn = TxnInfo {
+            xid: 0,
+            commit_lsn: read.insert_lsn,
+            commit_ms: read.ts_ms,
+            commit_us: read.ts_ms.saturating_mul(1000),
+            previous_commit_lsn: None,
         };
-        let key = t.key_of(tuple)?;
-        Ok(Record {
-            topic: t.topic.clone(),
-            partition: Some(partition_of(&key, t.partitions)),
-            key,
-            value: Some(serde_json::to_vec(&env).map_err(|e| decode_err(e.to_string()))?),
-            timestamp_ms: read.ts_ms,
-            table: t.label.clone(),
-            op: Some("r"),
-            header: Some((SNAPSHOT_HEADER, read.snapshot.clone().into_bytes())),
+        let w = Writer {
+            t,
             lsn: read.insert_lsn,
-        })
+            seq: 0,
+            txn: &txn,
+            out: &self.out,
+        };
+        let (after, _) = t.row(tuple)?;
+        let mut env = w.envelope_of(Op::Read, None, Some(after), Vec::new());
+        // No transaction wrote the row: no txId and no commit position.
+        env.source.tx_id = None;
+        env.source.commit_lsn = None;
+        env.source.snapshot = Value::String(mark.to_owned());
+        let mut record = w.record(
+            t.key_of(tuple)?,
+            Some(serde_json::to_vec(&env).map_err(|e| decode_err(e.to_string()))?),
+        );
+        record.op = Some("r");
+        record
+            .headers
+            .push((SNAPSHOT_HEADER, read.snapshot.clone().into_bytes()));
+        Ok(record)
     }
 
     /// The records that close the snapshot of relation `rel`: on every partition of its
@@ -386,7 +397,7 @@ impl Tables {
                 timestamp_ms: read.ts_ms,
                 table: t.label.clone(),
                 op: None,
-                header: Some((SNAPSHOT_HEADER, read.snapshot.clone().into_bytes())),
+                headers: vec![(SNAPSHOT_HEADER, read.snapshot.clone().into_bytes())],
                 lsn: read.insert_lsn,
             })
             .collect())
@@ -431,7 +442,7 @@ impl Tables {
             lsn,
             seq: *seq,
             txn,
-            db: &self.db,
+            out: &self.out,
         };
         *seq += 1;
         Ok(match msg {
@@ -441,10 +452,15 @@ impl Tables {
                 new,
                 ..
             } if t.key_of(&old.tuple)? != t.key_of(&new)? => {
+                // Debezium's headers: the delete names the new key, the create the old.
+                let (old_key, new_key) = (t.key_of(&old.tuple)?, t.key_of(&new)?);
                 let mut out = w.delete(&old)?;
+                out[0].headers.push((NEW_KEY_HEADER, new_key));
                 let second = Writer { seq: *seq, ..w };
                 *seq += 1;
-                out.push(second.change(Op::Create, None, &new)?);
+                let mut create = second.change(Op::Create, None, &new)?;
+                create.headers.push((OLD_KEY_HEADER, old_key));
+                out.push(create);
                 out
             }
             Message::Update {
@@ -469,12 +485,19 @@ impl Tables {
     ) -> Result<Vec<Record>, BridgeError> {
         let mut out = Vec::new();
         for t in rels.iter().filter_map(|r| self.by_id.get(r)) {
+            if self.out.truncate == TruncateMode::Skip {
+                metrics::counter!(crate::telemetry::SKIPPED_TRUNCATES, "table" => t.label.to_string())
+                    .increment(1);
+                warn!(table = %t.name, lsn = %pgwire_replication::Lsn(lsn),
+                    "TRUNCATE skipped (--truncate skip): caches following the topic keep the truncated rows");
+                continue;
+            }
             let w = Writer {
                 t,
                 lsn,
                 seq,
                 txn,
-                db: &self.db,
+                out: &self.out,
             };
             let value = w.envelope(Op::Truncate, None, None, Vec::new())?;
             out.extend((0..t.partitions).map(|p| Record {
@@ -556,7 +579,7 @@ struct Writer<'a> {
     /// See [`Source::seq`].
     seq: u32,
     txn: &'a TxnInfo,
-    db: &'a str,
+    out: &'a Output,
 }
 
 impl Writer<'_> {
@@ -567,15 +590,30 @@ impl Writer<'_> {
         after: Option<Row>,
         unchanged_toast: Vec<String>,
     ) -> Result<Vec<u8>, BridgeError> {
-        let env = Envelope {
+        serde_json::to_vec(&self.envelope_of(op, before, after, unchanged_toast))
+            .map_err(|e| decode_err(e.to_string()))
+    }
+
+    fn envelope_of(
+        &self,
+        op: Op,
+        before: Option<Row>,
+        after: Option<Row>,
+        unchanged_toast: Vec<String>,
+    ) -> Envelope {
+        let now = now_ns();
+        Envelope {
             before,
             after,
             op,
-            ts_ms: now_ms(),
+            ts_ms: now / 1_000_000,
+            ts_us: Some(now / 1_000),
+            ts_ns: Some(now),
             source: Source {
+                version: env!("CARGO_PKG_VERSION").into(),
                 connector: "postgresql".into(),
-                name: "tidemark".into(),
-                db: self.db.to_owned(),
+                name: self.out.prefix.clone(),
+                db: self.out.db.clone(),
                 schema: self.t.name.schema.clone(),
                 table: self.t.name.table.clone(),
                 tx_id: Some(u64::from(self.txn.xid)),
@@ -583,15 +621,22 @@ impl Writer<'_> {
                 commit_lsn: Some(self.txn.commit_lsn),
                 seq: self.seq,
                 ts_ms: self.txn.commit_ms,
+                ts_us: Some(self.txn.commit_us),
+                ts_ns: Some(self.txn.commit_us.saturating_mul(1_000)),
                 snapshot: Value::String("false".into()),
+                sequence: Some(sequence(self.txn.previous_commit_lsn, self.lsn)),
             },
             unchanged_toast,
-        };
-        serde_json::to_vec(&env).map_err(|e| decode_err(e.to_string()))
+        }
     }
 
     /// A record of `key`, on the key's partition under the session's partition count.
+    /// A record in a format other than tidemark's names it in [`FORMAT_HEADER`].
     fn record(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Record {
+        let headers = match self.out.format {
+            ValueFormat::Tidemark => Vec::new(),
+            other => vec![(FORMAT_HEADER, other.describe().into_bytes())],
+        };
         Record {
             topic: self.t.topic.clone(),
             partition: Some(partition_of(&key, self.t.partitions)),
@@ -600,7 +645,7 @@ impl Writer<'_> {
             timestamp_ms: self.txn.commit_ms,
             table: self.t.label.clone(),
             op: None,
-            header: None,
+            headers,
             lsn: self.lsn,
         }
     }
@@ -615,13 +660,12 @@ impl Writer<'_> {
             seq: self.seq,
             ts_ms: self.txn.commit_ms,
         };
-        Ok(Record {
-            header: Some((
-                TOMBSTONE_HEADER,
-                serde_json::to_vec(&stamp).map_err(|e| decode_err(e.to_string()))?,
-            )),
-            ..self.record(key, None)
-        })
+        let mut record = self.record(key, None);
+        record.headers.push((
+            TOMBSTONE_HEADER,
+            serde_json::to_vec(&stamp).map_err(|e| decode_err(e.to_string()))?,
+        ));
+        Ok(record)
     }
 
     fn change(&self, op: Op, before: Option<Row>, new: &Tuple) -> Result<Record, BridgeError> {
@@ -677,6 +721,7 @@ mod tests {
                 .map(|&(name, key)| RelColumn {
                     name: name.into(),
                     type_oid: 23,
+                    typmod: -1,
                     key,
                 })
                 .collect(),

@@ -152,6 +152,7 @@ mod tests {
             oversized_records: Default::default(),
             snapshot: Default::default(),
             snapshot_rows_per_second: 0,
+            records: Default::default(),
         };
         let c = replication_config(&config.postgres, &config).unwrap();
         assert_eq!(
