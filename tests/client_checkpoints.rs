@@ -7,37 +7,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::Consumer as _;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tidemark_client::{Cache, Row, StartedFrom};
 use tokio_postgres::Client;
 
 use crate::support::*;
-
-/// Creates `topic` with one partition and `configs`, before the bridge starts (it
-/// keeps existing topics as they are); returns the admin client.
-async fn create_topic(
-    brokers: &str,
-    topic: &str,
-    configs: &[(&str, &str)],
-) -> AdminClient<DefaultClientContext> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let new_topic = configs.iter().fold(
-        NewTopic::new(topic, 1, TopicReplication::Fixed(1)),
-        |t, (k, v)| t.set(k, v),
-    );
-    let created = admin
-        .create_topics(&[new_topic], &AdminOptions::new())
-        .await
-        .unwrap();
-    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
-    admin
-}
 
 /// A fresh, empty directory for checkpoints.
 fn checkpoint_dir(name: &str) -> PathBuf {
@@ -202,7 +178,7 @@ async fn damaged_reshaped_and_expired_checkpoints_fall_back_to_postgres() {
     // moves the low watermark, and DeleteRecords can do the same at once.
     let args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
     let topic = args.topic(&format!("public.{table}"));
-    let admin = create_topic(&args.kafka, &topic, &[("cleanup.policy", "delete")]).await;
+    let admin = create_topic(&args.kafka, &topic, 1, &[("cleanup.policy", "delete")]).await;
     let (mut bridge, args) = start_bridge_with(args).await;
     let good = checkpoint_dir(&format!("{name}_good"));
     let cache = args
@@ -526,6 +502,7 @@ async fn a_checkpoint_older_than_the_topics_compaction_lag_loads_from_postgres()
     create_topic(
         &args.kafka,
         &topic,
+        1,
         &[
             ("cleanup.policy", "compact"),
             ("min.compaction.lag.ms", "1000"),

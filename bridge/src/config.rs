@@ -17,7 +17,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use serde::Deserialize;
-use tidemark_core::wire::TableName;
+use tidemark_core::wire::debezium::{BinaryMode, DecimalMode, Modes, TimePrecisionMode};
+use tidemark_core::wire::{TableName, ValueFormat};
 
 use tidemark_core::pg::{ConnectOptions, SettingsError};
 use tidemark_core::secrets::{redact_url, shown_properties};
@@ -57,6 +58,18 @@ pub const DEFAULT_MIN_COMPACTION_LAG_MS: u64 = 3_600_000;
 pub const DEFAULT_REPLICATION_FACTOR: i32 = -1;
 /// Topic settings the bridge sets itself on the topics it creates.
 pub const TYPED_TOPIC_CONFIGS: &[&str] = &["cleanup.policy", "min.compaction.lag.ms"];
+
+/// What the bridge writes for a TRUNCATE (`--truncate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TruncateMode {
+    /// One `op: "t"` record on every partition of the table's topic, so every cache
+    /// following the topic meets it in order and empties the table.
+    #[default]
+    PerPartition,
+    /// Nothing: the TRUNCATE is logged and counted, and caches keep the truncated rows.
+    Skip,
+}
 
 /// Command-line flags; each also reads a `TIDEMARK_*` environment variable.
 #[derive(Debug, Parser)]
@@ -135,6 +148,41 @@ pub struct Cli {
     /// When a table's topic got no record for this long, write a heartbeat on each of its partitions: a tombstone of a key that never holds a row, with header tidemark.heartbeat (the slot's confirmed LSN and the server's time). A duration such as 30s, 500ms, 5m, or milliseconds [default: off].
     #[arg(long, env = "TIDEMARK_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
     pub heartbeat_interval: Option<std::time::Duration>,
+    /// What a TRUNCATE becomes: per-partition (an op "t" record on every partition, which caches need to stay exact) or skip (logged, counted in tidemark_skipped_truncates_total; caches keep the truncated rows) [default: per-partition].
+    #[arg(long, env = "TIDEMARK_TRUNCATE", value_enum)]
+    pub truncate: Option<TruncateMode>,
+    /// Encoding of the values in before, after and the key: tidemark (tidemark's codec) or debezium (as Debezium's PostgreSQL connector writes them; see docs/value-formats.md); clients must be built with the same format [default: tidemark].
+    #[arg(long, env = "TIDEMARK_VALUE_FORMAT")]
+    pub value_format: Option<String>,
+    /// With --value-format debezium: numeric and money as precise (Connect Decimal, base64 of the unscaled value), double or string [default: precise].
+    #[arg(long, env = "TIDEMARK_DECIMAL_HANDLING_MODE")]
+    pub decimal_handling_mode: Option<String>,
+    /// With --value-format debezium: time and timestamp as adaptive (millis up to precision 3, else micros), adaptive_time_microseconds (time always in micros) or connect (always millis) [default: adaptive].
+    #[arg(long, env = "TIDEMARK_TIME_PRECISION_MODE")]
+    pub time_precision_mode: Option<String>,
+    /// With --value-format debezium: bytea as bytes (base64 in JSON), base64, base64-url-safe or hex [default: bytes].
+    #[arg(long, env = "TIDEMARK_BINARY_HANDLING_MODE")]
+    pub binary_handling_mode: Option<String>,
+    /// When the bridge creates its slot, first write every row of the tables whose topics are still empty as an op "r" record (initial), or write only changes (never) [default: initial].
+    #[arg(long, env = "TIDEMARK_SNAPSHOT", value_enum)]
+    pub snapshot: Option<SnapshotMode>,
+    /// Most rows per second the initial snapshot reads, so that it does not starve the database; 0 is no limit [default: 0].
+    #[arg(long, env = "TIDEMARK_SNAPSHOT_ROWS_PER_SECOND")]
+    pub snapshot_rows_per_second: Option<u64>,
+}
+
+/// Whether a new slot starts with a snapshot of the tables (`--snapshot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    /// When the bridge creates its slot, every row of each table whose topic holds no
+    /// record yet is written as an op `r` record before the first change (Debezium's
+    /// `snapshot.mode=initial`). Topics that already hold records are left as they
+    /// are.
+    #[default]
+    Initial,
+    /// Only changes: a topic holds what changed since the slot was created.
+    Never,
 }
 
 /// Parses a duration: a number of milliseconds, or a number followed by `ms`, `s`,
@@ -199,6 +247,13 @@ struct FileConfig {
     transaction_interval_ms: Option<u64>,
     transactional_id: Option<String>,
     heartbeat_interval: Option<FileDuration>,
+    snapshot: Option<SnapshotMode>,
+    snapshot_rows_per_second: Option<u64>,
+    truncate: Option<TruncateMode>,
+    value_format: Option<String>,
+    decimal_handling_mode: Option<String>,
+    time_precision_mode: Option<String>,
+    binary_handling_mode: Option<String>,
 }
 
 /// A PostgreSQL URL, and a password given apart from it, whose `Debug` and `Display`
@@ -286,6 +341,73 @@ pub struct Config {
     pub transactional_id: String,
     /// Heartbeats on topics idle this long; `None`: none.
     pub heartbeat_interval: Option<std::time::Duration>,
+    /// Whether a new slot starts with a snapshot.
+    pub snapshot: SnapshotMode,
+    /// Most rows per second the snapshot reads (0: no limit).
+    pub snapshot_rows_per_second: u64,
+    /// How change records are written.
+    pub records: RecordSettings,
+}
+
+/// How the bridge writes change records: what a TRUNCATE becomes and, later, the value
+/// format. One field of [`Config`], so that adding a setting here changes no other
+/// code that builds a `Config`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordSettings {
+    /// What a TRUNCATE becomes.
+    pub truncate: TruncateMode,
+    /// The encoding of the values.
+    pub format: ValueFormat,
+}
+
+/// Parses one setting of `field` with `FromStr`.
+fn parse_setting<T: std::str::FromStr>(
+    field: &'static str,
+    value: Option<String>,
+) -> Result<Option<T>, BridgeError>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .map(|v| {
+            v.trim()
+                .parse()
+                .map_err(|e: T::Err| invalid(field, e.to_string()))
+        })
+        .transpose()
+}
+
+/// The value format from `--value-format` and Debezium's three knobs, which are
+/// refused without `--value-format debezium`.
+fn value_format(
+    format: Option<String>,
+    decimal: Option<String>,
+    time: Option<String>,
+    binary: Option<String>,
+) -> Result<ValueFormat, BridgeError> {
+    let decimal: Option<DecimalMode> = parse_setting("decimal-handling-mode", decimal)?;
+    let time: Option<TimePrecisionMode> = parse_setting("time-precision-mode", time)?;
+    let binary: Option<BinaryMode> = parse_setting("binary-handling-mode", binary)?;
+    match format.as_deref().map(str::trim) {
+        None | Some("tidemark") => {
+            if decimal.is_some() || time.is_some() || binary.is_some() {
+                return Err(invalid(
+                    "value-format",
+                    "--decimal-handling-mode, --time-precision-mode and --binary-handling-mode apply only with --value-format debezium",
+                ));
+            }
+            Ok(ValueFormat::Tidemark)
+        }
+        Some("debezium") => Ok(ValueFormat::Debezium(Modes {
+            decimal: decimal.unwrap_or_default(),
+            time: time.unwrap_or_default(),
+            binary: binary.unwrap_or_default(),
+        })),
+        Some(other) => Err(invalid(
+            "value-format",
+            format!("{other:?} is not one of tidemark, debezium"),
+        )),
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -315,6 +437,9 @@ impl std::fmt::Debug for Config {
             .field("transaction_interval", &self.transaction_interval)
             .field("transactional_id", &self.transactional_id)
             .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("snapshot", &self.snapshot)
+            .field("snapshot_rows_per_second", &self.snapshot_rows_per_second)
+            .field("records", &self.records)
             .finish()
     }
 }
@@ -497,6 +622,20 @@ impl Config {
             ),
             transactional_id: String::new(),
             heartbeat_interval,
+            snapshot: cli.snapshot.or(file.snapshot).unwrap_or_default(),
+            snapshot_rows_per_second: cli
+                .snapshot_rows_per_second
+                .or(file.snapshot_rows_per_second)
+                .unwrap_or(0),
+            records: RecordSettings {
+                truncate: cli.truncate.or(file.truncate).unwrap_or_default(),
+                format: value_format(
+                    cli.value_format.or(file.value_format),
+                    cli.decimal_handling_mode.or(file.decimal_handling_mode),
+                    cli.time_precision_mode.or(file.time_precision_mode),
+                    cli.binary_handling_mode.or(file.binary_handling_mode),
+                )?,
+            },
         };
         let mut config = config;
         config.transactional_id = cli
@@ -779,6 +918,47 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.to_string().contains("acks"), "{err}");
+    }
+
+    #[test]
+    fn value_format_and_debeziums_modes() {
+        let base = ["--postgres", "postgres://h/db", "--tables", "t"];
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            Config::from_cli(cli(&args))
+        };
+        let c = with(&[]).unwrap();
+        assert_eq!(c.records.format, ValueFormat::Tidemark);
+        assert_eq!(c.records.truncate, TruncateMode::PerPartition);
+        let c = with(&[
+            "--value-format",
+            "debezium",
+            "--time-precision-mode",
+            "connect",
+            "--truncate",
+            "skip",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.records.format,
+            ValueFormat::Debezium(Modes {
+                time: TimePrecisionMode::Connect,
+                ..Modes::default()
+            })
+        );
+        assert_eq!(c.records.truncate, TruncateMode::Skip);
+        let err = with(&["--decimal-handling-mode", "string"]).unwrap_err();
+        assert!(err.to_string().contains("--value-format debezium"), "{err}");
+        let err = with(&["--value-format", "avro"]).unwrap_err();
+        assert!(err.to_string().contains("tidemark, debezium"), "{err}");
+        let err = with(&[
+            "--value-format",
+            "debezium",
+            "--binary-handling-mode",
+            "raw",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("base64-url-safe"), "{err}");
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub const KAFKA_TRANSACTIONS: &str = "tidemark_kafka_transactions_total";
 pub const SKIPPED_TRANSACTIONS: &str = "tidemark_replayed_transactions_skipped_total";
 /// Heartbeat records written (`--heartbeat-interval`).
 pub const HEARTBEATS: &str = "tidemark_heartbeats_total";
+/// Rows the initial snapshot wrote as op `r` records, labelled by `table`.
+pub const SNAPSHOT_ROWS: &str = "tidemark_snapshot_rows_total";
+/// TRUNCATEs left out of the topic (`--truncate skip`), labelled by `table`.
+pub const SKIPPED_TRUNCATES: &str = "tidemark_skipped_truncates_total";
 
 /// Whether the bridge is ready: streaming, the broker reachable, and the slot not lost.
 #[derive(Debug, Default)]
@@ -200,6 +204,14 @@ fn describe() {
         HEARTBEATS,
         "Heartbeat records written on idle topics (--heartbeat-interval)."
     );
+    describe_counter!(
+        SNAPSHOT_ROWS,
+        "Rows the initial snapshot wrote as op r records, by table."
+    );
+    describe_counter!(
+        SKIPPED_TRUNCATES,
+        "TRUNCATEs left out of the topic (--truncate skip), by table; caches following the topic keep the truncated rows."
+    );
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`.
@@ -232,6 +244,13 @@ pub async fn serve(
             let _ = shutdown.wait_for(|stop| *stop).await;
         })
         .await
+}
+
+/// Nanoseconds since the epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// Milliseconds since the epoch.

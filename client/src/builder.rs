@@ -14,7 +14,7 @@ use std::hash::Hash;
 use tokio::sync::watch;
 
 use tidemark_core::pg::ConnectOptions;
-use tidemark_core::wire::TableName;
+use tidemark_core::wire::{TableName, ValueFormat};
 
 use crate::cache::Cache;
 use crate::checkpoint::{Encoders, DEFAULT_CHECKPOINT_INTERVAL};
@@ -55,6 +55,7 @@ pub struct Builder<K, V> {
     owner_column: Option<String>,
     channel_capacity: usize,
     xid_filter: bool,
+    value_format: ValueFormat,
     checkpoints: crate::config::CheckpointSettings,
     encoders: Option<Encoders<K, V>>,
     _types: PhantomData<fn() -> (K, V)>,
@@ -94,6 +95,7 @@ impl<K, V> Builder<K, V> {
             owner_column: None,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             xid_filter: true,
+            value_format: ValueFormat::Tidemark,
             checkpoints: crate::config::CheckpointSettings {
                 every: DEFAULT_CHECKPOINT_INTERVAL,
                 ..Default::default()
@@ -145,6 +147,16 @@ impl<K, V> Builder<K, V> {
     /// The topic, when it does not follow the naming rule `<prefix>.<schema>.<table>`.
     pub fn topic(mut self, topic: impl Into<String>) -> Self {
         self.topic = Some(topic.into());
+        self
+    }
+
+    /// The encoding of the topic's values, as the bridge writes them
+    /// (`--value-format`, and in the Debezium format its three modes) [default:
+    /// [`ValueFormat::Tidemark`]]. Rows loaded from PostgreSQL are encoded the same way,
+    /// so a row holds the same values whichever path it took. A record whose
+    /// `tidemark.format` header names another format stops the cache with an error.
+    pub fn value_format(mut self, format: ValueFormat) -> Self {
+        self.value_format = format;
         self
     }
 
@@ -279,6 +291,7 @@ impl<K, V> Builder<K, V> {
             owner_column: self.owner_column.clone(),
             channel_capacity: self.channel_capacity,
             xid_filter: self.xid_filter,
+            value_format: self.value_format,
             checkpoints: self.checkpoints.clone(),
         })
     }

@@ -68,6 +68,8 @@ pub(crate) struct Config {
     pub channel_capacity: usize,
     /// Off only in tests that show why the filter is needed.
     pub xid_filter: bool,
+    /// The encoding of the topic's values ([`crate::Builder::value_format`]).
+    pub value_format: tidemark_core::wire::ValueFormat,
     /// Where checkpoints are read and written.
     pub checkpoints: CheckpointSettings,
 }

@@ -9,6 +9,11 @@
 //!    A slot marker (the bridge created its slot anew) beyond the WAL position at
 //!    which the load began ends the loop with [`End::Rewarm`]: changes between the
 //!    old slot and the new one never reached the topic.
+//!    A record of the bridge's initial snapshot (an op `r` row or the marker that
+//!    ends a table's snapshot, both with the snapshot it was read in) is skipped when
+//!    the load's snapshot contains that snapshot, and otherwise ends the loop with
+//!    [`End::Rewarm`]: the load is older than the topic's start for the table, and
+//!    rows deleted in between are in no record.
 //! 2. A record that is not an envelope of this table is counted, logged with its
 //!    partition and offset, and skipped.
 //! 3. De-duplication: the bridge replays from its slot after a crash, so a
@@ -42,13 +47,15 @@ use tracing::{debug, info, warn};
 
 use crate::apply::{merge_toast, typed_key, Applier, Rejected};
 use crate::checkpoint::{self, format, Encoders};
+use crate::error::Error;
 use crate::seek::{blocking, Consumer, Start};
-use crate::snapshot::Snapshot;
 use crate::state::{Origin, PartitionPosition, Status};
 use crate::table::TableInfo;
 use rdkafka::message::Headers as _;
+use tidemark_core::pg::snapshot::Snapshot;
+use tidemark_core::wire::debezium::FORMAT_HEADER;
 use tidemark_core::wire::envelope::{
-    Position, SlotMarker, TombstoneStamp, SLOT_MARKER_HEADER, TOMBSTONE_HEADER,
+    Position, SlotMarker, TombstoneStamp, SLOT_MARKER_HEADER, SNAPSHOT_HEADER, TOMBSTONE_HEADER,
 };
 use tidemark_core::wire::partitioner::partition_of;
 use tidemark_core::wire::{Envelope, Op, Row};
@@ -66,6 +73,8 @@ pub(crate) enum End {
     Stopped,
     /// The cache must warm-start again; the reason is for the log.
     Rewarm(String),
+    /// The cache cannot follow the topic (its records are in another value format).
+    Fail(crate::error::Error),
 }
 
 /// The snapshot filter of one partition.
@@ -80,17 +89,32 @@ pub(crate) struct Filter {
 pub(crate) struct PartitionState {
     /// `None` once switched off (or for the watermark strategy).
     filter: Option<Filter>,
+    /// The load's snapshot, also after the filter is off; `None` for the watermark
+    /// strategy and for a checkpoint restored with the filter off.
+    loaded: Option<Arc<Snapshot>>,
     last: Option<Position>,
 }
 
 impl PartitionState {
     pub fn new(filter: Option<Filter>) -> Self {
-        PartitionState { filter, last: None }
+        Self::restored(filter, None)
     }
 
     /// The state a checkpoint saved.
     pub fn restored(filter: Option<Filter>, last: Option<Position>) -> Self {
-        PartitionState { filter, last }
+        PartitionState {
+            loaded: filter.as_ref().map(|f| f.snapshot.clone()),
+            filter,
+            last,
+        }
+    }
+
+    /// Whether the loaded rows hold everything the bridge's snapshot `theirs` read
+    /// (an op `r` record of its initial snapshot, or the marker that ends it).
+    pub fn holds(&self, theirs: &Snapshot) -> bool {
+        self.loaded
+            .as_ref()
+            .is_some_and(|ours| ours.contains(theirs))
     }
 
     /// The state as a checkpoint saves it.
@@ -159,8 +183,14 @@ struct Record {
     stamp: Option<TombstoneStamp>,
     /// A slot marker: the bridge created its slot anew.
     marker: Option<SlotMarker>,
+    /// The snapshot of the bridge's initial snapshot that wrote the record (an op
+    /// `r` record, or the marker that ends a table's snapshot); `Err` when the header
+    /// does not parse.
+    snapshot: Option<Result<Snapshot, String>>,
     /// The record's timestamp (the commit time, as the bridge writes it).
     timestamp_ms: Option<i64>,
+    /// The value format the record names ([`FORMAT_HEADER`]), when it names one.
+    format: Option<String>,
 }
 
 impl Record {
@@ -181,13 +211,18 @@ impl Record {
             .and_then(|v| serde_json::from_slice(&v).ok());
         let marker: Option<SlotMarker> =
             header(SLOT_MARKER_HEADER).and_then(|v| serde_json::from_slice(&v).ok());
+        let snapshot = header(SNAPSHOT_HEADER)
+            .map(|v| Snapshot::parse(&String::from_utf8_lossy(&v)).map_err(|e| e.to_string()));
+        let format = header(FORMAT_HEADER).map(|v| String::from_utf8_lossy(&v).into_owned());
         if marker.is_some() {
             return Record {
                 partition: m.partition(),
                 offset: m.offset(),
                 timestamp_ms: m.timestamp().to_millis(),
+                format,
                 stamp: None,
                 marker,
+                snapshot: None,
                 key: None,
                 value: Ok(None),
             };
@@ -196,8 +231,10 @@ impl Record {
             partition: m.partition(),
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
+            format,
             stamp,
             marker: None,
+            snapshot,
             key: m.key().map(<[u8]>::to_vec),
             value: match m.payload() {
                 None => Ok(None),
@@ -213,6 +250,9 @@ impl Record {
 pub(crate) struct Follower<K, V> {
     pub consumer: Arc<Consumer>,
     pub topic: String,
+    /// [`ValueFormat::describe`](tidemark_core::wire::ValueFormat::describe) of the
+    /// cache's format, which a record's [`FORMAT_HEADER`] must match.
+    pub value_format: String,
     pub table: TableInfo,
     pub applier: Applier<K, V>,
     /// For re-reading rows whose unchanged TOAST values the cache does not have.
@@ -386,6 +426,15 @@ where
 
     /// Applies one record; `Some` when the loop must end.
     async fn handle(&mut self, rec: Record) -> Option<End> {
+        if let Some(format) = rec.format.as_deref().filter(|f| *f != self.value_format) {
+            return Some(End::Fail(Error::Config {
+                field: "value_format",
+                problem: format!(
+                    "the records of {} are in the value format {format} (record header {FORMAT_HEADER}, the bridge's --value-format and its modes), but the cache is built for {}; build the cache with Builder::value_format matching the bridge's settings",
+                    self.topic, self.value_format
+                ),
+            }));
+        }
         let p = rec.partition as usize;
         if p >= self.states.len() {
             return Some(End::Rewarm(format!(
@@ -410,6 +459,31 @@ where
                 self.slot_marker = Some(marker.clone());
             }
             return None;
+        }
+        // The bridge's initial snapshot (the watermark strategy applies its rows by
+        // their ts column, as any other).
+        if let Some(theirs) = rec
+            .snapshot
+            .as_ref()
+            .filter(|_| self.applier.ts_column.is_none())
+        {
+            match theirs {
+                Ok(theirs) if self.states[p].holds(theirs) => {
+                    if rec.value.as_ref().is_ok_and(Option::is_some) {
+                        self.applier.shared.counters.counts.skipped_in_snapshot.add(1);
+                    }
+                    return None;
+                }
+                Ok(theirs) => {
+                    return Some(End::Rewarm(format!(
+                        "the bridge's initial snapshot of this table ({theirs}) is newer than this cache's load: the changes between the two are in no record, only their result; loading again"
+                    )))
+                }
+                Err(problem) => {
+                    self.bad(&rec, problem);
+                    return None;
+                }
+            }
         }
         let env = match &rec.value {
             Ok(None) => {

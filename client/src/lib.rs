@@ -73,7 +73,6 @@ mod follow;
 mod load;
 mod run;
 mod seek;
-mod snapshot;
 mod state;
 mod table;
 mod telemetry;

@@ -37,12 +37,12 @@ use crate::apply::{Applier, ToastCopyWriter};
 use crate::config::Config;
 use crate::copy_row::CopyRow;
 use crate::error::{Error, Result};
-use crate::snapshot::Snapshot;
 use crate::state::Origin;
 use crate::table::{TableInfo, ToastCopy};
+use tidemark_core::pg::snapshot::Snapshot;
 use tidemark_core::pg::ConnectError;
 use tidemark_core::wire::partitioner::partition_of;
-use tidemark_core::wire::{TableName, ValueKind};
+use tidemark_core::wire::{TableName, ValueFormat, ValueKind};
 
 /// How often the load reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -114,6 +114,7 @@ pub(crate) struct Shaped<K, V> {
 pub(crate) async fn load<K, V>(
     client: &mut Client,
     name: &TableName,
+    format: &ValueFormat,
     partitions: i32,
     ts_column: Option<&str>,
     applier_for: impl FnOnce(&TableInfo) -> Result<Applier<K, V>>,
@@ -155,7 +156,7 @@ where
         problem: e.to_string(),
     })?;
     let snapshot_ms: i64 = row.get(1);
-    let table = TableInfo::read(&txn, name).await?;
+    let table = TableInfo::read(&txn, name, format).await?;
     let applier = applier_for(&table)?;
     let max_ts = match ts_column {
         Some(col) => {

@@ -27,11 +27,11 @@ use crate::config::{Config, Strategy};
 use crate::error::{Error, Result};
 use crate::follow::{Checkpointing, End, Filter, Follower, PartitionState};
 use crate::seek::Start;
-use crate::snapshot::Snapshot;
 use crate::state::{PartitionPosition, Shared, StartedFrom, Status};
 use crate::table::TableInfo;
 use crate::ts::Ts;
 use crate::{load, seek};
+use tidemark_core::pg::snapshot::Snapshot;
 
 /// The first and the longest pause between failed warm starts.
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
@@ -72,6 +72,11 @@ pub(crate) async fn run<K, V>(
                 let following = Instant::now();
                 match follower.run(&mut stop).await {
                     End::Stopped => return,
+                    End::Fail(e) => {
+                        error!(table = %config.table, error = %e, "the cache stopped");
+                        shared.fail(e);
+                        return;
+                    }
                     End::Rewarm(reason) => {
                         shared.status.send_replace(Status::Rewarming);
                         // Warm starts that end soon after they began (the bridge has
@@ -150,7 +155,7 @@ where
     let mut refused = None;
     if generation == 1 && config.checkpoints.reads() {
         shared.set_step("reading a checkpoint");
-        let table = TableInfo::read(&pg, &config.table).await?;
+        let table = TableInfo::read(&pg, &config.table, &config.value_format).await?;
         // Checkpoint rows carry generation 0, so that the sweep of a warm start
         // from PostgreSQL after a refusal removes whatever a refused one left.
         let applier = applier_for(config, shared, &table, ts_column.as_deref(), 0)?;
@@ -258,6 +263,7 @@ where
     } = load::load(
         &mut pg,
         &config.table,
+        &config.value_format,
         partitions,
         ts_column.as_deref(),
         |table: &TableInfo| applier_for(config, shared, table, ts_column.as_deref(), generation),
@@ -389,6 +395,7 @@ where
     Ok(Follower {
         consumer,
         topic: config.topic.clone(),
+        value_format: config.value_format.describe(),
         check_partitioning: applier.ts_column.is_none(),
         table,
         applier,

@@ -14,7 +14,7 @@ use tokio_postgres::GenericClient;
 use crate::error::{Error, Result};
 use tidemark_core::pg::catalog::{PRIMARY_KEY_SQL, TYPE_INFO_SQL};
 use tidemark_core::wire::envelope::quote_ident;
-use tidemark_core::wire::{Row, TableName, ValueKind};
+use tidemark_core::wire::{Row, TableName, ValueFormat, ValueKind};
 
 /// The columns of a table, in `attnum` order, with whether each can be TOASTed.
 /// Generated columns are left out: pgoutput does not send them (up to PostgreSQL 17,
@@ -22,7 +22,8 @@ use tidemark_core::wire::{Row, TableName, ValueKind};
 /// bridge does not set), so the load leaves them out too and a row has the same
 /// columns whichever path it took.
 const COLUMNS_SQL: &str = "SELECT c.oid, a.attname::text, a.atttypid, \
-       format_type(a.atttypid, a.atttypmod), (a.attlen = -1 AND a.attstorage <> 'p') \
+       format_type(a.atttypid, a.atttypmod), (a.attlen = -1 AND a.attstorage <> 'p'), \
+       a.atttypmod \
      FROM pg_catalog.pg_class c \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -109,8 +110,13 @@ pub(crate) struct TableInfo {
 }
 
 impl TableInfo {
-    /// Reads the table's columns, types and primary key.
-    pub async fn read(client: &impl GenericClient, name: &TableName) -> Result<Self> {
+    /// Reads the table's columns, types and primary key; the columns' kinds are those
+    /// of `format`, the encoding of the topic's values.
+    pub async fn read(
+        client: &impl GenericClient,
+        name: &TableName,
+        format: &ValueFormat,
+    ) -> Result<Self> {
         let rows = client
             .query(COLUMNS_SQL, &[&name.schema, &name.table])
             .await
@@ -121,7 +127,7 @@ impl TableInfo {
         let oid: u32 = first.get(0);
         Self::check_readable(client, name, oid).await?;
         let type_oids: Vec<u32> = rows.iter().map(|r| r.get(2)).collect();
-        // type oid -> (base type oid, array element oid or 0), domains resolved.
+        // type oid -> (base type oid, array element oid or 0, type name), domains resolved.
         let mut bases = std::collections::HashMap::new();
         for r in client
             .query(TYPE_INFO_SQL, &[&type_oids])
@@ -130,16 +136,28 @@ impl TableInfo {
         {
             let oid: u32 = r.get(0);
             let base: Option<u32> = r.get(1);
-            bases.insert(oid, (base.unwrap_or(oid), r.get::<_, u32>(2)));
+            let type_name: Option<String> = r.get(3);
+            bases.insert(
+                oid,
+                (
+                    base.unwrap_or(oid),
+                    r.get::<_, u32>(2),
+                    type_name.unwrap_or_default(),
+                ),
+            );
         }
         let columns: Vec<Column> = rows
             .iter()
             .map(|r| {
                 let type_oid: u32 = r.get(2);
-                let (base, elem) = bases.get(&type_oid).copied().unwrap_or((type_oid, 0));
+                let (base, elem, type_name) =
+                    bases
+                        .get(&type_oid)
+                        .cloned()
+                        .unwrap_or((type_oid, 0, String::new()));
                 Column {
                     name: r.get(1),
-                    kind: ValueKind::from_type(base, elem),
+                    kind: ValueKind::for_format(format, base, elem, r.get(5), &type_name),
                     sql_type: r.get(3),
                     toast: ToastCopy::for_column(base, r.get(4)),
                     has_octet_length: ToastCopy::OCTET_LENGTH.contains(&base),

@@ -3,8 +3,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers as _, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 
@@ -19,6 +21,10 @@ pub struct Rec {
     pub key: Value,
     /// `None` for a tombstone.
     pub value: Option<Value>,
+    /// The `tidemark.snapshot` header of an op `r` record.
+    pub snapshot: Option<String>,
+    /// The record headers, name and value (as text).
+    pub headers: Vec<(String, String)>,
 }
 
 /// A consumer for reading topics back (no group, manual assignment).
@@ -33,18 +39,27 @@ pub fn consumer(brokers: &str) -> BaseConsumer {
         })
 }
 
-/// Whether `msg` is one of the bridge's slot markers (not a change; see
-/// `SLOT_MARKER_HEADER`).
-fn is_slot_marker(msg: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+/// The value of header `name` of `msg`.
+fn header(msg: &rdkafka::message::BorrowedMessage<'_>, name: &str) -> Option<String> {
     use rdkafka::message::Headers;
-    msg.headers().is_some_and(|h| {
+    msg.headers().and_then(|h| {
         h.iter()
-            .any(|h| h.key == tidemark_core::wire::envelope::SLOT_MARKER_HEADER)
+            .find(|h| h.key == name)
+            .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
     })
 }
 
-/// Every record of `topic` but the slot markers, partition by partition, up to the
-/// current high watermarks.
+/// Whether `msg` is one of the bridge's markers, not a change: a slot marker
+/// (`SLOT_MARKER_HEADER`) or the tombstone that ends a table's snapshot (a
+/// value-less record with `SNAPSHOT_HEADER`).
+fn is_marker(msg: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+    use tidemark_core::wire::envelope::{SLOT_MARKER_HEADER, SNAPSHOT_HEADER};
+    header(msg, SLOT_MARKER_HEADER).is_some()
+        || (msg.payload().is_none() && header(msg, SNAPSHOT_HEADER).is_some())
+}
+
+/// Every record of `topic` but the bridge's markers, partition by partition, up to
+/// the current high watermarks.
 pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
     let c = consumer(brokers);
     let md = c
@@ -82,7 +97,7 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
         if msg.offset() + 1 >= highs[&p] {
             done.insert(p, true);
         }
-        if msg.offset() >= highs[&p] || is_slot_marker(&msg) {
+        if msg.offset() >= highs[&p] || is_marker(&msg) {
             continue;
         }
         out.push(Rec {
@@ -93,6 +108,18 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
             value: msg
                 .payload()
                 .map(|v| serde_json::from_slice(v).expect("value is JSON")),
+            snapshot: header(&msg, tidemark_core::wire::envelope::SNAPSHOT_HEADER),
+            headers: msg
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                            (h.key.to_owned(), value.into_owned())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         });
     }
     out
@@ -113,6 +140,30 @@ fn watermarks(c: &BaseConsumer, topic: &str, partition: i32) -> (i64, i64) {
             Err(e) => panic!("watermarks of {topic}/{partition}: {e}"),
         }
     }
+}
+
+/// Creates `topic` with `partitions` and `configs`, before the bridge starts (it
+/// keeps existing topics as they are); returns the admin client.
+pub async fn create_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> AdminClient<DefaultClientContext> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let new_topic = configs.iter().fold(
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+        |t, (k, v)| t.set(k, v),
+    );
+    let created = admin
+        .create_topics(&[new_topic], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    admin
 }
 
 /// Waits until `topic` holds at least `n` records and returns them.

@@ -75,7 +75,7 @@ impl Heartbeats {
                 timestamp_ms: now_ms,
                 table: topic.clone(),
                 op: None,
-                header: Some((HEARTBEAT_HEADER, header.clone())),
+                headers: vec![(HEARTBEAT_HEADER, header.clone())],
                 lsn,
             }));
         }

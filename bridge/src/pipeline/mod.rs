@@ -21,6 +21,7 @@ pub mod exactly_once;
 pub mod frontier;
 pub mod heartbeat;
 pub mod records;
+pub mod snapshot;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -28,15 +29,15 @@ use std::time::{Duration, Instant};
 use pgwire_replication::{Lsn, ReplicationEvent};
 use rdkafka::error::KafkaError;
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, TruncateMode};
 use crate::error::{within_deadline, BridgeError};
-use crate::sink::{topics, Acks, Record, Sink};
+use crate::sink::{state, topics, Acks, Record, Sink};
 use crate::source::{pgoutput, setup, stream};
 use crate::telemetry::{self, Health};
 use frontier::Frontier;
-use records::{Numbering, Tables, TxnInfo};
+use records::{Numbering, Output, Tables, TxnInfo};
 
 /// How long a graceful stop waits for Kafka to acknowledge in-flight records.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -154,10 +155,10 @@ async fn mark_new_slot(
                 timestamp_ms: now,
                 table: topic.clone(),
                 op: None,
-                header: Some((
+                headers: vec![(
                     tidemark_core::wire::envelope::SLOT_MARKER_HEADER,
                     value.clone(),
-                )),
+                )],
                 lsn,
             };
             sink.send(txn, &record).await?;
@@ -367,12 +368,28 @@ pub async fn run_session(
         false => None,
     };
     let _stall_watch = AbortOnDrop(tokio::spawn(watch_stalls(frontier.clone())));
+    if config.records.truncate == TruncateMode::Skip {
+        warn!("--truncate skip: TRUNCATEs are left out of the topics, so caches following them keep the truncated rows");
+    }
     let mut tables = Tables::new(
         config.tables.clone(),
         partitions.clone(),
-        config.topic_prefix.clone(),
-        db,
+        Output {
+            prefix: config.topic_prefix.clone(),
+            db,
+            truncate: config.records.truncate,
+            format: config.records.format,
+        },
     );
+    // The snapshot's tables are decided before the markers make every topic non-empty.
+    let mut progress = None;
+    if config.snapshot != crate::config::SnapshotMode::Never {
+        state::ensure_topic(config).await?;
+        progress = match created_slot {
+            Some(lsn) => snapshot::plan(&client, config, &sink, &partitions, lsn).await?,
+            None => tokio::task::block_in_place(|| snapshot::load(config, start))?,
+        };
+    }
     if let Some(lsn) = created_slot {
         let marked = async {
             let now_ms: i64 = client
@@ -384,8 +401,16 @@ pub async fn run_session(
                 sink.begin_transaction()?;
             }
             mark_new_slot(&sink, &frontier, &config.slot, lsn, &partitions, start, now_ms).await?;
+            if let Some(progress) = &progress {
+                // Saved with the markers: a slot without its snapshot plan is dropped too.
+                let txn = lock(&frontier).begin(now_ms);
+                sink.send(txn, &snapshot::save_record(config, progress, now_ms)?)
+                    .await?;
+                lock(&frontier).commit(txn, start);
+            }
             if let Some(eos) = &eos {
-                // The new slot's position goes with its markers, in one transaction.
+                // The new slot's position goes with its markers (and its snapshot
+                // plan), in one transaction.
                 let record = eos.new_slot_record(config, now_ms)?;
                 let id = lock(&frontier).begin(now_ms);
                 sink.send(id, &record).await?;
@@ -411,6 +436,19 @@ pub async fn run_session(
             return Err(e);
         }
     }
+    if let Some(progress) = &mut progress {
+        if !progress.finished() {
+            info!(tables = progress.tables.len() - progress.done.len(), "initial snapshot: writing every row of the tables as op r records before streaming");
+            let writer = snapshot::Writer {
+                sink: &sink,
+                frontier: &frontier,
+                start,
+            };
+            snapshot::run(&client, config, &writer, &mut tables, progress).await?;
+            info!("initial snapshot written");
+        }
+        progress.install_filters(&mut tables)?;
+    }
     let mut repl = within_deadline(
         "starting the replication connection",
         stream::start(config, sql_ascii),
@@ -426,6 +464,8 @@ pub async fn run_session(
     let mut heartbeats = config
         .heartbeat_interval
         .map(|interval| heartbeat::Heartbeats::new(interval, &partitions));
+    // The commit LSN of the last transaction seen (Debezium's `source.sequence`).
+    let mut previous_commit_lsn: Option<u64> = None;
     let mut numbering = Numbering::default();
     let mut reported = start;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -446,15 +486,20 @@ pub async fn run_session(
                     ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
                         if eos.as_mut().is_some_and(|e| e.skip(final_lsn.as_u64())) {
                             skipping = true;
+                            previous_commit_lsn = Some(final_lsn.as_u64());
                         } else {
                             if let Some(eos) = eos.as_mut() {
                                 eos.ensure_open(&sink)?;
                             }
+                            let commit_us = commit_time_micros + PG_EPOCH_MICROS;
                             let info = TxnInfo {
                                 xid,
                                 commit_lsn: final_lsn.as_u64(),
-                                commit_ms: (commit_time_micros + PG_EPOCH_MICROS) / 1000,
+                                commit_ms: commit_us / 1000,
+                                commit_us,
+                                previous_commit_lsn,
                             };
+                            previous_commit_lsn = Some(info.commit_lsn);
                             txn = Some((lock(&frontier).begin(info.commit_ms), info));
                             numbering = Numbering::default();
                         }

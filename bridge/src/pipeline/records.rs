@@ -16,18 +16,24 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
-use tidemark_core::wire::envelope::{TombstoneStamp, TOMBSTONE_HEADER, TRUNCATE_KEY};
+use tidemark_core::pg::snapshot::Snapshot;
+use tidemark_core::wire::debezium::FORMAT_HEADER;
+use tidemark_core::wire::envelope::{
+    sequence, TombstoneStamp, NEW_KEY_HEADER, OLD_KEY_HEADER, SNAPSHOT_HEADER, TOMBSTONE_HEADER,
+    TRUNCATE_KEY,
+};
 use tidemark_core::wire::partitioner::partition_of;
 use tidemark_core::wire::{codec, key};
-use tidemark_core::wire::{Envelope, Op, Row, Source, TableName, ValueKind};
+use tidemark_core::wire::{Envelope, Op, Row, Source, TableName, ValueFormat, ValueKind};
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
+use crate::config::TruncateMode;
 use crate::error::BridgeError;
 use crate::sink::Record;
-use crate::source::pgoutput::{Datum, Message, OldTuple, Relation, Tuple};
+use crate::source::pgoutput::{Datum, Message, OldTuple, RelColumn, Relation, Tuple};
 use crate::source::setup::{primary_key, TypeCache};
-use crate::telemetry::now_ms;
+use crate::telemetry::now_ns;
 
 /// The transaction a change belongs to (from its Begin message).
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +44,11 @@ pub struct TxnInfo {
     pub commit_lsn: u64,
     /// Commit time, milliseconds since the epoch.
     pub commit_ms: i64,
+    /// Commit time, microseconds since the epoch.
+    pub commit_us: i64,
+    /// The commit LSN of the transaction before this one in the stream, when this
+    /// session has seen one (the first half of Debezium's `source.sequence`).
+    pub previous_commit_lsn: Option<u64>,
 }
 
 struct Table {
@@ -151,15 +162,51 @@ impl Numbering {
     }
 }
 
+/// What a table's initial snapshot read: changes of the transactions it shows are in
+/// its op `r` records already, so the stream leaves them out, until the first change
+/// that committed at or past `insert_lsn` (sampled after the snapshot was taken, so
+/// every later change committed after it). The client's filter, applied in the bridge.
+#[derive(Debug, Clone)]
+pub struct SnapshotFilter {
+    /// The snapshot the rows were read in.
+    pub snapshot: Snapshot,
+    /// The WAL insert position sampled right after the snapshot was taken.
+    pub insert_lsn: u64,
+}
+
+/// One snapshot read, for its op `r` records.
+#[derive(Debug, Clone)]
+pub struct SnapshotRead {
+    /// The `pg_current_snapshot()` text ([`SNAPSHOT_HEADER`]).
+    pub snapshot: String,
+    /// The WAL insert position right after it was taken (`source.lsn`).
+    pub insert_lsn: u64,
+    /// The server's time when it was taken (`source.ts_ms`, the record timestamp).
+    pub ts_ms: i64,
+}
+
+/// How records are written: the settings every record of the session shares.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The topic prefix, also `source.name`.
+    pub prefix: String,
+    /// The database name, `source.db`.
+    pub db: String,
+    /// What a TRUNCATE becomes.
+    pub truncate: TruncateMode,
+    /// The encoding of the values.
+    pub format: ValueFormat,
+}
+
 /// The tables seen on the stream, and how to write their records.
 pub struct Tables {
     by_id: HashMap<u32, Table>,
+    filters: HashMap<TableName, SnapshotFilter>,
     ignored: HashSet<u32>,
     types: TypeCache,
     configured: Vec<TableName>,
     partitions: HashMap<String, i32>,
-    prefix: String,
-    db: String,
+    out: Output,
 }
 
 fn decode_err(msg: impl Into<String>) -> BridgeError {
@@ -168,20 +215,15 @@ fn decode_err(msg: impl Into<String>) -> BridgeError {
 
 impl Tables {
     /// An empty set for the configured tables; `partitions` maps topic to partition count.
-    pub fn new(
-        configured: Vec<TableName>,
-        partitions: HashMap<String, i32>,
-        prefix: String,
-        db: String,
-    ) -> Self {
+    pub fn new(configured: Vec<TableName>, partitions: HashMap<String, i32>, out: Output) -> Self {
         Tables {
             by_id: HashMap::new(),
+            filters: HashMap::new(),
             ignored: HashSet::new(),
             types: TypeCache::default(),
             configured,
             partitions,
-            prefix,
-            db,
+            out,
         }
     }
 
@@ -197,12 +239,12 @@ impl Tables {
             }
             return Ok(());
         }
-        let oids: Vec<u32> = rel.columns.iter().map(|c| c.type_oid).collect();
-        let kinds = self.types.kinds(client, &oids).await?;
+        let types: Vec<(u32, i32)> = rel.columns.iter().map(|c| (c.type_oid, c.typmod)).collect();
+        let kinds = self.types.kinds(client, &types, &self.out.format).await?;
         let key = key_columns(&rel, &primary_key(client, rel.id).await?, &name)?;
         let columns: Vec<(String, ValueKind)> =
             rel.columns.into_iter().map(|c| c.name).zip(kinds).collect();
-        let topic = name.topic(&self.prefix);
+        let topic = name.topic(&self.out.prefix);
         let partitions = *self.partitions.get(&topic).unwrap_or(&1);
         info!(table = %name, columns = columns.len(), "relation");
         self.by_id.insert(
@@ -219,11 +261,153 @@ impl Tables {
         Ok(())
     }
 
+    /// Learns a configured table from the catalog, as a Relation message would
+    /// describe it now (for the snapshot, which reads before the stream starts).
+    /// Returns its OID.
+    pub async fn learn_from_catalog(
+        &mut self,
+        client: &Client,
+        name: &TableName,
+    ) -> Result<u32, BridgeError> {
+        let pg = |e| BridgeError::postgres(format!("reading the columns of {name}"))(e);
+        let row = client
+            .query_one(
+                "SELECT c.oid, c.relreplident::text FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass",
+                &[&name.quoted()],
+            )
+            .await
+            .map_err(pg)?;
+        let (id, identity): (u32, String) = (row.get(0), row.get(1));
+        let key = primary_key(client, id).await?;
+        let columns = client
+            .query(
+                "SELECT attname::text, atttypid, atttypmod FROM pg_catalog.pg_attribute \
+                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
+                 ORDER BY attnum",
+                &[&id],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                RelColumn {
+                    key: identity == "f" || key.contains(&name),
+                    name,
+                    type_oid: r.get(1),
+                    typmod: r.get(2),
+                }
+            })
+            .collect();
+        let rel = Relation {
+            id,
+            schema: name.schema.clone(),
+            table: name.table.clone(),
+            replica_identity: identity.bytes().next().unwrap_or(b'd'),
+            columns,
+        };
+        self.learn(client, rel).await?;
+        Ok(id)
+    }
+
+    /// From now on, leaves out the changes of `table` that its snapshot holds.
+    pub fn filter(&mut self, table: TableName, filter: SnapshotFilter) {
+        self.filters.insert(table, filter);
+    }
+
+    /// Whether the change of `txn` to relation `rel` is in that table's snapshot
+    /// already; the filter goes at the first change committed past the snapshot.
+    fn in_snapshot(&mut self, rel: u32, txn: &TxnInfo) -> bool {
+        let Some(name) = self.by_id.get(&rel).map(|t| &t.name) else {
+            return false;
+        };
+        let Some(filter) = self.filters.get(name) else {
+            return false;
+        };
+        if txn.commit_lsn >= filter.insert_lsn {
+            self.filters.remove(&name.clone());
+            return false;
+        }
+        filter.snapshot.visible(txn.xid)
+    }
+
+    /// The op `r` record of one row a snapshot of relation `rel` read; `mark` is its
+    /// `source.snapshot` (`"true"`, or `"first"`, `"last"`, ... at the edges).
+    pub fn snapshot_record(
+        &self,
+        rel: u32,
+        tuple: &Tuple,
+        read: &SnapshotRead,
+        mark: &str,
+    ) -> Result<Record, BridgeError> {
+        let t = self.by_id.get(&rel).ok_or_else(|| {
+            decode_err(format!("snapshot of relation {rel} before it was learned"))
+        })?;
+        let txn = TxnInfo {
+            xid: 0,
+            commit_lsn: read.insert_lsn,
+            commit_ms: read.ts_ms,
+            commit_us: read.ts_ms.saturating_mul(1000),
+            previous_commit_lsn: None,
+        };
+        let w = Writer {
+            t,
+            lsn: read.insert_lsn,
+            seq: 0,
+            txn: &txn,
+            out: &self.out,
+        };
+        let (after, _) = t.row(tuple)?;
+        let mut env = w.envelope_of(Op::Read, None, Some(after), Vec::new());
+        // No transaction wrote the row: no txId and no commit position.
+        env.source.tx_id = None;
+        env.source.commit_lsn = None;
+        env.source.snapshot = Value::String(mark.to_owned());
+        let mut record = w.record(
+            t.key_of(tuple)?,
+            Some(serde_json::to_vec(&env).map_err(|e| decode_err(e.to_string()))?),
+        );
+        record.op = Some("r");
+        record
+            .headers
+            .push((SNAPSHOT_HEADER, read.snapshot.clone().into_bytes()));
+        Ok(record)
+    }
+
+    /// The records that close the snapshot of relation `rel`: on every partition of its
+    /// topic, a tombstone of the key `{"tidemark.snapshot":"<schema.table>"}` (never a
+    /// row's key, so a consumer that rebuilds the table sees nothing) with the
+    /// [`SNAPSHOT_HEADER`]. A cache whose load is older than the snapshot meets one on
+    /// every partition, even where the table had no row.
+    pub fn snapshot_markers(
+        &self,
+        rel: u32,
+        read: &SnapshotRead,
+    ) -> Result<Vec<Record>, BridgeError> {
+        let t = self.by_id.get(&rel).ok_or_else(|| {
+            decode_err(format!("snapshot of relation {rel} before it was learned"))
+        })?;
+        let key = key::encode([("tidemark.snapshot", &Value::String(t.label.to_string()))]);
+        Ok((0..t.partitions)
+            .map(|p| Record {
+                topic: t.topic.clone(),
+                partition: Some(p),
+                key: key.clone(),
+                value: None,
+                timestamp_ms: read.ts_ms,
+                table: t.label.clone(),
+                op: None,
+                headers: vec![(SNAPSHOT_HEADER, read.snapshot.clone().into_bytes())],
+                lsn: read.insert_lsn,
+            })
+            .collect())
+    }
+
     /// The records for one change at `lsn` of transaction `txn`. `seq` numbers the
     /// changes that share `lsn` (see [`Numbering`]): the first record gets `*seq`, and
     /// `*seq` is moved past the numbers used.
     pub fn records(
-        &self,
+        &mut self,
         msg: Message,
         lsn: u64,
         seq: &mut u32,
@@ -234,13 +418,18 @@ impl Tables {
             | Message::Update { rel, .. }
             | Message::Delete { rel, .. } => *rel,
             Message::Truncate { rels } => {
-                let out = self.truncates(rels, lsn, *seq, txn);
+                let rels: Vec<u32> = rels
+                    .iter()
+                    .copied()
+                    .filter(|&r| !self.in_snapshot(r, txn))
+                    .collect();
+                let out = self.truncates(&rels, lsn, *seq, txn);
                 *seq += 1;
                 return out;
             }
             Message::Relation(_) | Message::Ignored(_) => return Ok(Vec::new()),
         };
-        if self.ignored.contains(&rel) {
+        if self.ignored.contains(&rel) || self.in_snapshot(rel, txn) {
             return Ok(Vec::new());
         }
         let t = self.by_id.get(&rel).ok_or_else(|| {
@@ -253,7 +442,7 @@ impl Tables {
             lsn,
             seq: *seq,
             txn,
-            db: &self.db,
+            out: &self.out,
         };
         *seq += 1;
         Ok(match msg {
@@ -263,10 +452,15 @@ impl Tables {
                 new,
                 ..
             } if t.key_of(&old.tuple)? != t.key_of(&new)? => {
+                // Debezium's headers: the delete names the new key, the create the old.
+                let (old_key, new_key) = (t.key_of(&old.tuple)?, t.key_of(&new)?);
                 let mut out = w.delete(&old)?;
+                out[0].headers.push((NEW_KEY_HEADER, new_key));
                 let second = Writer { seq: *seq, ..w };
                 *seq += 1;
-                out.push(second.change(Op::Create, None, &new)?);
+                let mut create = second.change(Op::Create, None, &new)?;
+                create.headers.push((OLD_KEY_HEADER, old_key));
+                out.push(create);
                 out
             }
             Message::Update {
@@ -291,12 +485,19 @@ impl Tables {
     ) -> Result<Vec<Record>, BridgeError> {
         let mut out = Vec::new();
         for t in rels.iter().filter_map(|r| self.by_id.get(r)) {
+            if self.out.truncate == TruncateMode::Skip {
+                metrics::counter!(crate::telemetry::SKIPPED_TRUNCATES, "table" => t.label.to_string())
+                    .increment(1);
+                warn!(table = %t.name, lsn = %pgwire_replication::Lsn(lsn),
+                    "TRUNCATE skipped (--truncate skip): caches following the topic keep the truncated rows");
+                continue;
+            }
             let w = Writer {
                 t,
                 lsn,
                 seq,
                 txn,
-                db: &self.db,
+                out: &self.out,
             };
             let value = w.envelope(Op::Truncate, None, None, Vec::new())?;
             out.extend((0..t.partitions).map(|p| Record {
@@ -378,7 +579,7 @@ struct Writer<'a> {
     /// See [`Source::seq`].
     seq: u32,
     txn: &'a TxnInfo,
-    db: &'a str,
+    out: &'a Output,
 }
 
 impl Writer<'_> {
@@ -389,15 +590,30 @@ impl Writer<'_> {
         after: Option<Row>,
         unchanged_toast: Vec<String>,
     ) -> Result<Vec<u8>, BridgeError> {
-        let env = Envelope {
+        serde_json::to_vec(&self.envelope_of(op, before, after, unchanged_toast))
+            .map_err(|e| decode_err(e.to_string()))
+    }
+
+    fn envelope_of(
+        &self,
+        op: Op,
+        before: Option<Row>,
+        after: Option<Row>,
+        unchanged_toast: Vec<String>,
+    ) -> Envelope {
+        let now = now_ns();
+        Envelope {
             before,
             after,
             op,
-            ts_ms: now_ms(),
+            ts_ms: now / 1_000_000,
+            ts_us: Some(now / 1_000),
+            ts_ns: Some(now),
             source: Source {
+                version: env!("CARGO_PKG_VERSION").into(),
                 connector: "postgresql".into(),
-                name: "tidemark".into(),
-                db: self.db.to_owned(),
+                name: self.out.prefix.clone(),
+                db: self.out.db.clone(),
                 schema: self.t.name.schema.clone(),
                 table: self.t.name.table.clone(),
                 tx_id: Some(u64::from(self.txn.xid)),
@@ -405,15 +621,22 @@ impl Writer<'_> {
                 commit_lsn: Some(self.txn.commit_lsn),
                 seq: self.seq,
                 ts_ms: self.txn.commit_ms,
+                ts_us: Some(self.txn.commit_us),
+                ts_ns: Some(self.txn.commit_us.saturating_mul(1_000)),
                 snapshot: Value::String("false".into()),
+                sequence: Some(sequence(self.txn.previous_commit_lsn, self.lsn)),
             },
             unchanged_toast,
-        };
-        serde_json::to_vec(&env).map_err(|e| decode_err(e.to_string()))
+        }
     }
 
     /// A record of `key`, on the key's partition under the session's partition count.
+    /// A record in a format other than tidemark's names it in [`FORMAT_HEADER`].
     fn record(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Record {
+        let headers = match self.out.format {
+            ValueFormat::Tidemark => Vec::new(),
+            other => vec![(FORMAT_HEADER, other.describe().into_bytes())],
+        };
         Record {
             topic: self.t.topic.clone(),
             partition: Some(partition_of(&key, self.t.partitions)),
@@ -422,7 +645,7 @@ impl Writer<'_> {
             timestamp_ms: self.txn.commit_ms,
             table: self.t.label.clone(),
             op: None,
-            header: None,
+            headers,
             lsn: self.lsn,
         }
     }
@@ -437,13 +660,12 @@ impl Writer<'_> {
             seq: self.seq,
             ts_ms: self.txn.commit_ms,
         };
-        Ok(Record {
-            header: Some((
-                TOMBSTONE_HEADER,
-                serde_json::to_vec(&stamp).map_err(|e| decode_err(e.to_string()))?,
-            )),
-            ..self.record(key, None)
-        })
+        let mut record = self.record(key, None);
+        record.headers.push((
+            TOMBSTONE_HEADER,
+            serde_json::to_vec(&stamp).map_err(|e| decode_err(e.to_string()))?,
+        ));
+        Ok(record)
     }
 
     fn change(&self, op: Op, before: Option<Row>, new: &Tuple) -> Result<Record, BridgeError> {
@@ -499,6 +721,7 @@ mod tests {
                 .map(|&(name, key)| RelColumn {
                     name: name.into(),
                     type_oid: 23,
+                    typmod: -1,
                     key,
                 })
                 .collect(),

@@ -60,10 +60,11 @@ pub struct Record {
     pub table: Arc<str>,
     /// The change's `op` code; `None` for a tombstone.
     pub op: Option<&'static str>,
-    /// One record header, name and value: a tombstone's stamp
-    /// ([`TOMBSTONE_HEADER`](tidemark_core::wire::envelope::TOMBSTONE_HEADER)) or a
-    /// slot marker's ([`SLOT_MARKER_HEADER`](tidemark_core::wire::envelope::SLOT_MARKER_HEADER)).
-    pub header: Option<(&'static str, Vec<u8>)>,
+    /// Record headers, name and value: a tombstone's stamp
+    /// ([`TOMBSTONE_HEADER`](tidemark_core::wire::envelope::TOMBSTONE_HEADER)), a
+    /// slot marker's ([`SLOT_MARKER_HEADER`](tidemark_core::wire::envelope::SLOT_MARKER_HEADER)),
+    /// the key-change headers of Debezium and the value format's.
+    pub headers: Vec<(&'static str, Vec<u8>)>,
     /// The WAL position of the change, for messages.
     pub lsn: u64,
 }
@@ -75,7 +76,11 @@ impl Record {
         const FRAMING: usize = 128;
         self.key.len()
             + self.value.as_ref().map_or(0, Vec::len)
-            + self.header.as_ref().map_or(0, |(k, v)| k.len() + v.len())
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
             + FRAMING
     }
 }
@@ -387,11 +392,17 @@ impl Sink {
             if let Some(v) = &record.value {
                 r = r.payload(v);
             }
-            if let Some((name, value)) = &record.header {
-                r = r.headers(OwnedHeaders::new().insert(Header {
-                    key: name,
-                    value: Some(value),
-                }));
+            if !record.headers.is_empty() {
+                let headers = record.headers.iter().fold(
+                    OwnedHeaders::new_with_capacity(record.headers.len()),
+                    |h, (name, value)| {
+                        h.insert(Header {
+                            key: name,
+                            value: Some(value),
+                        })
+                    },
+                );
+                r = r.headers(headers);
             }
             match self.producer.send(r) {
                 Ok(()) => return Ok(()),

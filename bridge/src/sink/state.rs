@@ -171,7 +171,7 @@ pub fn record(
         timestamp_ms: now_ms,
         table: topic,
         op: None,
-        header: None,
+        headers: Vec::new(),
         lsn: 0,
     })
 }

@@ -54,6 +54,9 @@ pub struct RelColumn {
     pub name: String,
     /// Type OID.
     pub type_oid: u32,
+    /// Type modifier (`atttypmod`; -1 when the type has none): precision and scale of
+    /// `numeric`, fractional digits of time types, which Debezium's encoding needs.
+    pub typmod: i32,
     /// Whether the column is part of the replica identity's key (flag bit 1). With
     /// identity `d` these are the primary-key columns of the schema the change was
     /// written with; with `f` every column is flagged.
@@ -170,10 +173,11 @@ pub fn decode(payload: Bytes) -> Result<Message, DecodeError> {
                 let flags = r.u8()?;
                 let name = r.string()?;
                 let type_oid = r.u32()?;
-                let _typmod = r.u32()?;
+                let typmod = r.u32()? as i32;
                 columns.push(RelColumn {
                     name,
                     type_oid,
+                    typmod,
                     key: flags & 1 == 1,
                 });
             }
@@ -276,6 +280,7 @@ mod tests {
             RelColumn {
                 name: "note".into(),
                 type_oid: 25,
+                typmod: -1,
                 key: false,
             }
         );

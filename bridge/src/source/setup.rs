@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use tidemark_core::pg::catalog::{PRIMARY_KEY_SQL, TYPE_INFO_SQL};
 use tidemark_core::pg::{ConnectError, SettingsError};
 use tidemark_core::wire::envelope::quote_ident;
-use tidemark_core::wire::{TableName, ValueKind};
+use tidemark_core::wire::{TableName, ValueFormat, ValueKind};
 use tokio_postgres::Client;
 use tracing::info;
 
@@ -400,20 +400,22 @@ pub async fn primary_key(client: &Client, rel: u32) -> Result<Vec<String>, Bridg
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Resolves type OIDs to codec kinds, caching what it has seen.
+/// Resolves type OIDs to codec kinds, caching what the catalog said of each type.
 #[derive(Default)]
-pub struct TypeCache(HashMap<u32, ValueKind>);
+pub struct TypeCache(HashMap<u32, (u32, u32, String)>);
 
 impl TypeCache {
-    /// The kinds of `oids`, querying the catalog for the ones not seen yet.
+    /// The kinds in `format` of columns of the given `(type oid, typmod)`, querying
+    /// the catalog for the types not seen yet.
     pub async fn kinds(
         &mut self,
         client: &Client,
-        oids: &[u32],
+        types: &[(u32, i32)],
+        format: &ValueFormat,
     ) -> Result<Vec<ValueKind>, BridgeError> {
-        let unknown: Vec<u32> = oids
+        let unknown: Vec<u32> = types
             .iter()
-            .copied()
+            .map(|&(oid, _)| oid)
             .filter(|o| !self.0.contains_key(o))
             .collect();
         if !unknown.is_empty() {
@@ -422,15 +424,20 @@ impl TypeCache {
                 .await
                 .map_err(BridgeError::postgres("resolving column types"))?
             {
-                let (oid, base, elem): (u32, Option<u32>, u32) =
-                    (row.get(0), row.get(1), row.get(2));
+                let (oid, base, elem, name): (u32, Option<u32>, u32, Option<String>) =
+                    (row.get(0), row.get(1), row.get(2), row.get(3));
                 self.0
-                    .insert(oid, ValueKind::from_type(base.unwrap_or(oid), elem));
+                    .insert(oid, (base.unwrap_or(oid), elem, name.unwrap_or_default()));
             }
         }
-        Ok(oids
+        Ok(types
             .iter()
-            .map(|o| self.0.get(o).cloned().unwrap_or(ValueKind::Text))
+            .map(|&(oid, typmod)| match self.0.get(&oid) {
+                Some((base, elem, name)) => {
+                    ValueKind::for_format(format, *base, *elem, typmod, name)
+                }
+                None => ValueKind::Text,
+            })
             .collect())
     }
 }

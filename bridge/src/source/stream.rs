@@ -154,6 +154,9 @@ mod tests {
             transaction_interval: std::time::Duration::from_millis(100),
             transactional_id: String::new(),
             heartbeat_interval: None,
+            snapshot: Default::default(),
+            snapshot_rows_per_second: 0,
+            records: Default::default(),
         };
         let c = replication_config(&config.postgres, &config).unwrap();
         assert_eq!(

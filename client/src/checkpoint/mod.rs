@@ -301,7 +301,7 @@ where
     }
     if let Some(problem) = header.partitions.iter().find_map(|p| {
         let f = p.filter.as_ref()?;
-        crate::snapshot::Snapshot::parse(&f.snapshot).err()
+        tidemark_core::pg::snapshot::Snapshot::parse(&f.snapshot).err()
     }) {
         return Ok(Err(Refusal::Damaged(format!("{location}: {problem}"))));
     }

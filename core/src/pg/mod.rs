@@ -31,6 +31,7 @@ use tokio_postgres::{Client, NoTls};
 use crate::wire::SESSION_OPTIONS;
 
 pub mod catalog;
+pub mod snapshot;
 mod tls;
 
 /// The URL query parameters this module handles itself instead of `tokio-postgres`.

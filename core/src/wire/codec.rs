@@ -43,6 +43,9 @@
 use base64::Engine as _;
 use serde_json::{Number, Value};
 
+use crate::wire::debezium::{self, Modes, PgType, ValueFormat};
+use crate::wire::pgtext::{decode_bytea, money_to_decimal};
+
 /// Startup options for every PostgreSQL connection whose values reach the codec: every
 /// setting that changes a value's text, pinned, so that a setting on the role or the
 /// database cannot change what either path reads.
@@ -88,6 +91,9 @@ pub enum ValueKind {
     Array(Box<ValueKind>),
     /// An array of `box`, whose elements are separated by `;`; elements as text.
     BoxArray,
+    /// A scalar in Debezium's encoding ([`debezium::encode`]), with the column's type
+    /// and the modes.
+    Debezium(Box<(PgType, Modes)>),
 }
 
 /// `box`, the only built-in type whose array delimiter (`typdelim`) is `;`, not `,`:
@@ -116,6 +122,32 @@ impl ValueKind {
             17 => ValueKind::Bytea,
             1184 => ValueKind::TimestampTz,
             _ => ValueKind::Text,
+        }
+    }
+
+    /// The kind of a column in `format`: `base` is the type (domains resolved), `elem`
+    /// the element type of an array (0 otherwise), `typmod` the column's type
+    /// modifier and `name` the type's name (the element's for an array). In the
+    /// tidemark format only the OIDs matter ([`ValueKind::from_type`]).
+    pub fn for_format(format: &ValueFormat, base: u32, elem: u32, typmod: i32, name: &str) -> Self {
+        let ValueFormat::Debezium(modes) = format else {
+            return Self::from_type(base, elem);
+        };
+        let scalar = |oid: u32| {
+            ValueKind::Debezium(Box::new((
+                PgType {
+                    oid,
+                    typmod,
+                    name: name.to_owned(),
+                },
+                *modes,
+            )))
+        };
+        match (base, elem) {
+            (_, BOX_OID) => ValueKind::BoxArray,
+            (_, 0) if matches!(base, 22 | 30) => ValueKind::Vector,
+            (_, 0) => scalar(base),
+            (_, elem) => ValueKind::Array(Box::new(scalar(elem))),
         }
     }
 
@@ -181,6 +213,10 @@ impl ValueKind {
             ),
             ValueKind::Array(elem) => parse_array(text, elem, ',').map_err(fail)?,
             ValueKind::BoxArray => parse_array(text, &ValueKind::Text, ';').map_err(fail)?,
+            ValueKind::Debezium(column) => {
+                let (ty, modes) = &**column;
+                debezium::encode(ty, modes, text).map_err(fail)?
+            }
         })
     }
 
@@ -191,42 +227,6 @@ impl ValueKind {
             Some(t) => self.decode_lenient(t),
         }
     }
-}
-
-/// `bytea` text output: hex (`\x0a0b`) or the legacy escape format.
-fn decode_bytea(text: &str) -> Result<Vec<u8>, String> {
-    if let Some(hex) = text.strip_prefix("\\x") {
-        if !hex.is_ascii() || hex.len() % 2 != 0 {
-            return Err("odd number of hex digits".into());
-        }
-        return (0..hex.len())
-            .step_by(2)
-            .map(|i| {
-                // `get`, not indexing: a pair that splits a character is not hex.
-                let pair = hex.get(i..i + 2).ok_or("not a hex digit")?;
-                u8::from_str_radix(pair, 16).map_err(|e| e.to_string())
-            })
-            .collect();
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            if bytes.get(i + 1) == Some(&b'\\') {
-                out.push(b'\\');
-                i += 2;
-            } else {
-                let oct = text.get(i + 1..i + 4).ok_or("truncated escape")?;
-                out.push(u8::from_str_radix(oct, 8).map_err(|e| e.to_string())?);
-                i += 4;
-            }
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Ok(out)
 }
 
 /// `2026-11-26 07:16:50.123+00` (any offset) to `2026-11-26T07:16:50.123Z`.
@@ -288,28 +288,6 @@ fn numbers_fit_f64(text: &str) -> bool {
         }
     }
     true
-}
-
-/// `money` as `lc_monetary=C` prints it (`$1,234.56`, `-$1,234.56`) to an exact
-/// decimal (`1234.56`, `-1234.56`).
-fn money_to_decimal(text: &str) -> Result<String, String> {
-    let (negative, rest) = match text.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, text),
-    };
-    let digits = rest.strip_prefix('$').unwrap_or(rest);
-    let mut out = String::with_capacity(text.len());
-    if negative {
-        out.push('-');
-    }
-    for c in digits.chars() {
-        match c {
-            '0'..='9' | '.' => out.push(c),
-            ',' => {}
-            _ => return Err(format!("unexpected {c:?} in money (is lc_monetary not C?)")),
-        }
-    }
-    Ok(out)
 }
 
 /// A value's bytes as text. Valid UTF-8 is borrowed as it is. Only a `SQL_ASCII`

@@ -35,10 +35,14 @@ pub enum Op {
 /// Where a change came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Source {
+    /// The writer's version (the bridge's crate version; Debezium's own version on a
+    /// Debezium topic). Left out when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
     /// Always `postgresql`.
     #[serde(default)]
     pub connector: String,
-    /// The logical name of the writer (`tidemark` for the bridge).
+    /// The logical name of the writer: the topic prefix (Debezium's `topic.prefix`).
     #[serde(default)]
     pub name: String,
     /// The database name.
@@ -65,10 +69,37 @@ pub struct Source {
     /// The transaction's commit time, in milliseconds since the epoch.
     #[serde(default)]
     pub ts_ms: i64,
-    /// `"false"` for streamed changes (Debezium's convention).
+    /// The commit time in microseconds since the epoch (Debezium 2.6 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts_us: Option<i64>,
+    /// The commit time in nanoseconds since the epoch (Debezium 2.6 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts_ns: Option<i64>,
+    /// `"false"` for streamed changes; for a snapshot's op `r` records `"true"`, or
+    /// `"first"`, `"first_in_data_collection"`, `"last_in_data_collection"` and
+    /// `"last"` at the edges (Debezium's convention).
     #[serde(default)]
     pub snapshot: Value,
+    /// Debezium's ordering token: a JSON array, as a string, of the previous
+    /// transaction's commit LSN (`null` when unknown) and this change's LSN, both as
+    /// decimal strings: `["24023119","24023128"]` ([`sequence`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<String>,
 }
+
+/// [`Source::sequence`] as Debezium's PostgreSQL connector writes it.
+pub fn sequence(previous_commit_lsn: Option<u64>, lsn: u64) -> String {
+    let previous = previous_commit_lsn.map_or(Value::Null, |l| Value::String(l.to_string()));
+    Value::Array(vec![previous, Value::String(lsn.to_string())]).to_string()
+}
+
+/// The header Debezium writes on the delete that an update of the primary key
+/// becomes: the row's new key (the record's key is the old one).
+pub const NEW_KEY_HEADER: &str = "__debezium.newkey";
+
+/// The header Debezium writes on the create that an update of the primary key
+/// becomes: the row's old key.
+pub const OLD_KEY_HEADER: &str = "__debezium.oldkey";
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
@@ -115,6 +146,13 @@ impl TombstoneStamp {
 /// on every partition before the new slot's first change.
 pub const SLOT_MARKER_HEADER: &str = "tidemark.slot-created";
 
+/// The record header of an op `r` record the bridge's initial snapshot wrote: the
+/// `pg_current_snapshot()` text (`xmin:xmax:xip,...`) of the transaction that read the
+/// row. A reader whose own snapshot contains it already holds the row (or a newer
+/// version); a reader whose snapshot does not may be older than the topic's start for
+/// that table and must load again.
+pub const SNAPSHOT_HEADER: &str = "tidemark.snapshot";
+
 /// What a slot marker says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotMarker {
@@ -144,6 +182,12 @@ pub struct Envelope {
     /// When the bridge wrote the record, in milliseconds since the epoch.
     #[serde(default)]
     pub ts_ms: i64,
+    /// The same time in microseconds (Debezium 2.6 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts_us: Option<i64>,
+    /// The same time in nanoseconds (Debezium 2.6 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts_ns: Option<i64>,
     /// Where the change came from.
     pub source: Source,
     /// Columns of `after` whose TOASTed value did not change and was not sent; the
@@ -247,6 +291,31 @@ mod tests {
         assert!(!serde_json::to_string(&env)
             .unwrap()
             .contains("unchanged_toast"));
+    }
+
+    #[test]
+    fn reads_debeziums_transaction_block_and_new_fields() {
+        let debezium = json!({
+            "before": null, "after": {"id": 1}, "op": "c", "ts_ms": 5, "ts_us": 5001, "ts_ns": 5001002,
+            "source": {"version": "2.7.0.Final", "connector": "postgresql", "name": "srv", "db": "app",
+                       "schema": "public", "table": "t", "txId": 7, "lsn": 100, "ts_ms": 4,
+                       "ts_us": 4000, "ts_ns": 4000000, "snapshot": "false", "xmin": null,
+                       "sequence": "[\"90\",\"100\"]"},
+            "transaction": {"id": "7:100", "total_order": 1, "data_collection_order": 1}
+        });
+        let env: Envelope = serde_json::from_value(debezium).unwrap();
+        assert_eq!(env.ts_us, Some(5001));
+        assert_eq!(env.source.sequence.as_deref(), Some(r#"["90","100"]"#));
+        assert_eq!(env.source.version, "2.7.0.Final");
+    }
+
+    #[test]
+    fn sequence_is_debeziums_array_string() {
+        assert_eq!(sequence(None, 24023128), r#"[null,"24023128"]"#);
+        assert_eq!(
+            sequence(Some(24023119), 24023128),
+            r#"["24023119","24023128"]"#
+        );
     }
 
     #[test]

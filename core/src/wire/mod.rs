@@ -4,10 +4,13 @@
 //! these types, so they cannot drift apart.
 
 pub mod codec;
+pub mod debezium;
 pub mod envelope;
 pub mod heartbeat;
 pub mod key;
 pub mod partitioner;
+mod pgtext;
 
 pub use codec::{ValueKind, SESSION_OPTIONS};
+pub use debezium::ValueFormat;
 pub use envelope::{Envelope, Op, Row, Source, TableName};
