@@ -51,6 +51,9 @@ async fn write(table: &str, total: i64, per_sec: u64) -> Vec<i64> {
     committed
 }
 
+/// Rows in the table before the bridge starts, written by its initial snapshot.
+const SNAPSHOT_ROWS: i64 = 2_000;
+
 /// One record of a topic as a `read_committed` consumer sees it.
 struct Seen {
     partition: i32,
@@ -118,14 +121,18 @@ fn write_of(seen: &Seen) -> Option<i64> {
 }
 
 /// Writes under load, kills the bridge with SIGKILL twice at different moments and
-/// restarts it each time; returns the committed writes and how often a
+/// restarts it each time; returns the committed writes (the snapshot's rows as
+/// negative numbers) and how often a
 /// `read_committed` reader sees each write once every committed one arrived.
 async fn crash_twice(exactly_once: bool) -> (Vec<i64>, BTreeMap<i64, usize>) {
     let pg = pg().await;
     let name = unique(if exactly_once { "eos" } else { "alo" });
     let table = format!("{name}_t");
+    // Rows before the slot: the initial snapshot writes them as op r records
+    // (with --exactly-once, in Kafka transactions too), w = -1 .. -SNAPSHOT_ROWS.
     pg.batch_execute(&format!(
-        "CREATE TABLE {table} (id int8 PRIMARY KEY, w int8 NOT NULL)"
+        "CREATE TABLE {table} (id int8 PRIMARY KEY, w int8 NOT NULL);
+         INSERT INTO {table} SELECT 1000000 + g, -g FROM generate_series(1, {SNAPSHOT_ROWS}) g"
     ))
     .await
     .unwrap();
@@ -148,7 +155,8 @@ async fn crash_twice(exactly_once: bool) -> (Vec<i64>, BTreeMap<i64, usize>) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         bridge = Bridge::start(&args);
     }
-    let committed = writer.await.unwrap();
+    let mut committed = writer.await.unwrap();
+    committed.extend((1..=SNAPSHOT_ROWS).map(|g| -g));
     let topic = args.topic(&format!("public.{table}"));
     let expected: HashSet<i64> = committed.iter().copied().collect();
     let counts = wait_for(
