@@ -578,6 +578,10 @@ pub async fn run_session(
         if lag_probe.elapsed() >= LAG_PROBE_INTERVAL {
             lag_probe = Instant::now();
             report_progress(&client, &config.slot, &frontier, health).await?;
+            if eos.is_some() {
+                // The slot follows the committed position, not the acknowledged records.
+                metrics::gauge!(telemetry::CONFIRMED_LSN).set(confirmed as f64);
+            }
         }
         if partition_probe.elapsed() >= PARTITION_PROBE_INTERVAL {
             partition_probe = Instant::now();
