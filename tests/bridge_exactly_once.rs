@@ -316,3 +316,80 @@ async fn heartbeats_reach_every_partition_of_an_idle_topic_and_a_cache_stays_exa
     cache.shutdown().await;
     assert!(bridge.sigterm(Duration::from_secs(30)).success());
 }
+
+/// A broker outage longer than the transaction timeout: the open transaction's records
+/// time out, the transaction is never committed, the session ends, and the next one
+/// starts again from the stored position: a `read_committed` reader sees every
+/// change once, with no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_an_aborted_transaction_is_written_again_without_gap_or_duplicate() {
+    let pg = pg().await;
+    let name = unique("eosabort");
+    let table = format!("{name}_t");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int8 PRIMARY KEY, w int8 NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    let mut broker = PrivateBroker::start(19133).await;
+    let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
+    args.kafka = broker.address();
+    args.partitions = 3;
+    args.extra = vec![
+        "--exactly-once".into(),
+        "--kafka-property".into(),
+        "transaction.timeout.ms=5000".into(),
+    ];
+    let (mut bridge, args) = start_bridge_with(args).await;
+    let writer = tokio::spawn({
+        let table = table.clone();
+        async move { write(&table, 6_000, 200).await }
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::task::block_in_place(|| broker.stop());
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    broker.resume().await;
+    let committed = writer.await.unwrap();
+    let expected: HashSet<i64> = committed.iter().copied().collect();
+    let topic = args.topic(&format!("public.{table}"));
+    let counts = wait_for(
+        Duration::from_secs(180),
+        "every committed write in Kafka after the outage",
+        || {
+            let (topic, brokers, expected) = (topic.clone(), args.kafka.clone(), expected.clone());
+            async move {
+                let seen = tokio::task::spawn_blocking(move || read_committed(&brokers, &topic))
+                    .await
+                    .unwrap();
+                let mut counts = BTreeMap::<i64, usize>::new();
+                for w in seen.iter().filter_map(write_of) {
+                    *counts.entry(w).or_default() += 1;
+                }
+                expected
+                    .iter()
+                    .all(|w| counts.contains_key(w))
+                    .then_some(counts)
+            }
+        },
+    )
+    .await;
+    let twice = counts.values().filter(|&&n| n > 1).count();
+    let log = bridge.log_text();
+    eprintln!(
+        "outage: {} committed writes, {} change records, {twice} more than once; sessions started: {}",
+        committed.len(),
+        counts.values().sum::<usize>(),
+        log.matches("exactly once: transactions up to").count()
+    );
+    assert_eq!(twice, 0, "duplicates after the aborted transaction");
+    assert_eq!(
+        counts.len(),
+        expected.len(),
+        "records of writes never committed"
+    );
+    assert!(
+        log.matches("exactly once: transactions up to").count() >= 2,
+        "the outage did not end the session:\n{log}"
+    );
+    assert!(bridge.sigterm(Duration::from_secs(60)).success());
+}
