@@ -120,6 +120,36 @@ fn write_of(seen: &Seen) -> Option<i64> {
     seen.value.as_ref()?["after"]["w"].as_i64()
 }
 
+/// How often a `read_committed` reader of `topic` sees each write, once it sees every
+/// one of `expected` (within 180 s).
+async fn counts_once_complete(
+    brokers: &str,
+    topic: &str,
+    expected: &HashSet<i64>,
+) -> BTreeMap<i64, usize> {
+    wait_for(
+        Duration::from_secs(180),
+        "every committed write in Kafka",
+        || {
+            let (topic, brokers) = (topic.to_owned(), brokers.to_owned());
+            async move {
+                let seen = tokio::task::spawn_blocking(move || read_committed(&brokers, &topic))
+                    .await
+                    .unwrap();
+                let mut counts = BTreeMap::<i64, usize>::new();
+                for w in seen.iter().filter_map(write_of) {
+                    *counts.entry(w).or_default() += 1;
+                }
+                expected
+                    .iter()
+                    .all(|w| counts.contains_key(w))
+                    .then_some(counts)
+            }
+        },
+    )
+    .await
+}
+
 /// Writes under load, kills the bridge with SIGKILL twice at different moments and
 /// restarts it each time; returns the committed writes (the snapshot's rows as
 /// negative numbers) and how often a
@@ -159,27 +189,7 @@ async fn crash_twice(exactly_once: bool) -> (Vec<i64>, BTreeMap<i64, usize>) {
     committed.extend((1..=SNAPSHOT_ROWS).map(|g| -g));
     let topic = args.topic(&format!("public.{table}"));
     let expected: HashSet<i64> = committed.iter().copied().collect();
-    let counts = wait_for(
-        Duration::from_secs(180),
-        "every committed write in Kafka",
-        || {
-            let (topic, brokers, expected) = (topic.clone(), args.kafka.clone(), expected.clone());
-            async move {
-                let seen = tokio::task::spawn_blocking(move || read_committed(&brokers, &topic))
-                    .await
-                    .unwrap();
-                let mut counts = BTreeMap::<i64, usize>::new();
-                for w in seen.iter().filter_map(write_of) {
-                    *counts.entry(w).or_default() += 1;
-                }
-                expected
-                    .iter()
-                    .all(|w| counts.contains_key(w))
-                    .then_some(counts)
-            }
-        },
-    )
-    .await;
+    let counts = counts_once_complete(&args.kafka, &topic, &expected).await;
     assert!(
         bridge.sigterm(Duration::from_secs(60)).success(),
         "{}",
@@ -352,27 +362,7 @@ async fn exactly_once_an_aborted_transaction_is_written_again_without_gap_or_dup
     let committed = writer.await.unwrap();
     let expected: HashSet<i64> = committed.iter().copied().collect();
     let topic = args.topic(&format!("public.{table}"));
-    let counts = wait_for(
-        Duration::from_secs(180),
-        "every committed write in Kafka after the outage",
-        || {
-            let (topic, brokers, expected) = (topic.clone(), args.kafka.clone(), expected.clone());
-            async move {
-                let seen = tokio::task::spawn_blocking(move || read_committed(&brokers, &topic))
-                    .await
-                    .unwrap();
-                let mut counts = BTreeMap::<i64, usize>::new();
-                for w in seen.iter().filter_map(write_of) {
-                    *counts.entry(w).or_default() += 1;
-                }
-                expected
-                    .iter()
-                    .all(|w| counts.contains_key(w))
-                    .then_some(counts)
-            }
-        },
-    )
-    .await;
+    let counts = counts_once_complete(&args.kafka, &topic, &expected).await;
     let twice = counts.values().filter(|&&n| n > 1).count();
     let log = bridge.log_text();
     eprintln!(
