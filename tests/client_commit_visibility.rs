@@ -44,7 +44,10 @@ async fn a_commit_that_becomes_visible_late_is_not_missed() {
     let name = unique("visibility");
     let table = format!("{name}_t");
     create_table(&pg, &table).await;
-    let (mut bridge, args) = start_bridge(&name, &[&format!("public.{table}")]).await;
+    // No initial snapshot: the topic's first record is to be the late commit.
+    let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
+    args.extra = vec!["--snapshot".into(), "never".into()];
+    let (mut bridge, args) = start_bridge_with(args).await;
     let topic = args.topic(&format!("public.{table}"));
 
     let waiting = WaitingCommits::on();

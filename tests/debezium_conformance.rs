@@ -202,6 +202,29 @@ async fn debezium_format_matches_debeziums_documented_values_per_mode() {
             .and_then(|r| r.value.clone())
             .expect("create of row 2");
         check_columns(&create["after"], want, &what);
+        // Row 1 was there before the slot: the initial snapshot wrote it as op r, with
+        // the values the stream writes and Debezium's snapshot envelope.
+        let read = recs
+            .iter()
+            .find(|r| r.key == json!({"id": 1}))
+            .and_then(|r| r.value.clone())
+            .expect("the r record of row 1");
+        assert_eq!(read["op"], "r", "{what}");
+        assert!(read["before"].is_null(), "{what}: before of op r");
+        check_columns(&read["after"], want, &format!("{what}, op r"));
+        assert!(
+            [
+                "first",
+                "true",
+                "last",
+                "first_in_data_collection",
+                "last_in_data_collection"
+            ]
+            .contains(&read["source"]["snapshot"].as_str().unwrap_or_default()),
+            "{what}: source.snapshot {}",
+            read["source"]["snapshot"]
+        );
+        assert_eq!(read["source"]["name"], json!(args.prefix));
         // Debezium's envelope fields.
         let source = &create["source"];
         assert_eq!(source["name"], json!(args.prefix), "{what}: source.name");

@@ -50,7 +50,8 @@ use futures::{pin_mut, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tidemark_core::pg::snapshot::Snapshot;
 use tidemark_core::wire::TableName;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::types::{FromSql, Type};
+use tokio_postgres::Client;
 use tracing::{info, warn};
 
 use super::lock;
@@ -254,6 +255,18 @@ pub async fn run(
         .filter(|t| !progress.done.contains_key(*t))
         .cloned()
         .collect();
+    // In a SQL_ASCII database the server checks text against a UTF-8 client's encoding
+    // and fails on the first byte that is not UTF-8; with no conversion it sends the
+    // bytes as stored, as pgoutput does, and the codec reads them (as the cache's load).
+    client
+        .batch_execute(
+            "SELECT pg_catalog.set_config('client_encoding', 'SQL_ASCII', false) \
+             WHERE pg_catalog.current_setting('server_encoding') = 'SQL_ASCII'",
+        )
+        .await
+        .map_err(BridgeError::postgres(
+            "matching the client encoding to a SQL_ASCII database",
+        ))?;
     let count = todo.len();
     for (i, name) in todo.into_iter().enumerate() {
         let table = TableName::parse(&name).ok_or_else(|| {
@@ -289,6 +302,24 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// A value's text as its bytes, whatever the encoding (the rows' columns are `text`
+/// in the binary format, which is the bytes themselves).
+struct Text(Datum);
+
+impl<'a> FromSql<'a> for Text {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Text(Datum::Text(bytes::Bytes::copy_from_slice(raw))))
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Text(Datum::Null))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TEXT
+    }
 }
 
 /// Where a table stands in the whole snapshot, for `source.snapshot`.
@@ -374,7 +405,8 @@ async fn read_table(
     let rel = tables.learn_from_catalog(client, table).await?;
     let columns: Vec<String> = client
         .query(
-            "SELECT quote_ident(attname) FROM pg_catalog.pg_attribute \
+            "SELECT format('CASE WHEN num_nulls(%1$I) = 1 THEN NULL ELSE format(''%%s'', %1$I) END', attname) \
+             FROM pg_catalog.pg_attribute \
              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
              ORDER BY attnum",
             &[&rel],
@@ -384,12 +416,15 @@ async fn read_table(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    // The simple query protocol returns every value as its type's output text, which
-    // is what pgoutput sends (a cast to text would not be: `true::text` is `true`,
-    // pgoutput sends `t`; `inet`'s cast adds the netmask), and streams the rows.
+    // Each value as its type's output text, which is what pgoutput sends: `format`'s
+    // `%s` calls the output function (a cast to text would not: `true::text` is `true`
+    // where pgoutput sends `t`, and `inet`'s cast adds the netmask), and `num_nulls`
+    // tells SQL NULL from a composite whose fields are all null. The text arrives as
+    // its bytes, in the server's encoding, as pgoutput's do (in a SQL_ASCII database
+    // they need not be UTF-8).
     let sql = format!("SELECT {} FROM ONLY {}", columns.join(", "), table.quoted());
     let rows = client
-        .simple_query_raw(&sql)
+        .query_raw(sql.as_str(), std::iter::empty::<&str>())
         .await
         .map_err(pg("reading the rows"))?;
     pin_mut!(rows);
@@ -399,23 +434,14 @@ async fn read_table(
     let mut pending: Option<crate::source::pgoutput::Tuple> = None;
     let mut written = 0u64;
     loop {
-        let tuple = loop {
-            match rows.try_next().await.map_err(pg("reading the rows"))? {
-                Some(SimpleQueryMessage::Row(row)) => {
-                    break Some(
-                        (0..columns.len())
-                            .map(|i| match row.get(i) {
-                                Some(text) => {
-                                    Datum::Text(bytes::Bytes::copy_from_slice(text.as_bytes()))
-                                }
-                                None => Datum::Null,
-                            })
-                            .collect::<Vec<_>>(),
-                    )
-                }
-                Some(_) => {}
-                None => break None,
-            }
+        let tuple = match rows.try_next().await.map_err(pg("reading the rows"))? {
+            Some(row) => Some(
+                (0..columns.len())
+                    .map(|i| row.try_get::<_, Text>(i).map(|t| t.0))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(pg("reading a value"))?,
+            ),
+            None => None,
         };
         if let Some(previous) = pending.take() {
             let record = tables.snapshot_record(
