@@ -143,8 +143,10 @@ async fn until_rebuilt(pg: &Client, table: &str, topic: &str) -> Vec<Rec> {
     .await
 }
 
+/// The `source.snapshot` marks other than `"true"`, sorted (records come partition by
+/// partition, so their order says nothing).
 fn marks(records: &[Rec]) -> Vec<String> {
-    records
+    let mut marks: Vec<String> = records
         .iter()
         .filter_map(|r| r.value.as_ref())
         .filter(|v| v["op"] == "r")
@@ -155,7 +157,9 @@ fn marks(records: &[Rec]) -> Vec<String> {
                 .to_owned()
         })
         .filter(|m| m != "true")
-        .collect()
+        .collect();
+    marks.sort();
+    marks
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,12 +191,8 @@ async fn the_snapshot_and_the_stream_rebuild_the_table_under_concurrent_writes()
     );
     assert!(reads >= 3000 * 3 / 4, "{reads} r records");
     assert_eq!(
-        (
-            m.first().map(String::as_str),
-            m.last().map(String::as_str),
-            m.len()
-        ),
-        (Some("first"), Some("last"), 2),
+        m,
+        ["first", "last"],
         "one table: its first row is the snapshot's first, its last the snapshot's last"
     );
     assert!(
@@ -364,7 +364,11 @@ async fn a_bridge_killed_during_the_snapshot_reads_only_the_unfinished_table_aga
         2,
         "the unfinished table is read again: {m2:?}"
     );
-    assert_eq!(m2.last().map(String::as_str), Some("last"));
+    assert_eq!(
+        m2.iter().filter(|m| *m == "last").count(),
+        1,
+        "the snapshot's last row: {m2:?}"
+    );
     // And a cache of each ends equal to its table.
     for table in [&first, &second] {
         let c = args.row_cache(table).build().await.expect("cache");
