@@ -89,10 +89,7 @@ pub(crate) async fn connect(config: &Config) -> Result<Client> {
         },
     })?;
     client
-        .batch_execute(
-            "SELECT pg_catalog.set_config('client_encoding', 'SQL_ASCII', false) \
-             WHERE pg_catalog.current_setting('server_encoding') = 'SQL_ASCII'",
-        )
+        .batch_execute(tidemark_core::pg::MATCH_SQL_ASCII_SQL)
         .await
         .map_err(Error::postgres(
             "matching the client encoding to a SQL_ASCII database",

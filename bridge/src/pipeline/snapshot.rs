@@ -255,14 +255,8 @@ pub async fn run(
         .filter(|t| !progress.done.contains_key(*t))
         .cloned()
         .collect();
-    // In a SQL_ASCII database the server checks text against a UTF-8 client's encoding
-    // and fails on the first byte that is not UTF-8; with no conversion it sends the
-    // bytes as stored, as pgoutput does, and the codec reads them (as the cache's load).
     client
-        .batch_execute(
-            "SELECT pg_catalog.set_config('client_encoding', 'SQL_ASCII', false) \
-             WHERE pg_catalog.current_setting('server_encoding') = 'SQL_ASCII'",
-        )
+        .batch_execute(tidemark_core::pg::MATCH_SQL_ASCII_SQL)
         .await
         .map_err(BridgeError::postgres(
             "matching the client encoding to a SQL_ASCII database",

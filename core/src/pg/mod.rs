@@ -32,6 +32,16 @@ use crate::wire::SESSION_OPTIONS;
 
 pub mod catalog;
 pub mod snapshot;
+
+/// SQL that sets the session's client encoding to `SQL_ASCII` in a `SQL_ASCII`
+/// database and does nothing elsewhere. There PostgreSQL checks the text it sends a
+/// UTF-8 client and fails a whole read on the first byte that is not UTF-8; with no
+/// conversion it sends the bytes as stored, as pgoutput does, which the codec reads
+/// losslessly ([`crate::wire::codec::text_of`]). For the cache's load and the bridge's
+/// snapshot alike.
+pub const MATCH_SQL_ASCII_SQL: &str =
+    "SELECT pg_catalog.set_config('client_encoding', 'SQL_ASCII', false) \
+     WHERE pg_catalog.current_setting('server_encoding') = 'SQL_ASCII'";
 mod tls;
 
 /// The URL query parameters this module handles itself instead of `tokio-postgres`.
