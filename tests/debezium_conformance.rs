@@ -80,6 +80,7 @@ fn modes(decimal: DecimalMode, time: TimePrecisionMode, binary: BinaryMode) -> M
         decimal,
         time,
         binary,
+        schemas: false,
     }
 }
 
