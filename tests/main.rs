@@ -31,3 +31,4 @@ mod kafka_sasl_ssl;
 mod kafka_transactions;
 mod postgres_tls;
 mod table_shapes;
+mod value_schema;

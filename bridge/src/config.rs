@@ -163,6 +163,9 @@ pub struct Cli {
     /// With --value-format debezium: bytea as bytes (base64 in JSON), base64, base64-url-safe or hex [default: bytes].
     #[arg(long, env = "TIDEMARK_BINARY_HANDLING_MODE")]
     pub binary_handling_mode: Option<String>,
+    /// Write every record key and value as Kafka Connect's JsonConverter does with schemas.enable=true: {"schema": ..., "payload": ...}, with the schemas Debezium declares (see docs/value-formats.md); needs --value-format debezium, and clients built with Builder::value_schema(true) [default: off].
+    #[arg(long, env = "TIDEMARK_VALUE_SCHEMA")]
+    pub value_schema: bool,
     /// When the bridge creates its slot, first write every row of the tables whose topics are still empty as an op "r" record (initial), or write only changes (never) [default: initial].
     #[arg(long, env = "TIDEMARK_SNAPSHOT", value_enum)]
     pub snapshot: Option<SnapshotMode>,
@@ -254,6 +257,7 @@ struct FileConfig {
     decimal_handling_mode: Option<String>,
     time_precision_mode: Option<String>,
     binary_handling_mode: Option<String>,
+    value_schema: Option<bool>,
 }
 
 /// A PostgreSQL URL, and a password given apart from it, whose `Debug` and `Display`
@@ -356,7 +360,7 @@ pub struct Config {
 pub struct RecordSettings {
     /// What a TRUNCATE becomes.
     pub truncate: TruncateMode,
-    /// The encoding of the values.
+    /// The encoding of the values; with `--value-schema`, [`Modes::schemas`].
     pub format: ValueFormat,
 }
 
@@ -384,12 +388,19 @@ fn value_format(
     decimal: Option<String>,
     time: Option<String>,
     binary: Option<String>,
+    schemas: bool,
 ) -> Result<ValueFormat, BridgeError> {
     let decimal: Option<DecimalMode> = parse_setting("decimal-handling-mode", decimal)?;
     let time: Option<TimePrecisionMode> = parse_setting("time-precision-mode", time)?;
     let binary: Option<BinaryMode> = parse_setting("binary-handling-mode", binary)?;
     match format.as_deref().map(str::trim) {
         None | Some("tidemark") => {
+            if schemas {
+                return Err(invalid(
+                    "value-schema",
+                    "--value-schema writes the Kafka Connect schemas Debezium declares, which describe only Debezium's value format (tidemark's embeds json values, which no Connect schema describes); add --value-format debezium, or leave out --value-schema",
+                ));
+            }
             if decimal.is_some() || time.is_some() || binary.is_some() {
                 return Err(invalid(
                     "value-format",
@@ -402,6 +413,7 @@ fn value_format(
             decimal: decimal.unwrap_or_default(),
             time: time.unwrap_or_default(),
             binary: binary.unwrap_or_default(),
+            schemas,
         })),
         Some(other) => Err(invalid(
             "value-format",
@@ -634,6 +646,7 @@ impl Config {
                     cli.decimal_handling_mode.or(file.decimal_handling_mode),
                     cli.time_precision_mode.or(file.time_precision_mode),
                     cli.binary_handling_mode.or(file.binary_handling_mode),
+                    cli.value_schema || file.value_schema.unwrap_or(false),
                 )?,
             },
         };
@@ -943,6 +956,7 @@ mod tests {
             c.records.format,
             ValueFormat::Debezium(Modes {
                 time: TimePrecisionMode::Connect,
+                schemas: false,
                 ..Modes::default()
             })
         );
@@ -959,6 +973,15 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.to_string().contains("base64-url-safe"), "{err}");
+        assert!(!with(&["--value-format", "debezium"])
+            .unwrap()
+            .records
+            .format
+            .schemas());
+        let c = with(&["--value-format", "debezium", "--value-schema"]).unwrap();
+        assert!(c.records.format.schemas());
+        let err = with(&["--value-schema"]).unwrap_err();
+        assert!(err.to_string().contains("--value-format debezium"), "{err}");
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub struct Builder<K, V> {
     channel_capacity: usize,
     xid_filter: bool,
     value_format: ValueFormat,
+    value_schema: bool,
     checkpoints: crate::config::CheckpointSettings,
     encoders: Option<Encoders<K, V>>,
     _types: PhantomData<fn() -> (K, V)>,
@@ -96,6 +97,7 @@ impl<K, V> Builder<K, V> {
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             xid_filter: true,
             value_format: ValueFormat::Tidemark,
+            value_schema: false,
             checkpoints: crate::config::CheckpointSettings {
                 every: DEFAULT_CHECKPOINT_INTERVAL,
                 ..Default::default()
@@ -157,6 +159,16 @@ impl<K, V> Builder<K, V> {
     /// `tidemark.format` header names another format stops the cache with an error.
     pub fn value_format(mut self, format: ValueFormat) -> Self {
         self.value_format = format;
+        self
+    }
+
+    /// Whether the bridge writes keys and values with their Kafka Connect schema, as
+    /// `{"schema": …, "payload": …}` (`--value-schema`) [default: false]. Needs a
+    /// Debezium [`Builder::value_format`]; the same as setting its
+    /// `Modes::schemas`. The cache unwraps the payloads, and computes the key
+    /// (whose bytes decide a row's partition) with its schema, as the bridge does.
+    pub fn value_schema(mut self, on: bool) -> Self {
+        self.value_schema = on;
         self
     }
 
@@ -248,6 +260,21 @@ impl<K, V> Builder<K, V> {
             }
             None => table.topic(self.topic_prefix.trim()),
         };
+        let value_format = match (self.value_format, self.value_schema) {
+            (format, false) => format,
+            (ValueFormat::Debezium(modes), true) => ValueFormat::Debezium(
+                tidemark_core::wire::debezium::Modes {
+                    schemas: true,
+                    ..modes
+                },
+            ),
+            (ValueFormat::Tidemark, true) => {
+                return Err(bad(
+                    "value_schema",
+                    "the bridge writes schemas only with --value-format debezium; set Builder::value_format to the bridge's Debezium format too",
+                ))
+            }
+        };
         if let Strategy::Watermark { ts_column } = &self.strategy {
             if ts_column.trim().is_empty() {
                 return Err(bad("strategy", "the watermark strategy needs a ts column"));
@@ -291,7 +318,8 @@ impl<K, V> Builder<K, V> {
             owner_column: self.owner_column.clone(),
             channel_capacity: self.channel_capacity,
             xid_filter: self.xid_filter,
-            value_format: self.value_format,
+            value_format,
+            topic_prefix: self.topic_prefix.trim().to_owned(),
             checkpoints: self.checkpoints.clone(),
         })
     }
@@ -439,6 +467,19 @@ mod tests {
             "app.public.accounts"
         );
         assert_eq!(base().topic("x").validate().unwrap().topic, "x");
+    }
+
+    #[test]
+    fn value_schema_needs_debeziums_format_and_sets_its_mode() {
+        assert_eq!(field(base().value_schema(true)), "value_schema");
+        let c = base()
+            .value_format(ValueFormat::Debezium(Default::default()))
+            .value_schema(true)
+            .validate()
+            .unwrap();
+        assert!(c.value_format.schemas());
+        assert!(c.value_format.describe().ends_with(";schemas.enable=true"));
+        assert!(!base().validate().unwrap().value_format.schemas());
     }
 
     #[test]

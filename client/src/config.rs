@@ -70,6 +70,9 @@ pub(crate) struct Config {
     pub xid_filter: bool,
     /// The encoding of the topic's values ([`crate::Builder::value_format`]).
     pub value_format: tidemark_core::wire::ValueFormat,
+    /// The bridge's topic prefix: the first part of the key's schema name with
+    /// `--value-schema`.
+    pub topic_prefix: String,
     /// Where checkpoints are read and written.
     pub checkpoints: CheckpointSettings,
 }

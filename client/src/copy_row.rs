@@ -449,6 +449,7 @@ mod tests {
                     has_octet_length: false,
                 }],
                 key: vec![0],
+                key_schema: None,
             };
             for raw in values {
                 let bridge = key::encode([("k", &kind.decode(raw).unwrap())]);

@@ -53,6 +53,7 @@ use crate::state::{Origin, PartitionPosition, Status};
 use crate::table::TableInfo;
 use rdkafka::message::Headers as _;
 use tidemark_core::pg::snapshot::Snapshot;
+use tidemark_core::wire::connect;
 use tidemark_core::wire::debezium::FORMAT_HEADER;
 use tidemark_core::wire::envelope::{
     Position, SlotMarker, TombstoneStamp, SLOT_MARKER_HEADER, SNAPSHOT_HEADER, TOMBSTONE_HEADER,
@@ -191,6 +192,9 @@ struct Record {
     timestamp_ms: Option<i64>,
     /// The value format the record names ([`FORMAT_HEADER`]), when it names one.
     format: Option<String>,
+    /// Whether the key and value are wrapped as `{"schema": …, "payload": …}`, as the
+    /// format header says (`--value-schema`).
+    wrapped: bool,
 }
 
 impl Record {
@@ -214,12 +218,14 @@ impl Record {
         let snapshot = header(SNAPSHOT_HEADER)
             .map(|v| Snapshot::parse(&String::from_utf8_lossy(&v)).map_err(|e| e.to_string()));
         let format = header(FORMAT_HEADER).map(|v| String::from_utf8_lossy(&v).into_owned());
+        let wrapped = format.as_deref().is_some_and(connect::header_says_wrapped);
         if marker.is_some() {
             return Record {
                 partition: m.partition(),
                 offset: m.offset(),
                 timestamp_ms: m.timestamp().to_millis(),
                 format,
+                wrapped,
                 stamp: None,
                 marker,
                 snapshot: None,
@@ -232,13 +238,14 @@ impl Record {
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
             format,
+            wrapped,
             stamp,
             marker: None,
             snapshot,
             key: m.key().map(<[u8]>::to_vec),
             value: match m.payload() {
                 None => Ok(None),
-                Some(bytes) => serde_json::from_slice::<Envelope>(bytes)
+                Some(bytes) => connect::read::<Envelope>(bytes, wrapped)
                     .map(Some)
                     .map_err(|e| format!("not a change envelope: {e}")),
             },
@@ -412,7 +419,7 @@ where
         let key = rec
             .key
             .as_deref()
-            .and_then(|k| serde_json::from_slice::<Row>(k).ok())
+            .and_then(|k| connect::read::<Row>(k, rec.wrapped).ok())
             .and_then(|k| typed_key::<K>(&k).ok());
         match key {
             Some(key) => {
@@ -430,7 +437,7 @@ where
             return Some(End::Fail(Error::Config {
                 field: "value_format",
                 problem: format!(
-                    "the records of {} are in the value format {format} (record header {FORMAT_HEADER}, the bridge's --value-format and its modes), but the cache is built for {}; build the cache with Builder::value_format matching the bridge's settings",
+                    "the records of {} are in the value format {format} (record header {FORMAT_HEADER}, the bridge's --value-format and its modes), but the cache is built for {}; build the cache with Builder::value_format (and Builder::value_schema for --value-schema) matching the bridge's settings",
                     self.topic, self.value_format
                 ),
             }));
@@ -542,7 +549,11 @@ where
             self.applier.count_applied(commit_ms);
             return None;
         }
-        let key_row = match rec.key.as_deref().map(serde_json::from_slice::<Row>) {
+        let key_row = match rec
+            .key
+            .as_deref()
+            .map(|k| connect::read::<Row>(k, rec.wrapped))
+        {
             Some(Ok(k)) => k,
             Some(Err(e)) => {
                 self.bad(&rec, &format!("the key is not a JSON object: {e}"));

@@ -41,6 +41,7 @@ use crate::state::Origin;
 use crate::table::{TableInfo, ToastCopy};
 use tidemark_core::pg::snapshot::Snapshot;
 use tidemark_core::pg::ConnectError;
+use tidemark_core::wire::connect;
 use tidemark_core::wire::partitioner::partition_of;
 use tidemark_core::wire::{TableName, ValueFormat, ValueKind};
 
@@ -112,6 +113,7 @@ pub(crate) async fn load<K, V>(
     client: &mut Client,
     name: &TableName,
     format: &ValueFormat,
+    prefix: &str,
     partitions: i32,
     ts_column: Option<&str>,
     applier_for: impl FnOnce(&TableInfo) -> Result<Applier<K, V>>,
@@ -153,7 +155,8 @@ where
         problem: e.to_string(),
     })?;
     let snapshot_ms: i64 = row.get(1);
-    let table = TableInfo::read(&txn, name, format).await?;
+    let mut table = TableInfo::read(&txn, name, format).await?;
+    table.set_key_schema(format, prefix)?;
     let applier = applier_for(&table)?;
     let max_ts = match ts_column {
         Some(col) => {
@@ -328,6 +331,9 @@ struct Store<'a, K, V> {
     owner: Option<usize>,
     /// Scratch space for the key's JSON bytes.
     key_bytes: Vec<u8>,
+    /// With `--value-schema`, the key's schema, which the key's bytes (and so its
+    /// partition) include.
+    key_schema: Option<Arc<Vec<u8>>>,
 }
 
 impl<'a, K, V> Store<'a, K, V>
@@ -365,6 +371,7 @@ where
             ts: applier.ts_column.as_deref().and_then(|c| table.column(c)),
             owner: applier.owner.as_ref().and_then(|(c, _)| table.column(c)),
             key_bytes: Vec::with_capacity(64),
+            key_schema: table.key_schema.clone(),
         }
     }
 
@@ -384,6 +391,9 @@ where
         };
         row.write_object(&table.key, &mut self.key_bytes)
             .map_err(decode)?;
+        if let Some(schema) = &self.key_schema {
+            self.key_bytes = connect::wrap(schema, &self.key_bytes);
+        }
         let partition = partition_of(&self.key_bytes, self.partitions);
         let key: K = match row.deserialize(&table.key) {
             Ok(k) => k,

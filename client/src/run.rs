@@ -264,6 +264,7 @@ where
         &mut pg,
         &config.table,
         &config.value_format,
+        &config.topic_prefix,
         partitions,
         ts_column.as_deref(),
         |table: &TableInfo| applier_for(config, shared, table, ts_column.as_deref(), generation),

@@ -107,9 +107,35 @@ pub(crate) struct TableInfo {
     pub columns: Vec<Column>,
     /// Indexes into `columns` of the primary key, in key order.
     pub key: Vec<usize>,
+    /// With `--value-schema`, the key's Kafka Connect schema, serialised: a key's bytes
+    /// (and so its partition) include it ([`TableInfo::set_key_schema`]).
+    pub key_schema: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl TableInfo {
+    /// Sets [`TableInfo::key_schema`] as the bridge computes it for `format` and the
+    /// topic prefix `prefix`: from the key columns' names and kinds, in key order.
+    pub fn set_key_schema(&mut self, format: &ValueFormat, prefix: &str) -> Result<()> {
+        self.key_schema = if format.schemas() {
+            let cols = self
+                .key
+                .iter()
+                .filter_map(|&i| self.columns.get(i))
+                .map(|c| (c.name.as_str(), &c.kind));
+            let schema = tidemark_core::wire::connect::key_schema(prefix, &self.name, cols)
+                .map_err(|e| Error::Config {
+                    field: "value_schema",
+                    problem: e.to_string(),
+                })?;
+            Some(std::sync::Arc::new(tidemark_core::wire::connect::compact(
+                &schema,
+            )))
+        } else {
+            None
+        };
+        Ok(())
+    }
+
     /// Reads the table's columns, types and primary key; the columns' kinds are those
     /// of `format`, the encoding of the topic's values.
     pub async fn read(
@@ -189,6 +215,7 @@ impl TableInfo {
             name: name.clone(),
             columns,
             key,
+            key_schema: None,
         })
     }
 
@@ -323,6 +350,34 @@ pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
+    #[test]
+    fn key_schema_is_the_bridges() {
+        use tidemark_core::wire::debezium::Modes;
+        let format = ValueFormat::Debezium(Modes {
+            schemas: true,
+            ..Modes::default()
+        });
+        let kind = |oid| ValueKind::for_format(&format, oid, 0, -1, "");
+        let mut table = sample();
+        table.columns[0].kind = kind(20);
+        table.columns[1].kind = kind(25);
+        table.key = vec![1, 0];
+        table.set_key_schema(&format, "app").unwrap();
+        let key: serde_json::Value =
+            serde_json::from_slice(table.key_schema.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            key,
+            json!({"type": "struct", "fields": [
+                {"type": "string", "optional": false, "field": "name"},
+                {"type": "int64", "optional": false, "field": "id"}],
+                "optional": false, "name": "app.public.t.Key"})
+        );
+        table
+            .set_key_schema(&ValueFormat::Debezium(Modes::default()), "app")
+            .unwrap();
+        assert!(table.key_schema.is_none());
+    }
+
     /// `public.t (id int8 PK, name text, doc jsonb, tags text[])`.
     pub(crate) fn sample() -> TableInfo {
         let col = |name: &str, kind, sql_type: &str, toastable| Column {
@@ -345,6 +400,7 @@ pub(crate) mod tests {
                 col("tags", ValueKind::from_type(1009, 25), "text[]", true),
             ],
             key: vec![0],
+            key_schema: None,
         }
     }
 

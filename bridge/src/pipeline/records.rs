@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tidemark_core::pg::snapshot::Snapshot;
+use tidemark_core::wire::connect::{self, TableSchemas};
 use tidemark_core::wire::debezium::FORMAT_HEADER;
 use tidemark_core::wire::envelope::{
     sequence, TombstoneStamp, NEW_KEY_HEADER, OLD_KEY_HEADER, SNAPSHOT_HEADER, TOMBSTONE_HEADER,
@@ -60,6 +61,9 @@ struct Table {
     columns: Vec<(String, ValueKind)>,
     /// Indexes into `columns` of the primary key, in key order.
     key: Vec<usize>,
+    /// With `--value-schema`, the key's and value's Kafka Connect schemas, serialised
+    /// once per Relation message.
+    schemas: Option<TableSchemas>,
 }
 
 /// The key columns of a relation, as indexes into its columns in key order.
@@ -246,6 +250,18 @@ impl Tables {
             rel.columns.into_iter().map(|c| c.name).zip(kinds).collect();
         let topic = name.topic(&self.out.prefix);
         let partitions = *self.partitions.get(&topic).unwrap_or(&1);
+        let schemas = if self.out.format.schemas() {
+            Some(
+                TableSchemas::new(&self.out.prefix, &name, &columns, &key).map_err(|e| {
+                    BridgeError::Setup {
+                        problem: format!("table {name}: {e}"),
+                        fix: "run the bridge with --value-format debezium".into(),
+                    }
+                })?,
+            )
+        } else {
+            None
+        };
         info!(table = %name, columns = columns.len(), "relation");
         self.by_id.insert(
             rel.id,
@@ -256,6 +272,7 @@ impl Tables {
                 partitions,
                 columns,
                 key,
+                schemas,
             },
         );
         Ok(())
@@ -363,10 +380,8 @@ impl Tables {
         env.source.tx_id = None;
         env.source.commit_lsn = None;
         env.source.snapshot = Value::String(mark.to_owned());
-        let mut record = w.record(
-            t.key_of(tuple)?,
-            Some(serde_json::to_vec(&env).map_err(|e| decode_err(e.to_string()))?),
-        );
+        let value = serde_json::to_vec(&env).map_err(|e| decode_err(e.to_string()))?;
+        let mut record = w.record(t.key_of(tuple)?, Some(t.wrap_value(value)));
         record.op = Some("r");
         record
             .headers
@@ -388,6 +403,10 @@ impl Tables {
             decode_err(format!("snapshot of relation {rel} before it was learned"))
         })?;
         let key = key::encode([("tidemark.snapshot", &Value::String(t.label.to_string()))]);
+        let key = match &t.schemas {
+            Some(s) => connect::wrap(&s.snapshot_key, &key),
+            None => key,
+        };
         Ok((0..t.partitions)
             .map(|p| Record {
                 topic: t.topic.clone(),
@@ -503,7 +522,7 @@ impl Tables {
             out.extend((0..t.partitions).map(|p| Record {
                 partition: Some(p),
                 op: (p == 0).then_some("t"),
-                ..w.record(TRUNCATE_KEY.to_vec(), Some(value.clone()))
+                ..w.record(t.truncate_key(), Some(value.clone()))
             }));
         }
         Ok(out)
@@ -567,7 +586,27 @@ impl Table {
             };
             values.push((name.as_str(), value));
         }
-        Ok(key::encode(values.iter().map(|(n, v)| (*n, v))))
+        let key = key::encode(values.iter().map(|(n, v)| (*n, v)));
+        Ok(match &self.schemas {
+            Some(s) => connect::wrap(&s.key, &key),
+            None => key,
+        })
+    }
+
+    /// A value as written: with `--value-schema`, wrapped with the value's schema.
+    fn wrap_value(&self, value: Vec<u8>) -> Vec<u8> {
+        match &self.schemas {
+            Some(s) => connect::wrap(&s.value, &value),
+            None => value,
+        }
+    }
+
+    /// The key of a TRUNCATE record ([`TRUNCATE_KEY`], wrapped with `--value-schema`).
+    fn truncate_key(&self) -> Vec<u8> {
+        match &self.schemas {
+            Some(s) => connect::wrap(&s.truncate_key, TRUNCATE_KEY),
+            None => TRUNCATE_KEY.to_vec(),
+        }
     }
 }
 
@@ -591,6 +630,7 @@ impl Writer<'_> {
         unchanged_toast: Vec<String>,
     ) -> Result<Vec<u8>, BridgeError> {
         serde_json::to_vec(&self.envelope_of(op, before, after, unchanged_toast))
+            .map(|v| self.t.wrap_value(v))
             .map_err(|e| decode_err(e.to_string()))
     }
 

@@ -62,7 +62,7 @@ pub enum BinaryMode {
     Hex,
 }
 
-/// Debezium's three value knobs.
+/// Debezium's three value knobs, and whether records carry their schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Modes {
     /// `decimal.handling.mode`.
@@ -71,6 +71,10 @@ pub struct Modes {
     pub time: TimePrecisionMode,
     /// `binary.handling.mode`.
     pub binary: BinaryMode,
+    /// Whether every key and value is wrapped as `{"schema": …, "payload": …}`, as
+    /// Kafka Connect's JsonConverter writes them with `schemas.enable=true`
+    /// (`--value-schema`; `wire::connect`). It changes no value.
+    pub schemas: bool,
 }
 
 /// The encoding of the values in `before`, `after` and the key.
@@ -87,6 +91,10 @@ pub enum ValueFormat {
 /// format other than tidemark's: [`ValueFormat::describe`]'s text. Records without it
 /// are tidemark's format (or another writer's).
 pub const FORMAT_HEADER: &str = "tidemark.format";
+
+/// What [`ValueFormat::describe`] appends to the [`FORMAT_HEADER`] text when records
+/// carry their Kafka Connect schema ([`Modes::schemas`]).
+pub const SCHEMA_SUFFIX: &str = ";schemas.enable=true";
 
 /// A mode's name could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -142,16 +150,25 @@ names!(
 );
 
 impl ValueFormat {
-    /// `tidemark`, or `debezium;decimal=…;time=…;binary=…`: the text of
+    /// `tidemark`, or `debezium;decimal=…;time=…;binary=…` (followed by
+    /// [`SCHEMA_SUFFIX`] with [`Modes::schemas`]): the text of
     /// [`FORMAT_HEADER`], and how errors name a format.
     pub fn describe(&self) -> String {
         match self {
             ValueFormat::Tidemark => "tidemark".into(),
             ValueFormat::Debezium(m) => format!(
-                "debezium;decimal={};time={};binary={}",
-                m.decimal, m.time, m.binary
+                "debezium;decimal={};time={};binary={}{}",
+                m.decimal,
+                m.time,
+                m.binary,
+                if m.schemas { SCHEMA_SUFFIX } else { "" }
             ),
         }
+    }
+
+    /// Whether keys and values carry their Kafka Connect schema ([`Modes::schemas`]).
+    pub fn schemas(&self) -> bool {
+        matches!(self, ValueFormat::Debezium(m) if m.schemas)
     }
 }
 
@@ -761,6 +778,7 @@ mod tests {
         decimal: DecimalMode::Precise,
         time: TimePrecisionMode::Adaptive,
         binary: BinaryMode::Bytes,
+        schemas: false,
     };
 
     fn with_decimal(decimal: DecimalMode) -> Modes {
@@ -997,11 +1015,18 @@ mod tests {
             decimal: "string".parse().unwrap(),
             time: "adaptive_time_microseconds".parse().unwrap(),
             binary: "base64-url-safe".parse().unwrap(),
+            schemas: false,
         };
         assert_eq!(
             ValueFormat::Debezium(m).describe(),
             "debezium;decimal=string;time=adaptive_time_microseconds;binary=base64-url-safe"
         );
+        let wrapped = ValueFormat::Debezium(Modes { schemas: true, ..m });
+        assert_eq!(
+            wrapped.describe(),
+            "debezium;decimal=string;time=adaptive_time_microseconds;binary=base64-url-safe;schemas.enable=true"
+        );
+        assert!(wrapped.schemas() && !ValueFormat::Debezium(m).schemas());
         assert!("exact".parse::<DecimalMode>().is_err());
         assert_eq!(ValueFormat::Tidemark.describe(), "tidemark");
     }

@@ -4,6 +4,7 @@
 //! these types, so they cannot drift apart.
 
 pub mod codec;
+pub mod connect;
 pub mod debezium;
 pub mod envelope;
 pub mod heartbeat;
