@@ -110,11 +110,11 @@ ensure_postgres() {
   fi
 
   # Logical decoding, and enough slots, WAL senders and connections for the tests
-  # (they run up to 64 slots and a few hundred connections). Restart only when a
-  # setting that needs it changed.
+  # (a run creates over 64 slots, dropped when the test binary exits, and a few
+  # hundred connections). Restart only when a setting that needs it changed.
   psql_admin "ALTER SYSTEM SET wal_level = 'logical'"
   local setting
-  for setting in max_replication_slots:64 max_wal_senders:64 max_connections:300; do
+  for setting in max_replication_slots:160 max_wal_senders:160 max_connections:300; do
     local key=${setting%%:*} want=${setting##*:}
     if [ "$(psql_admin "show $key")" -lt "$want" ]; then
       psql_admin "ALTER SYSTEM SET $key = $want"
