@@ -280,12 +280,12 @@ impl Tables {
 
     /// Learns a configured table from the catalog, as a Relation message would
     /// describe it now (for the snapshot, which reads before the stream starts).
-    /// Returns its OID.
+    /// Returns its OID and its column names, in the order of the records' columns.
     pub async fn learn_from_catalog(
         &mut self,
         client: &Client,
         name: &TableName,
-    ) -> Result<u32, BridgeError> {
+    ) -> Result<(u32, Vec<String>), BridgeError> {
         let pg = |e| BridgeError::postgres(format!("reading the columns of {name}"))(e);
         let row = client
             .query_one(
@@ -296,7 +296,7 @@ impl Tables {
             .map_err(pg)?;
         let (id, identity): (u32, String) = (row.get(0), row.get(1));
         let key = primary_key(client, id).await?;
-        let columns = client
+        let columns: Vec<RelColumn> = client
             .query(
                 "SELECT attname::text, atttypid, atttypmod FROM pg_catalog.pg_attribute \
                  WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
@@ -323,8 +323,9 @@ impl Tables {
             replica_identity: identity.bytes().next().unwrap_or(b'd'),
             columns,
         };
+        let names = rel.columns.iter().map(|c| c.name.clone()).collect();
         self.learn(client, rel).await?;
-        Ok(id)
+        Ok((id, names))
     }
 
     /// From now on, leaves out the changes of `table` that its snapshot holds.

@@ -49,6 +49,7 @@ use std::time::{Duration, Instant};
 use futures::{pin_mut, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tidemark_core::pg::snapshot::Snapshot;
+use tidemark_core::wire::envelope::quote_ident;
 use tidemark_core::wire::TableName;
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::Client;
@@ -396,19 +397,13 @@ async fn read_table(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let rel = tables.learn_from_catalog(client, table).await?;
-    let columns: Vec<String> = client
-        .query(
-            "SELECT format('CASE WHEN num_nulls(%1$I) = 1 THEN NULL ELSE format(''%%s'', %1$I) END', attname) \
-             FROM pg_catalog.pg_attribute \
-             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
-             ORDER BY attnum",
-            &[&rel],
-        )
-        .await
-        .map_err(pg("reading the columns"))?
+    let (rel, names) = tables.learn_from_catalog(client, table).await?;
+    let columns: Vec<String> = names
         .iter()
-        .map(|r| r.get(0))
+        .map(|n| {
+            let c = quote_ident(n);
+            format!("CASE WHEN num_nulls({c}) = 1 THEN NULL ELSE format('%s', {c}) END")
+        })
         .collect();
     // Each value as its type's output text, which is what pgoutput sends: `format`'s
     // `%s` calls the output function (a cast to text would not: `true::text` is `true`
