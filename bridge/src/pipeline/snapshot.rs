@@ -69,6 +69,10 @@ const KIND: &str = "snapshot";
 /// How long a snapshot may wait for transactions older than the slot to finish.
 const OLDER_TRANSACTIONS_DEADLINE: Duration = Duration::from_secs(600);
 
+/// How long the snapshot waits for PostgreSQL's next row (long: a scan can pass many
+/// dead tuples between two rows).
+const ROW_DEADLINE: Duration = Duration::from_secs(300);
+
 /// How long Kafka may take to acknowledge a table's rows once all are sent.
 const ACK_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -423,7 +427,15 @@ async fn read_table(
     let mut pending: Option<crate::source::pgoutput::Tuple> = None;
     let mut written = 0u64;
     loop {
-        let tuple = match rows.try_next().await.map_err(pg("reading the rows"))? {
+        // A connection that stops answering ends the session (transient) instead of
+        // holding the snapshot forever.
+        let next = tokio::time::timeout(ROW_DEADLINE, rows.try_next())
+            .await
+            .map_err(|_| BridgeError::Timeout {
+                during: "reading the snapshot's rows",
+                after: ROW_DEADLINE,
+            })?;
+        let tuple = match next.map_err(pg("reading the rows"))? {
             Some(row) => Some(
                 (0..columns.len())
                     .map(|i| row.try_get::<_, Text>(i).map(|t| t.0))
