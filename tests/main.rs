@@ -31,4 +31,5 @@ mod kafka_sasl_ssl;
 mod kafka_transactions;
 mod postgres_tls;
 mod table_shapes;
+mod transaction_metadata;
 mod value_schema;

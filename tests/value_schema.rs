@@ -196,6 +196,7 @@ async fn value_schema_wraps_keys_and_values_as_connects_json_converter() {
                 "ts_ms",
                 "ts_us",
                 "ts_ns",
+                "transaction",
                 "unchanged_toast"
             ]
         );

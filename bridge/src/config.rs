@@ -166,6 +166,9 @@ pub struct Cli {
     /// Write every record key and value as Kafka Connect's JsonConverter does with schemas.enable=true: {"schema": ..., "payload": ...}, with the schemas Debezium declares (see docs/value-formats.md); needs --value-format debezium, and clients built with Builder::value_schema(true) [default: off].
     #[arg(long, env = "TIDEMARK_VALUE_SCHEMA")]
     pub value_schema: bool,
+    /// Write transaction metadata as Debezium's provide.transaction.metadata does: a BEGIN and an END event (with the count of change records per table) for each transaction on the topic <prefix>.transaction, and a transaction block (id, total_order, data_collection_order) in every change record [default: off].
+    #[arg(long, env = "TIDEMARK_PROVIDE_TRANSACTION_METADATA")]
+    pub provide_transaction_metadata: bool,
     /// When the bridge creates its slot, first write every row of the tables whose topics are still empty as an op "r" record (initial), or write only changes (never) [default: initial].
     #[arg(long, env = "TIDEMARK_SNAPSHOT", value_enum)]
     pub snapshot: Option<SnapshotMode>,
@@ -258,6 +261,8 @@ struct FileConfig {
     time_precision_mode: Option<String>,
     binary_handling_mode: Option<String>,
     value_schema: Option<bool>,
+    #[serde(default)]
+    provide_transaction_metadata: bool,
 }
 
 /// A PostgreSQL URL, and a password given apart from it, whose `Debug` and `Display`
@@ -362,6 +367,9 @@ pub struct RecordSettings {
     pub truncate: TruncateMode,
     /// The encoding of the values; with `--value-schema`, [`Modes::schemas`].
     pub format: ValueFormat,
+    /// Transaction metadata: the `transaction` block in every change record and the
+    /// BEGIN/END events on `<prefix>.transaction` (`--provide-transaction-metadata`).
+    pub transaction_metadata: bool,
 }
 
 /// Parses one setting of `field` with `FromStr`.
@@ -648,6 +656,8 @@ impl Config {
                     cli.binary_handling_mode.or(file.binary_handling_mode),
                     cli.value_schema || file.value_schema.unwrap_or(false),
                 )?,
+                transaction_metadata: cli.provide_transaction_metadata
+                    || file.provide_transaction_metadata,
             },
         };
         let mut config = config;

@@ -59,9 +59,19 @@ fn is_marker(msg: &rdkafka::message::BorrowedMessage<'_>) -> bool {
 }
 
 /// Every record of `topic` but the bridge's markers, partition by partition, up to
-/// the current high watermarks.
+/// the current high watermarks. Committed records only (librdkafka's default
+/// `read_committed`); a partition whose last offset is a transaction marker, which no
+/// consumer receives, ends at its end-of-partition event.
 pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
-    let c = consumer(brokers);
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.auto.commit", "false")
+        .set("group.id", "tidemark-tests-unused")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap_or_else(|e| {
+            panic!("cannot create a Kafka consumer for {brokers} ({e}); {START_STACK}")
+        });
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("broker {brokers} unreachable ({e}); {START_STACK}"));
@@ -89,10 +99,14 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
     let mut done: HashMap<i32, bool> = highs.keys().map(|&p| (p, false)).collect();
     while done.values().any(|d| !d) {
         assert!(Instant::now() < deadline, "reading {topic} timed out");
-        let Some(msg) = c.poll(Duration::from_millis(500)) else {
-            continue;
+        let msg = match c.poll(Duration::from_millis(500)) {
+            None => continue,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                done.insert(p, true);
+                continue;
+            }
+            Some(msg) => msg.expect("consume"),
         };
-        let msg = msg.expect("consume");
         let p = msg.partition();
         if msg.offset() + 1 >= highs[&p] {
             done.insert(p, true);

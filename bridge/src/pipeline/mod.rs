@@ -15,13 +15,16 @@
 //!
 //! With `--exactly-once` the records go out in Kafka transactions and the slot is
 //! confirmed to the position the last committed one stored ([`exactly_once`]);
-//! with `--heartbeat-interval` idle topics get [`heartbeat`] records.
+//! with `--heartbeat-interval` idle topics get [`heartbeat`] records; with
+//! `--provide-transaction-metadata` each transaction gets [`transaction_metadata`]
+//! events.
 
 pub mod exactly_once;
 pub mod frontier;
 pub mod heartbeat;
 pub mod records;
 pub mod snapshot;
+pub mod transaction_metadata;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -38,6 +41,7 @@ use crate::source::{pgoutput, setup, stream};
 use crate::telemetry::{self, Health};
 use frontier::Frontier;
 use records::{Numbering, Output, Tables, TxnInfo};
+use transaction_metadata::{TransactionTopic, TxnOrder};
 
 /// How long a graceful stop waits for Kafka to acknowledge in-flight records.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -166,6 +170,21 @@ async fn mark_new_slot(
     }
     lock(frontier).commit(txn, start);
     info!(slot, lsn = %Lsn(lsn), "new slot: markers written so that caches loaded before it warm-start again");
+    Ok(())
+}
+
+/// Produces `record` as part of frontier transaction `txn`, and counts it in the
+/// open Kafka transaction with `--exactly-once`.
+async fn send_counted(
+    sink: &Sink,
+    txn: u64,
+    record: &Record,
+    eos: Option<&mut exactly_once::Transactions>,
+) -> Result<(), BridgeError> {
+    sink.send(txn, record).await?;
+    if let Some(eos) = eos {
+        eos.produced();
+    }
     Ok(())
 }
 
@@ -318,10 +337,7 @@ async fn write_heartbeats(
     }
     let id = lock(frontier).begin(now_ms);
     for record in &records {
-        sink.send(id, record).await?;
-        if let Some(eos) = eos.as_deref_mut() {
-            eos.produced();
-        }
+        send_counted(sink, id, record, eos.as_deref_mut()).await?;
     }
     let at = lock(frontier).confirmed();
     lock(frontier).commit(id, at);
@@ -340,6 +356,10 @@ pub async fn run_session(
         within_deadline("connecting to PostgreSQL", setup::connect(&config.postgres)).await?;
     setup::prepare(&client, config).await?;
     let partitions = topics::ensure_topics(config).await?;
+    let transaction_topic = match config.records.transaction_metadata {
+        true => Some(TransactionTopic::ensure(config).await?),
+        false => None,
+    };
     let row = client
         .query_one(
             "SELECT current_database()::text, current_setting('server_encoding') = 'SQL_ASCII'",
@@ -459,6 +479,8 @@ pub async fn run_session(
     let _not_streaming = NotStreamingOnDrop(health);
 
     let mut txn: Option<(u64, TxnInfo)> = None;
+    // The open transaction's numbering, with transaction metadata.
+    let mut order: Option<TxnOrder> = None;
     // Inside a transaction that a committed Kafka transaction holds already.
     let mut skipping = false;
     let mut heartbeats = config
@@ -500,6 +522,9 @@ pub async fn run_session(
                                 previous_commit_lsn,
                             };
                             previous_commit_lsn = Some(info.commit_lsn);
+                            order = transaction_topic
+                                .is_some()
+                                .then(|| TxnOrder::new(xid, info.commit_lsn, info.commit_ms));
                             txn = Some((lock(&frontier).begin(info.commit_ms), info));
                             numbering = Numbering::default();
                         }
@@ -514,12 +539,15 @@ pub async fn run_session(
                                     return Err(BridgeError::Decode("change outside a transaction".into()));
                                 };
                                 let lsn = wal_start.as_u64();
-                                for record in tables.records(msg, lsn, numbering.at(lsn), info)? {
-                                    count_record(&record);
-                                    sink.send(*id, &record).await?;
-                                    if let Some(eos) = eos.as_mut() {
-                                        eos.produced();
+                                let records = tables.records(msg, lsn, numbering.at(lsn), info, order.as_ref())?;
+                                if let (Some(o), Some(topic)) = (order.as_mut(), &transaction_topic) {
+                                    if o.take_begin() {
+                                        send_counted(&sink, *id, &topic.begin(o)?, eos.as_mut()).await?;
                                     }
+                                }
+                                for record in records {
+                                    count_record(&record);
+                                    send_counted(&sink, *id, &record, eos.as_mut()).await?;
                                     if let Some(h) = heartbeats.as_mut() {
                                         h.wrote(&record.topic);
                                     }
@@ -531,6 +559,11 @@ pub async fn run_session(
                         if std::mem::take(&mut skipping) {
                             // Its records are committed in Kafka already.
                         } else if let Some((id, _)) = txn.take() {
+                            if let (Some(o), Some(topic)) = (order.take(), &transaction_topic) {
+                                if o.begun() {
+                                    send_counted(&sink, id, &topic.end(&o)?, eos.as_mut()).await?;
+                                }
+                            }
                             lock(&frontier).commit(id, end_lsn.as_u64());
                             if let Some(eos) = eos.as_mut() {
                                 eos.pg_committed(end_lsn.as_u64());

@@ -29,6 +29,7 @@ use tidemark_core::wire::{Envelope, Op, Row, Source, TableName, ValueFormat, Val
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
+use super::transaction_metadata::TxnOrder;
 use crate::config::TruncateMode;
 use crate::error::BridgeError;
 use crate::sink::Record;
@@ -374,6 +375,7 @@ impl Tables {
             seq: 0,
             txn: &txn,
             out: &self.out,
+            order: None,
         };
         let (after, _) = t.row(tuple)?;
         let mut env = w.envelope_of(Op::Read, None, Some(after), Vec::new());
@@ -425,13 +427,15 @@ impl Tables {
 
     /// The records for one change at `lsn` of transaction `txn`. `seq` numbers the
     /// changes that share `lsn` (see [`Numbering`]): the first record gets `*seq`, and
-    /// `*seq` is moved past the numbers used.
+    /// `*seq` is moved past the numbers used. With transaction metadata, `order`
+    /// numbers the change records in the transaction.
     pub fn records(
         &mut self,
         msg: Message,
         lsn: u64,
         seq: &mut u32,
         txn: &TxnInfo,
+        order: Option<&TxnOrder>,
     ) -> Result<Vec<Record>, BridgeError> {
         let rel = match &msg {
             Message::Insert { rel, .. }
@@ -443,7 +447,7 @@ impl Tables {
                     .copied()
                     .filter(|&r| !self.in_snapshot(r, txn))
                     .collect();
-                let out = self.truncates(&rels, lsn, *seq, txn);
+                let out = self.truncates(&rels, lsn, *seq, txn, order);
                 *seq += 1;
                 return out;
             }
@@ -463,6 +467,7 @@ impl Tables {
             seq: *seq,
             txn,
             out: &self.out,
+            order,
         };
         *seq += 1;
         Ok(match msg {
@@ -502,6 +507,7 @@ impl Tables {
         lsn: u64,
         seq: u32,
         txn: &TxnInfo,
+        order: Option<&TxnOrder>,
     ) -> Result<Vec<Record>, BridgeError> {
         let mut out = Vec::new();
         for t in rels.iter().filter_map(|r| self.by_id.get(r)) {
@@ -518,13 +524,18 @@ impl Tables {
                 seq,
                 txn,
                 out: &self.out,
+                order,
             };
-            let value = w.envelope(Op::Truncate, None, None, Vec::new())?;
-            out.extend((0..t.partitions).map(|p| Record {
-                partition: Some(p),
-                op: (p == 0).then_some("t"),
-                ..w.record(t.truncate_key(), Some(value.clone()))
-            }));
+            // An envelope per partition: with transaction metadata each record is
+            // one change record of the transaction, with its own place in it.
+            for p in 0..t.partitions {
+                let value = w.envelope(Op::Truncate, None, None, Vec::new())?;
+                out.push(Record {
+                    partition: Some(p),
+                    op: (p == 0).then_some("t"),
+                    ..w.record(t.truncate_key(), Some(value))
+                });
+            }
         }
         Ok(out)
     }
@@ -620,6 +631,8 @@ struct Writer<'a> {
     seq: u32,
     txn: &'a TxnInfo,
     out: &'a Output,
+    /// With transaction metadata, the transaction's numbering of its change records.
+    order: Option<&'a TxnOrder>,
 }
 
 impl Writer<'_> {
@@ -667,6 +680,7 @@ impl Writer<'_> {
                 snapshot: Value::String("false".into()),
                 sequence: Some(sequence(self.txn.previous_commit_lsn, self.lsn)),
             },
+            transaction: self.order.map(|o| o.next(&self.t.label)),
             unchanged_toast,
         }
     }

@@ -14,8 +14,6 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
@@ -47,39 +45,16 @@ pub fn key(slot: &str, kind: &str) -> Vec<u8> {
 /// Creates the state topic when it is missing: one partition, compacted, with the
 /// replication factor and topic settings of the table topics.
 pub async fn ensure_topic(config: &Config) -> Result<(), BridgeError> {
-    let name = topic(config);
-    let admin: AdminClient<DefaultClientContext> = client_config(config)
-        .create()
-        .map_err(BridgeError::kafka("creating the admin client"))?;
-    let spec = config.topic_config.iter().fold(
-        NewTopic::new(&name, 1, TopicReplication::Fixed(config.replication_factor))
-            .set("cleanup.policy", "compact"),
-        |t, (k, v)| {
-            // Retention by time would forget a finished snapshot.
-            if k == "retention.ms" || k == "cleanup.policy" {
-                t
-            } else {
-                t.set(k, v)
-            }
-        },
-    );
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .create_topics([&spec], &opts)
-        .await
-        .map_err(BridgeError::kafka("creating the state topic"))?;
-    for result in results {
-        match result {
-            Ok(name) => tracing::info!(topic = %name, "created the state topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                return Err(BridgeError::kafka(format!("creating topic {name}"))(
-                    KafkaError::AdminOp(code),
-                ))
-            }
-        }
-    }
-    Ok(())
+    // Retention by time would forget a finished snapshot.
+    crate::sink::topics::ensure_own_topic(
+        config,
+        &topic(config),
+        &[("cleanup.policy", "compact")],
+        &["retention.ms"],
+        "the state topic",
+    )
+    .await
+    .map(|_| ())
 }
 
 /// The newest state document under `key`, `None` when there is none (or it was

@@ -177,6 +177,53 @@ pub async fn record_limits<'a>(
     limits
 }
 
+/// Creates one of the bridge's own topics (not a table's) when it is missing: one
+/// partition, `settings`, and the configured topic settings but those named in
+/// `settings` or `not_here`. Returns its partition count (an existing topic is kept
+/// as it is). `what` names the topic in logs and errors.
+pub async fn ensure_own_topic(
+    config: &Config,
+    name: &str,
+    settings: &[(&str, &str)],
+    not_here: &[&str],
+    what: &str,
+) -> Result<i32, BridgeError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config)
+        .create()
+        .map_err(BridgeError::kafka("creating the admin client"))?;
+    let base = settings.iter().fold(
+        NewTopic::new(name, 1, TopicReplication::Fixed(config.replication_factor)),
+        |t, (k, v)| t.set(k, v),
+    );
+    let spec = config.topic_config.iter().fold(base, |t, (k, v)| {
+        let theirs = settings.iter().any(|(own, _)| own == k) || not_here.contains(&k.as_str());
+        if theirs {
+            t
+        } else {
+            t.set(k, v)
+        }
+    });
+    let opts = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+    let results = admin
+        .create_topics([&spec], &opts)
+        .await
+        .map_err(BridgeError::kafka(format!("creating {what}")))?;
+    for result in results {
+        match result {
+            Ok(name) => info!(topic = %name, "created {what}"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(BridgeError::kafka(format!("creating topic {name}"))(
+                    KafkaError::AdminOp(code),
+                ))
+            }
+        }
+    }
+    let count =
+        MetadataClient::new(config)?.partitions(name, &format!("reading metadata of {name}"))?;
+    Ok((count as i32).max(1))
+}
+
 /// Creates missing topics and returns each topic's partition count.
 pub async fn ensure_topics(config: &Config) -> Result<HashMap<String, i32>, BridgeError> {
     let metadata = MetadataClient::new(config)?;

@@ -132,8 +132,8 @@ fn source_schema() -> Value {
 /// The value's schema: the struct `<prefix>.<schema>.<table>.Envelope` of `before`
 /// and `after` (`<…>.Value`, every column optional: the bridge learns columns from
 /// Relation messages, which do not say which are `NOT NULL`), `source`, `op`,
-/// `ts_ms`/`ts_us`/`ts_ns` and tidemark's `unchanged_toast`. No `transaction` field:
-/// the bridge never writes one.
+/// `ts_ms`/`ts_us`/`ts_ns`, the optional `transaction` block ([`transaction_block_schema`])
+/// and tidemark's `unchanged_toast`.
 pub fn value_schema<'a>(
     prefix: &str,
     table: &TableName,
@@ -157,12 +157,58 @@ pub fn value_schema<'a>(
             field("int64", true, "ts_ms"),
             field("int64", true, "ts_us"),
             field("int64", true, "ts_ns"),
+            transaction_block_schema(),
             {"type": "array", "items": {"type": "string", "optional": false}, "optional": true, "field": "unchanged_toast"},
         ],
         "optional": false,
         "name": format!("{base}.Envelope"),
         "version": 1
     }))
+}
+
+/// The envelope's optional `transaction` field: Debezium's struct `event.block`.
+fn transaction_block_schema() -> Value {
+    json!({
+        "type": "struct",
+        "fields": [
+            field("string", false, "id"),
+            field("int64", false, "total_order"),
+            field("int64", false, "data_collection_order"),
+        ],
+        "optional": true,
+        "name": "event.block",
+        "version": 1,
+        "field": "transaction"
+    })
+}
+
+/// The key schema of the transaction topic's records (`{"id": …}`), as Debezium
+/// names it.
+pub fn transaction_key_schema() -> Value {
+    json!({"type": "struct", "fields": [field("string", false, "id")], "optional": false,
+           "name": "io.debezium.connector.common.TransactionMetadataKey"})
+}
+
+/// The value schema of the transaction topic's records
+/// ([`crate::wire::transaction::TransactionEvent`]), as Debezium names it.
+pub fn transaction_value_schema() -> Value {
+    json!({
+        "type": "struct",
+        "fields": [
+            field("string", false, "status"),
+            field("string", false, "id"),
+            field("int64", false, "ts_ms"),
+            field("int64", true, "event_count"),
+            {"type": "array", "items": {"type": "struct", "fields": [
+                field("string", false, "data_collection"),
+                field("int64", false, "event_count"),
+             ], "optional": false, "name": "event.collection", "version": 1},
+             "optional": true, "field": "data_collections"},
+        ],
+        "optional": false,
+        "name": "io.debezium.connector.common.TransactionMetadataValue",
+        "version": 1
+    })
 }
 
 /// The schema of keys that are not a row's (the TRUNCATE key `{}`, the end-of-snapshot
@@ -330,7 +376,8 @@ mod tests {
             value_schema("srv", &t(), columns.iter().map(|(n, k)| (n.as_str(), k))).unwrap();
         assert_eq!(value["name"], "srv.public.items.Envelope");
         assert_eq!(value["fields"][0]["field"], "before");
-        assert_eq!(value["fields"][7]["field"], "unchanged_toast");
+        assert_eq!(value["fields"][7]["name"], "event.block");
+        assert_eq!(value["fields"][8]["field"], "unchanged_toast");
         let after = &value["fields"][1];
         assert_eq!(after["name"], "srv.public.items.Value");
         assert_eq!(after["optional"], true);

@@ -190,6 +190,10 @@ pub struct Envelope {
     pub ts_ns: Option<i64>,
     /// Where the change came from.
     pub source: Source,
+    /// The transaction the change belongs to and the record's place in it, with
+    /// `--provide-transaction-metadata` (see [`crate::wire::transaction`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<crate::wire::transaction::TransactionBlock>,
     /// Columns of `after` whose TOASTed value did not change and was not sent; the
     /// reader keeps the value it already has.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -307,6 +311,8 @@ mod tests {
         assert_eq!(env.ts_us, Some(5001));
         assert_eq!(env.source.sequence.as_deref(), Some(r#"["90","100"]"#));
         assert_eq!(env.source.version, "2.7.0.Final");
+        let block = env.transaction.unwrap();
+        assert_eq!((block.id.as_str(), block.total_order), ("7:100", 1));
     }
 
     #[test]

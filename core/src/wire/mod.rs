@@ -1,5 +1,5 @@
 //! The contract between the bridge and the client: the record format
-//! ([`envelope`]), the value codec ([`codec`]), the key's bytes ([`key`]) and the
+//! ([`envelope`]), the transaction metadata ([`transaction`]), the value codec ([`codec`]), the key's bytes ([`key`]) and the
 //! partition of a key ([`partitioner`]). `docs/design.md` describes it; both halves of tidemark use only
 //! these types, so they cannot drift apart.
 
@@ -11,6 +11,7 @@ pub mod heartbeat;
 pub mod key;
 pub mod partitioner;
 mod pgtext;
+pub mod transaction;
 
 pub use codec::{ValueKind, SESSION_OPTIONS};
 pub use debezium::ValueFormat;
