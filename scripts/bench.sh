@@ -10,6 +10,6 @@ scripts/dev-stack.sh up
 # An empty broker, so that every run measures the same broker.
 scripts/dev-stack.sh broker-reset
 scripts/dev-stack.sh drop-test-slots
-cargo build --release -p tidemark-bridge -p tidemark-bench
+cargo build --release -p tidemark-bridge -p tidemark-bench -p tidemark-examples --bins --examples
 # The broker, named in the report's machine line.
 TIDEMARK_BENCH_BROKER="$(scripts/dev-stack.sh broker-name)" exec target/release/tidemark-bench "$@"

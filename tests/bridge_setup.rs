@@ -47,7 +47,7 @@ async fn an_unknown_table_is_refused_with_the_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_level_replica_is_refused_with_the_fix() {
-    let scratch = ScratchPostgres::start(55433, "replica");
+    let scratch = ScratchPostgres::start(25433, "replica");
     let name = unique("wal");
     let mut args = BridgeArgs::new(&name, &["public.t"]);
     args.postgres = scratch.url.clone();
@@ -227,7 +227,7 @@ async fn topics_are_created_compacted_with_their_partitions_on_an_auto_creating_
 async fn an_invalidated_slot_stops_the_bridge_with_the_fix() {
     // A server of its own that keeps at most 1 MB of WAL for a slot.
     let scratch = ScratchPostgres::start_with(
-        55434,
+        25434,
         "-c wal_level=logical -c max_replication_slots=4 -c max_wal_senders=4 \
          -c max_slot_wal_keep_size=1MB",
     );

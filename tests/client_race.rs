@@ -122,6 +122,33 @@ async fn caches_started_from_checkpoints_taken_during_the_hostile_race_are_exact
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Every cache loads with 4 connections, each reading a range of the table's pages in
+/// the snapshot the load's transaction exported, under the hostile race (whose
+/// rewriting `ALTER TABLE` queues behind loads, so helpers also meet a waiting DDL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn caches_loading_with_parallel_readers_under_the_hostile_race_are_exact() {
+    let name = unique("raceparallel");
+    let outcome = race(
+        &name,
+        RaceConfig {
+            hostile: true,
+            caches: 12,
+            parallel_load: Some(4),
+            ..Default::default()
+        },
+    )
+    .await;
+    eprintln!(
+        "race {name}: {} caches loaded with parallel readers",
+        outcome.parallel_loads
+    );
+    assert_exact(&outcome);
+    assert!(
+        outcome.parallel_loads > 0,
+        "no cache loaded with parallel readers, so the race did not test them"
+    );
+}
+
 /// The test is only worth something if it fails when the xid filter is off: with
 /// the filter disabled, changes already in a cache's snapshot are applied again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -34,7 +34,7 @@ async fn encrypted(client: &Client) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_connections_negotiate_and_check_tls_as_libpq_does() {
-    let port = 55434;
+    let port = 25434;
     let scratch = ScratchPostgres::start_tls(port);
     let ca = scratch.ca_pem();
     let other = scratch.other_ca_pem();
@@ -130,7 +130,7 @@ async fn sql_connections_negotiate_and_check_tls_as_libpq_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_and_cache_run_over_verified_tls() {
-    let port = 55435;
+    let port = 25435;
     let scratch = ScratchPostgres::start_tls(port);
     let url = format!(
         "postgres://postgres@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={}",

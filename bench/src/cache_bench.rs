@@ -29,7 +29,7 @@ use tidemark_client::Cache;
 use tidemark_core::wire::envelope::SLOT_MARKER_HEADER;
 use tidemark_core::wire::{Envelope, Op, Row};
 
-use crate::env::{drop_slot, median, time_command, BoxError, BridgeProcess, Env};
+use crate::env::{drop_slot, median, time_and_peak, time_command, BoxError, BridgeProcess, Env};
 
 /// Result rows (benchmark, figure, reference, ratio, target) and notes.
 pub struct Section {
@@ -167,6 +167,7 @@ pub async fn warm_start(
     let (name, table) = (warm.name.clone(), warm.table.clone());
 
     let (mut cache_s, mut copy_s, mut per_row) = (Vec::new(), Vec::new(), Vec::new());
+    let mut default_readers = 0;
     for run in 0..repeat {
         let copy = time_command(Command::new("psql").args([
             &env.postgres,
@@ -186,13 +187,14 @@ pub async fn warm_start(
             copy.as_secs_f64(),
             per_row.last().unwrap_or(&0.0)
         );
+        default_readers = cache.stats().load_readers;
         cache.shutdown().await;
         cache_s.push(took.as_secs_f64());
         copy_s.push(copy.as_secs_f64());
     }
     let (c, k) = (median(cache_s), median(copy_s));
     out.rows.push((
-        format!("warm start, {rows} rows (~200 B)"),
+        format!("warm start, {rows} rows (~200 B), typed, default readers ({default_readers})"),
         format!("{c:.2} s ({:.0} rows/s)", rows as f64 / c),
         format!("COPY to /dev/null via psql {k:.2} s"),
         format!("{:.2} × COPY", c / k),
@@ -201,6 +203,8 @@ pub async fn warm_start(
             if c <= 1.5 * k { "met" } else { "NOT met" }
         ),
     ));
+    out.rows
+        .extend(readers_and_dump(env, &table, &name, rows, repeat, k).await?);
     let json = row_json_bytes(env, &table).await?;
     // Only the first load runs in a process that has not yet freed a cache: later
     // loads reuse the freed memory and their RSS growth understates the cost.
@@ -214,6 +218,13 @@ pub async fn warm_start(
             "≤ 2 × JSON: {}",
             if rss <= 2.0 * json { "met" } else { "NOT met" }
         ),
+    ));
+    out.notes.push(format!(
+        "Readers: the warm start with `Builder::parallel_load(n)`, n connections each copying a range of the table's pages in \
+         the load's exported snapshot, the decoding on {} thread(s) (one per core but one). `dump` is the example binary \
+         (`Cache<Row, Row>`, the schema-agnostic value type) with `--follow 0` and its output to /dev/null: load, \
+         sort and print, as its own process; its memory is that process's peak resident set (wait4) per row.",
+        std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).clamp(1, 4))
     ));
     out.notes.push(
         "Memory is the growth of the benchmark process's resident set while the first cache loads (later runs reuse memory the earlier caches freed), divided by its \
@@ -231,6 +242,91 @@ pub async fn warm_start(
     out.rows.extend(replay.rows);
     out.notes.extend(replay.notes);
     Ok((out, kept))
+}
+
+/// The warm start of `table` with 1, 2 and 4 readers (typed), and `dump` (`Row`) with
+/// the default readers: time beside `copy_s`, the COPY's median, and dump's memory.
+async fn readers_and_dump(
+    env: &Env,
+    table: &str,
+    prefix: &str,
+    rows: usize,
+    repeat: usize,
+    copy_s: f64,
+) -> Result<Vec<(String, String, String, String, String)>, BoxError> {
+    let mut out = Vec::new();
+    for readers in [1, 2, 4] {
+        let (mut took, mut used) = (Vec::new(), 0);
+        for _ in 0..repeat {
+            let t = Instant::now();
+            let cache = builder(env, table, prefix)
+                .parallel_load(readers)
+                .build()
+                .await?;
+            took.push(t.elapsed().as_secs_f64());
+            used = cache.stats().load_readers;
+            cache.shutdown().await;
+        }
+        let c = median(took);
+        eprintln!("  {readers} reader(s) (used {used}): {c:.2} s");
+        out.push((
+            format!("warm start, typed, parallel_load({readers}), {used} read"),
+            format!("{c:.2} s ({:.0} rows/s)", rows as f64 / c),
+            format!("COPY to /dev/null via psql {copy_s:.2} s"),
+            format!("{:.2} × COPY", c / copy_s),
+            "-".into(),
+        ));
+    }
+    let dump = std::env::current_exe()?
+        .with_file_name("examples")
+        .join("dump");
+    if !dump.exists() {
+        return Err(format!(
+            "{} is missing: build it with cargo build --release -p tidemark-examples --examples",
+            dump.display()
+        )
+        .into());
+    }
+    let (mut took, mut peak) = (Vec::new(), Vec::new());
+    for _ in 0..repeat {
+        let (t, p) = time_and_peak(
+            Command::new(&dump)
+                .args(["--postgres", &env.postgres, "--kafka", &env.kafka])
+                .args(["--table", &format!("public.{table}")])
+                .args(["--topic-prefix", prefix, "--follow", "0"])
+                .stderr(std::process::Stdio::null()),
+        )?;
+        took.push(t.as_secs_f64());
+        peak.push(p as f64);
+    }
+    let (d, p) = (median(took), median(peak));
+    let json = row_json_bytes(env, table).await?;
+    eprintln!("  dump: {d:.2} s, peak {:.0} B per row", p / rows as f64);
+    out.push((
+        format!("dump (Row), {rows} rows, load + sort + print"),
+        format!("{d:.2} s"),
+        format!("COPY to /dev/null via psql {copy_s:.2} s"),
+        format!("{:.2} × COPY", d / copy_s),
+        format!(
+            "≤ 2 × COPY: {}",
+            if d <= 2.0 * copy_s { "met" } else { "NOT met" }
+        ),
+    ));
+    out.push((
+        "memory per cached row (Row, dump's peak RSS)".into(),
+        format!("{:.0} B per row", p / rows as f64),
+        format!("row as JSON {json:.0} B"),
+        format!("{:.2} × JSON", p / rows as f64 / json),
+        format!(
+            "≤ 2 × JSON: {}",
+            if p / rows as f64 <= 2.0 * json {
+                "met"
+            } else {
+                "NOT met"
+            }
+        ),
+    ));
+    Ok(out)
 }
 
 /// The replay table: `rows` rows, then 5 updates per key, all through the bridge.

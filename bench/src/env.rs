@@ -212,6 +212,29 @@ pub fn quantile(xs: &[f64], q: f64) -> f64 {
 }
 
 /// Runs `cmd` and returns its wall time.
+/// Runs `cmd` with its output discarded; returns its wall time and its peak resident
+/// set in bytes (from `wait4`).
+pub fn time_and_peak(cmd: &mut Command) -> Result<(Duration, u64), BoxError> {
+    let t = Instant::now();
+    let child = cmd.stdout(Stdio::null()).spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, with valid pointers to locals.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let took = t.elapsed();
+    if waited != pid {
+        return Err(format!("waiting for {cmd:?}: {}", std::io::Error::last_os_error()).into());
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        return Err(format!("{cmd:?} failed: status {status}").into());
+    }
+    // ru_maxrss is in KiB on Linux.
+    Ok((took, usage.ru_maxrss as u64 * 1024))
+}
+
+/// Runs `cmd` with its output discarded; returns its wall time.
 pub fn time_command(cmd: &mut Command) -> Result<Duration, BoxError> {
     let t = Instant::now();
     let status = cmd.stdout(Stdio::null()).status()?;

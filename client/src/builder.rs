@@ -58,6 +58,7 @@ pub struct Builder<K, V> {
     value_format: ValueFormat,
     value_schema: bool,
     checkpoints: crate::config::CheckpointSettings,
+    parallel_load: Option<usize>,
     encoders: Option<Encoders<K, V>>,
     _types: PhantomData<fn() -> (K, V)>,
 }
@@ -102,6 +103,7 @@ impl<K, V> Builder<K, V> {
                 every: DEFAULT_CHECKPOINT_INTERVAL,
                 ..Default::default()
             },
+            parallel_load: None,
             encoders: None,
             _types: PhantomData,
         }
@@ -205,6 +207,20 @@ impl<K, V> Builder<K, V> {
         self
     }
 
+    /// How many connections read the table in a load from PostgreSQL, each a range of
+    /// its pages in the same snapshot (exported by the load's transaction and imported
+    /// by the others, so the load is exactly one snapshot). `1` reads with one
+    /// connection. By default one reader per 64 MiB of table, at most one per core
+    /// and at most 8. Needs PostgreSQL 14 or later (TID range scans) and a plain
+    /// table; otherwise, and when a reader cannot connect or join the snapshot (a
+    /// DDL statement waiting for the table's locks, say), fewer read (a warning says why
+    /// when the count was set here). [`Stats::load_readers`](crate::Stats::load_readers)
+    /// tells how many read the latest load.
+    pub fn parallel_load(mut self, readers: usize) -> Self {
+        self.parallel_load = Some(readers);
+        self
+    }
+
     /// Switches the snapshot strategy's xid filter off, so every replayed record is
     /// applied, including those the load already contains. The cache is then wrong;
     /// this exists only so tests can show that the filter is what keeps it right.
@@ -300,6 +316,12 @@ impl<K, V> Builder<K, V> {
         {
             return Err(bad("checkpoint_from", "is not a valid URL"));
         }
+        if self.parallel_load == Some(0) {
+            return Err(bad(
+                "parallel_load",
+                "is 0; at least one connection must read the table",
+            ));
+        }
         if self.safety_window > MAX_SAFETY_WINDOW {
             return Err(bad(
                 "safety_window",
@@ -321,6 +343,7 @@ impl<K, V> Builder<K, V> {
             value_format,
             topic_prefix: self.topic_prefix.trim().to_owned(),
             checkpoints: self.checkpoints.clone(),
+            parallel_load: self.parallel_load,
         })
     }
 }

@@ -73,6 +73,9 @@ pub struct Stats {
     /// Checkpoints that could not be used at start (each reason is in
     /// [`Stats::started_from`] and the log).
     pub checkpoint_refusals: u64,
+    /// How many connections read the latest load from PostgreSQL in parallel
+    /// ([`Builder::parallel_load`](crate::Builder::parallel_load)); 0 before one.
+    pub load_readers: usize,
 }
 
 /// An in-process copy of one PostgreSQL table, kept current from its Kafka topic.
@@ -239,6 +242,7 @@ where
                 .clone(),
             checkpoints_written: c.counts.checkpoints_written.get(),
             checkpoint_refusals: c.counts.checkpoint_refusals.get(),
+            load_readers: c.load_readers.load(Ordering::Relaxed) as usize,
             kafka_silent_for: {
                 let answered = c.kafka_answered_ms.load(Ordering::Relaxed);
                 let silent = Duration::from_millis((now_ms - answered).max(0) as u64);

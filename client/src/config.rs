@@ -75,6 +75,8 @@ pub(crate) struct Config {
     pub topic_prefix: String,
     /// Where checkpoints are read and written.
     pub checkpoints: CheckpointSettings,
+    /// COPY readers of a load; `None`: chosen from the table's size and the cores.
+    pub parallel_load: Option<usize>,
 }
 
 impl std::fmt::Debug for Config {

@@ -33,7 +33,7 @@ pub enum Error {
     },
 
     /// A PostgreSQL statement failed.
-    #[error("PostgreSQL failed while {during}: {source}")]
+    #[error("PostgreSQL failed while {during}: {}", tidemark_core::pg::error_detail(.source))]
     Postgres {
         /// What the cache was doing.
         during: &'static str,

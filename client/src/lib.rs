@@ -71,6 +71,7 @@ mod copy_row;
 mod error;
 mod follow;
 mod load;
+mod postgres;
 mod run;
 mod seek;
 mod state;

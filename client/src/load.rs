@@ -14,7 +14,8 @@
 //! 4. (watermark strategy) `max(ts_column)`, in the same snapshot.
 //! 5. `COPY (SELECT ... FROM ONLY table) TO STDOUT`, decoded row by row as the data
 //!    arrives, through the shared codec into the map; progress (rows, rows/s) goes to
-//!    the log.
+//!    the log. With several readers ([`readers`]), the transaction exports its
+//!    snapshot and each reader copies one range of the table's pages in it.
 //! 6. `pg_current_wal_insert_lsn()`: every transaction whose commit record lies at
 //!    or past this point committed after the snapshot was taken.
 //!
@@ -39,11 +40,12 @@ use crate::copy_row::CopyRow;
 use crate::error::{Error, Result};
 use crate::state::Origin;
 use crate::table::{TableInfo, ToastCopy};
+
+mod readers;
 use tidemark_core::pg::snapshot::Snapshot;
-use tidemark_core::pg::ConnectError;
 use tidemark_core::wire::connect;
 use tidemark_core::wire::partitioner::partition_of;
-use tidemark_core::wire::{TableName, ValueFormat, ValueKind};
+use tidemark_core::wire::{TableName, ValueKind};
 
 /// How often the load reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -69,33 +71,8 @@ pub(crate) struct Loaded {
     pub max_ts: Option<String>,
     /// Rows loaded.
     pub rows: u64,
-}
-
-/// Connects to PostgreSQL with the URL's TLS settings and the codec's session options.
-///
-/// In a `SQL_ASCII` database the session's client encoding becomes `SQL_ASCII` too:
-/// PostgreSQL checks text it sends from such a database against a UTF-8 client's
-/// encoding and fails the whole `COPY` on the first byte that is not UTF-8, while with
-/// no conversion it sends the bytes as stored, which the codec reads losslessly
-/// (`tidemark_core::wire::codec::text_of`).
-pub(crate) async fn connect(config: &Config) -> Result<Client> {
-    let client = config.postgres.connect().await.map_err(|e| match e {
-        ConnectError::Settings(e) => Error::Config {
-            field: "postgres",
-            problem: e.to_string(),
-        },
-        ConnectError::Postgres(source) => Error::PostgresUnreachable {
-            target: config.postgres_target.clone(),
-            source,
-        },
-    })?;
-    client
-        .batch_execute(tidemark_core::pg::MATCH_SQL_ASCII_SQL)
-        .await
-        .map_err(Error::postgres(
-            "matching the client encoding to a SQL_ASCII database",
-        ))?;
-    Ok(client)
+    /// The COPY readers that read them.
+    pub readers: usize,
 }
 
 /// What the load transaction read besides the rows: the table's shape as the snapshot
@@ -111,9 +88,7 @@ pub(crate) struct Shaped<K, V> {
 /// after the lock and the snapshot, so the shape is the one the rows have.
 pub(crate) async fn load<K, V>(
     client: &mut Client,
-    name: &TableName,
-    format: &ValueFormat,
-    prefix: &str,
+    config: &Config,
     partitions: i32,
     ts_column: Option<&str>,
     applier_for: impl FnOnce(&TableInfo) -> Result<Applier<K, V>>,
@@ -122,6 +97,7 @@ where
     K: serde::de::DeserializeOwned + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
     V: serde::de::DeserializeOwned + Send + Sync + 'static,
 {
+    let (name, format, prefix) = (&config.table, &config.value_format, &config.topic_prefix);
     let (running_since_ms, start_lsn) = running_since(client, name).await?;
     let txn = client
         .build_transaction()
@@ -172,18 +148,31 @@ where
         }
         None => None,
     };
-    info!(table = %table.name, snapshot = %snapshot, "bulk load starts");
-    let (sql, flagged) = table.bulk_copy_sql();
-    let stream = txn
+    let helpers = readers::open(&txn, config, &table).await?;
+    info!(table = %table.name, snapshot = %snapshot, readers = helpers.readers(), "bulk load starts");
+    let mut ranges = helpers.filters().into_iter();
+    let (sql, flagged) = table.bulk_copy_sql(&ranges.next().unwrap_or_default());
+    let mut streams = vec![txn
         .copy_out(sql.as_str())
         .await
-        .map_err(Error::postgres("starting COPY"))?;
+        .map_err(Error::postgres("starting COPY"))?];
+    for (helper, filter) in helpers.clients().zip(ranges) {
+        let (sql, _) = table.bulk_copy_sql(&filter);
+        streams.push(
+            helper
+                .copy_out(sql.as_str())
+                .await
+                .map_err(Error::postgres("starting COPY on a parallel reader"))?,
+        );
+    }
     let source = CopySource {
         what: "bulk load",
         origin: Some(Origin::BulkLoad),
         flagged,
     };
-    let rows = decode_in_parallel(stream, source, &table, &applier, partitions).await?;
+    let rows = decode_in_parallel(streams, source, &table, &applier, partitions).await?;
+    let readers = helpers.readers();
+    helpers.close().await;
     let insert_lsn: PgLsn = txn
         .query_one("SELECT pg_current_wal_insert_lsn()", &[])
         .await
@@ -204,6 +193,7 @@ where
             start_lsn,
             max_ts,
             rows,
+            readers,
         },
     })
 }
@@ -312,7 +302,7 @@ where
         origin: None,
         flagged: Vec::new(),
     };
-    decode_in_parallel(stream, source, table, applier, partitions).await
+    decode_in_parallel(vec![stream], source, table, applier, partitions).await
 }
 
 /// Stores rows read from PostgreSQL with COPY, deserialised straight from the text.
@@ -447,12 +437,13 @@ struct CopySource {
     flagged: Vec<usize>,
 }
 
-/// Decodes a COPY stream on [`decode_threads`] blocking threads while this task
-/// keeps reading, so reading, decoding and PostgreSQL's side of COPY overlap. Each
-/// key occurs once in one query's result, so the order in which the threads insert
-/// rows does not matter. The first error stops the load.
+/// Decodes COPY streams on [`decode_threads`] blocking threads while this task
+/// keeps reading them all, so reading, decoding and PostgreSQL's side of COPY
+/// overlap. Each key occurs once in one query's result (the streams of a parallel
+/// load read disjoint ranges of one snapshot), so the order in which the threads
+/// insert rows does not matter. The first error stops the load.
 async fn decode_in_parallel<S, E, K, V>(
-    stream: S,
+    streams: Vec<S>,
     source: CopySource,
     table: &TableInfo,
     applier: &Applier<K, V>,
@@ -509,39 +500,56 @@ where
     drop(rx);
 
     let started = Instant::now();
-    let mut last_report = started;
-    let mut pending = BytesMut::new();
-    let mut stream = std::pin::pin!(stream);
-    let mut read_error = None;
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                read_error = Some(Error::postgres("reading COPY data")(e.into()));
-                break;
-            }
-        };
-        pending.extend_from_slice(&chunk);
-        if pending.len() >= BATCH_BYTES {
-            if let Some(last_nl) = pending.iter().rposition(|&b| b == b'\n') {
-                let batch = pending.split_to(last_nl + 1).freeze();
-                if tx.send(batch).await.is_err() {
-                    break; // every thread stopped on an error
+    let last_report = Mutex::new(started);
+    let read = |(reader, stream): (usize, S)| {
+        let tx = tx.clone();
+        let (rows, last_report) = (&rows, &last_report);
+        async move {
+            let mut pending = BytesMut::new();
+            let mut stream = std::pin::pin!(stream);
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| {
+                    let doing = match reader {
+                        0 => "reading COPY data",
+                        _ => "reading COPY data on a parallel reader's connection",
+                    };
+                    Error::postgres(doing)(e.into())
+                })?;
+                pending.extend_from_slice(&chunk);
+                if pending.len() >= BATCH_BYTES {
+                    if let Some(last_nl) = pending.iter().rposition(|&b| b == b'\n') {
+                        let batch = pending.split_to(last_nl + 1).freeze();
+                        if tx.send(batch).await.is_err() {
+                            return Ok(()); // every thread stopped on an error
+                        }
+                    }
+                }
+                let due = {
+                    let mut last = lock(last_report);
+                    let due = last.elapsed() >= PROGRESS_EVERY;
+                    if due {
+                        *last = Instant::now();
+                    }
+                    due
+                };
+                if due {
+                    let rows = rows.load(Relaxed);
+                    info!(table = %table.name, what, rows, rows_per_sec = rate(rows, started), "loading");
                 }
             }
+            if !pending.is_empty() {
+                if !pending.ends_with(b"\n") {
+                    pending.extend_from_slice(b"\n");
+                }
+                let _ = tx.send(pending.freeze()).await;
+            }
+            Ok::<(), Error>(())
         }
-        if last_report.elapsed() >= PROGRESS_EVERY {
-            last_report = Instant::now();
-            let rows = rows.load(Relaxed);
-            info!(table = %table.name, what, rows, rows_per_sec = rate(rows, started), "loading");
-        }
-    }
-    if read_error.is_none() && !pending.is_empty() {
-        if !pending.ends_with(b"\n") {
-            pending.extend_from_slice(b"\n");
-        }
-        let _ = tx.send(pending.freeze()).await;
-    }
+    };
+    // The first failed stream stops the others.
+    let read_error = futures::future::try_join_all(streams.into_iter().enumerate().map(read))
+        .await
+        .err();
     drop(tx);
     for worker in workers {
         worker.await.map_err(|e| Error::Decode {

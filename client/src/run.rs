@@ -131,7 +131,7 @@ where
 {
     let started = Instant::now();
     shared.set_step("connecting to PostgreSQL");
-    let mut pg = load::connect(config).await?;
+    let mut pg = crate::postgres::connect(config).await?;
     let ts_column = match &config.strategy {
         Strategy::Snapshot => None,
         Strategy::Watermark { ts_column } => Some(ts_column.clone()),
@@ -262,15 +262,17 @@ where
         loaded,
     } = load::load(
         &mut pg,
-        &config.table,
-        &config.value_format,
-        &config.topic_prefix,
+        config,
         partitions,
         ts_column.as_deref(),
         |table: &TableInfo| applier_for(config, shared, table, ts_column.as_deref(), generation),
     )
     .await?;
     shared.counters.counts.loaded_rows.add(loaded.rows);
+    shared
+        .counters
+        .load_readers
+        .store(loaded.readers as u64, std::sync::atomic::Ordering::Relaxed);
     shared.counters.counts.warm_starts.add(1);
     *lock(&shared.started_from) = Some(StartedFrom::Postgres { refused });
     let removed = applier.sweep();

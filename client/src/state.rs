@@ -2,7 +2,7 @@
 //! entries, the change channel, the counters, the positions and the status.
 
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
@@ -117,6 +117,8 @@ pub(crate) struct Counters {
     /// When (ms since the epoch) Kafka last answered the follower's watermark
     /// requests; 0 before the follower ran.
     pub kafka_answered_ms: AtomicI64,
+    /// The COPY readers of the latest load from PostgreSQL; 0 before one.
+    pub load_readers: AtomicU64,
 }
 
 /// Whether the cache is ready.
@@ -172,6 +174,7 @@ impl<K: Hash + Eq + Clone, V> Shared<K, V> {
                 counts: Counts::new(&table),
                 last_commit_ms: AtomicI64::new(0),
                 kafka_answered_ms: AtomicI64::new(0),
+                load_readers: AtomicU64::new(0),
             },
             positions: Mutex::new(Vec::new()),
             instance_id,

@@ -268,8 +268,9 @@ impl TableInfo {
         self.columns.iter().position(|c| c.name == name)
     }
 
-    /// The statement that streams the whole table for the bulk load, and the columns
-    /// it flags. After the table's columns, each line carries one boolean per flagged
+    /// The statement that streams the table's rows that pass `filter` (a `WHERE`
+    /// clause with a leading space, or empty for every row) for the bulk load, and
+    /// the columns it flags. After the table's columns, each line carries one boolean per flagged
     /// column: `pg_column_size(c) <= octet_length(c)`, true when the value is stored
     /// out of line or compressed. Neither function detoasts: `pg_column_size` reads
     /// the stored size (for an out-of-line value, the size in the TOAST table) and
@@ -278,7 +279,7 @@ impl TableInfo {
     /// back as unchanged TOAST (pgoutput sends it so only when the update carried the
     /// old out-of-line value over), so the load keeps TOAST copies only of flagged
     /// values, and most rows need none.
-    pub fn bulk_copy_sql(&self) -> (String, Vec<usize>) {
+    pub fn bulk_copy_sql(&self, filter: &str) -> (String, Vec<usize>) {
         let flagged: Vec<usize> = (0..self.columns.len())
             .filter(|&i| {
                 self.columns[i].toast != ToastCopy::Never && self.columns[i].has_octet_length
@@ -293,7 +294,7 @@ impl TableInfo {
             .collect();
         (
             format!(
-                "COPY (SELECT {}{flags} FROM ONLY {}) TO STDOUT",
+                "COPY (SELECT {}{flags} FROM ONLY {}{filter}) TO STDOUT",
                 self.column_list(),
                 self.name.quoted()
             ),
@@ -429,7 +430,7 @@ pub(crate) mod tests {
 
     #[test]
     fn bulk_copy_flags_values_stored_out_of_line() {
-        let (sql, flagged) = sample().bulk_copy_sql();
+        let (sql, flagged) = sample().bulk_copy_sql("");
         assert_eq!(flagged, [1]);
         assert_eq!(
             sql,

@@ -59,6 +59,8 @@ pub struct RaceConfig {
     /// Every cache keeps its checkpoints in this one shared directory, writing one
     /// every second, so caches that start later may start from a peer's.
     pub checkpoints: Option<std::path::PathBuf>,
+    /// Every cache loads with this many parallel readers (`Builder::parallel_load`).
+    pub parallel_load: Option<usize>,
 }
 
 impl Default for RaceConfig {
@@ -73,6 +75,7 @@ impl Default for RaceConfig {
             disable_xid_filter: false,
             hostile: false,
             checkpoints: None,
+            parallel_load: None,
         }
     }
 }
@@ -99,6 +102,8 @@ pub struct RaceOutcome {
     /// Caches whose rows came from a checkpoint, and checkpoints refused.
     pub from_checkpoint: usize,
     pub checkpoint_refusals: u64,
+    /// Caches whose latest load read with more than one connection.
+    pub parallel_loads: usize,
 }
 
 /// Keys above the writers' range: `COPY` batches use the first half, primary-key
@@ -499,6 +504,9 @@ pub async fn run(
         if cfg.disable_xid_filter {
             builder = builder.disable_xid_filter_for_tests();
         }
+        if let Some(readers) = cfg.parallel_load {
+            builder = builder.parallel_load(readers);
+        }
         if let Some(dir) = &cfg.checkpoints {
             builder = builder
                 .checkpoint_dir(dir)
@@ -608,6 +616,7 @@ pub async fn run(
         outcome.duplicates += s.duplicates;
         outcome.applied += s.applied;
         outcome.checkpoint_refusals += s.checkpoint_refusals;
+        outcome.parallel_loads += usize::from(s.load_readers > 1);
         if matches!(
             s.started_from,
             Some(tidemark_client::StartedFrom::Checkpoint { .. })

@@ -30,7 +30,10 @@ pub struct ScratchPostgres {
 }
 
 impl ScratchPostgres {
-    /// Creates and starts a server on `port` with the given `wal_level`.
+    /// Creates and starts a server on `port` with the given `wal_level`. Ports are
+    /// below Linux's ephemeral range (32768-60999): a port in it can be taken at any
+    /// moment by the local end of one of the suite's own connections, and the server
+    /// then fails to start with "Address already in use".
     pub fn start(port: u16, wal_level: &str) -> ScratchPostgres {
         Self::launch(port, &format!("-c wal_level={wal_level}"), |_, _| {})
     }
