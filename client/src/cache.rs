@@ -151,6 +151,13 @@ where
             .map(|e| (e.key().clone(), e.value().value.clone()))
     }
 
+    /// Iterates over the rows' values only, without copying their keys (a value is
+    /// shared, not copied). Each shard is locked for reading while the iterator is in
+    /// it, as with [`Cache::iter`].
+    pub fn values(&self) -> impl Iterator<Item = Arc<V>> + '_ {
+        self.shared.map.iter().map(|e| e.value().value.clone())
+    }
+
     /// A copy of all rows.
     pub fn entries(&self) -> Vec<(K, Arc<V>)> {
         self.iter().collect()
