@@ -29,14 +29,22 @@ pub struct Rec {
 
 /// A consumer for reading topics back (no group, manual assignment).
 pub fn consumer(brokers: &str) -> BaseConsumer {
-    ClientConfig::new()
+    consumer_with(brokers, &[])
+}
+
+/// [`consumer`] with more settings.
+fn consumer_with(brokers: &str, settings: &[(&str, &str)]) -> BaseConsumer {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("enable.auto.commit", "false")
-        .set("group.id", "tidemark-tests-unused")
-        .create()
-        .unwrap_or_else(|e| {
-            panic!("cannot create a Kafka consumer for {brokers} ({e}); {START_STACK}")
-        })
+        .set("group.id", "tidemark-tests-unused");
+    for (k, v) in settings {
+        config.set(*k, *v);
+    }
+    config.create().unwrap_or_else(|e| {
+        panic!("cannot create a Kafka consumer for {brokers} ({e}); {START_STACK}")
+    })
 }
 
 /// The value of header `name` of `msg`.
@@ -63,15 +71,7 @@ fn is_marker(msg: &rdkafka::message::BorrowedMessage<'_>) -> bool {
 /// `read_committed`); a partition whose last offset is a transaction marker, which no
 /// consumer receives, ends at its end-of-partition event.
 pub fn read_topic(brokers: &str, topic: &str) -> Vec<Rec> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.auto.commit", "false")
-        .set("group.id", "tidemark-tests-unused")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap_or_else(|e| {
-            panic!("cannot create a Kafka consumer for {brokers} ({e}); {START_STACK}")
-        });
+    let c = consumer_with(brokers, &[("enable.partition.eof", "true")]);
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("broker {brokers} unreachable ({e}); {START_STACK}"));
