@@ -281,12 +281,7 @@ async fn caches_started_before_during_and_after_the_bridges_snapshot_are_exact()
     ];
     for (label, c) in caches {
         c.ready().await.expect("ready");
-        wait_for(
-            Duration::from_secs(60),
-            "the cache to equal the table",
-            || async { (cache_rows(c) == expected).then_some(()) },
-        )
-        .await;
+        wait_for_rows(c, &expected, Duration::from_secs(60)).await;
         let s = c.stats();
         println!(
             "cache started {label} the snapshot: {} warm starts, {} skipped as in its load, {} applied",
@@ -373,12 +368,7 @@ async fn a_bridge_killed_during_the_snapshot_reads_only_the_unfinished_table_aga
     for table in [&first, &second] {
         let c = args.row_cache(table).build().await.expect("cache");
         let expected = table_rows(&pg, table).await;
-        wait_for(
-            Duration::from_secs(60),
-            "the cache to equal the table",
-            || async { (cache_rows(&c) == expected).then_some(()) },
-        )
-        .await;
+        wait_for_rows(&c, &expected, Duration::from_secs(60)).await;
     }
 }
 

@@ -81,12 +81,7 @@ async fn until_equal(pg: &Client, table: &str, cache: &Cache<Row, Row>) {
 /// Waits until `cache` holds `expected` (read from the table beforehand, so that
 /// waiting does not scan the table).
 async fn until_rows(expected: &BTreeMap<i64, String>, cache: &Cache<Row, Row>) {
-    wait_for(
-        Duration::from_secs(60),
-        "the cache to equal the table",
-        || async { (&cache_rows(cache) == expected).then_some(()) },
-    )
-    .await;
+    wait_for_rows(cache, expected, Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,15 +60,7 @@ async fn follows_copy_batches(partitions: u32) {
 
     let expected = table_rows(&pg, &table).await;
     assert!(expected.len() > 65_000, "{} rows", expected.len());
-    wait_for(
-        Duration::from_secs(120),
-        "the cache to equal the table after COPY batches",
-        || async {
-            let rows = cache_rows(&cache);
-            (rows == expected).then_some(())
-        },
-    )
-    .await;
+    wait_for_rows(&cache, &expected, Duration::from_secs(120)).await;
     let stats = cache.stats();
     assert_eq!(stats.bad_records, 0, "{stats:?}");
     assert_eq!(stats.duplicates, 0, "the bridge did not restart: {stats:?}");

@@ -28,12 +28,7 @@ fn builder(args: &BridgeArgs, table: &str) -> tidemark_client::Builder<Row, Row>
 /// Waits until the cache holds exactly the table.
 async fn converges(pg: &Client, table: &str, cache: &RowCache) {
     let expected = table_rows(pg, table).await;
-    wait_for(
-        Duration::from_secs(90),
-        "the cache to equal the table",
-        || async { (cache_rows(cache) == expected).then_some(()) },
-    )
-    .await;
+    wait_for_rows(cache, &expected, Duration::from_secs(90)).await;
 }
 
 async fn setup(base: &str, broker: Option<&PrivateBroker>) -> (Client, String, Bridge, BridgeArgs) {

@@ -64,12 +64,7 @@ async fn a_partition_increase_makes_running_caches_warm_start_again() {
         "no record reached the new partitions, so this test proves nothing"
     );
     let expected = table_rows(&pg, &table).await;
-    wait_for(
-        Duration::from_secs(90),
-        "the running cache to equal the table",
-        || async { (cache_rows(&cache) == expected).then_some(()) },
-    )
-    .await;
+    wait_for_rows(&cache, &expected, Duration::from_secs(90)).await;
     assert!(cache.stats().warm_starts >= 2, "{:?}", cache.stats());
     // And a cache that starts now.
     let late = args.row_cache(&table).build().await.expect("late cache");
@@ -173,12 +168,7 @@ async fn a_slot_created_anew_makes_running_caches_warm_start_again() {
         .await
         .unwrap();
     let expected = table_rows(&pg, &table).await;
-    wait_for(
-        Duration::from_secs(90),
-        "the running cache to equal the table",
-        || async { (cache_rows(&cache) == expected).then_some(()) },
-    )
-    .await;
+    wait_for_rows(&cache, &expected, Duration::from_secs(90)).await;
     assert!(cache.stats().warm_starts >= 2, "{:?}", cache.stats());
     cache.shutdown().await;
     assert!(bridge.sigterm(Duration::from_secs(30)).success());

@@ -67,12 +67,7 @@ async fn bridge_and_cache_run_over_sasl_ssl_with_kafka_properties_only() {
     .unwrap();
     let want = table_rows(&pg, &table).await;
     assert_eq!(want.len(), 500 - 51 + 100 - 10 + 50);
-    wait_for(
-        Duration::from_secs(60),
-        "the cache to equal the table",
-        || async { (cache_rows(&cache) == want).then_some(()) },
-    )
-    .await;
+    wait_for_rows(&cache, &want, Duration::from_secs(60)).await;
 
     let log = bridge.log_text();
     assert!(

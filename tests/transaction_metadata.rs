@@ -254,14 +254,5 @@ async fn transaction_events_count_every_change_record_of_their_transaction() {
         assert!(!log.contains("ERROR"), "{log}");
     }
     let want = table_rows(&pg, b).await;
-    wait_for(
-        Duration::from_secs(30),
-        "the cache to equal the table",
-        || {
-            let got = cache_rows(&cache);
-            let want = want.clone();
-            async move { (got == want).then_some(()) }
-        },
-    )
-    .await;
+    wait_for_rows(&cache, &want, Duration::from_secs(60)).await;
 }

@@ -71,6 +71,30 @@ impl PrivateBroker {
         self.running = true;
     }
 
+    /// Kills the broker (SIGKILL): requests in flight get no answer, nothing is shut
+    /// down cleanly. Its data stays; [`PrivateBroker::resume`] starts it again.
+    pub fn kill(&mut self) {
+        if std::mem::take(&mut self.running) {
+            let pid_file = self.dir.join("kafka.pid");
+            let pid = std::fs::read_to_string(&pid_file).expect("the node's kafka.pid");
+            let pid = pid.trim();
+            let status = Command::new("kill")
+                .args(["-9", pid])
+                .status()
+                .expect("kill");
+            assert!(status.success(), "kill -9 {pid} failed");
+            while Command::new("kill")
+                .args(["-0", pid])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = std::fs::remove_file(pid_file);
+        }
+    }
+
     /// Stops the broker (SIGTERM, a clean shutdown); its data stays.
     pub fn stop(&mut self) {
         if std::mem::take(&mut self.running) {

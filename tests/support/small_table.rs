@@ -2,6 +2,7 @@
 //! PostgreSQL and from a schema-agnostic cache for comparison.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use tidemark_client::{Cache, Row};
 use tokio_postgres::Client;
@@ -38,4 +39,41 @@ pub fn cache_rows(cache: &Cache<Row, Row>) -> BTreeMap<i64, String> {
             )
         })
         .collect()
+}
+
+/// Waits up to `timeout` for `cache` to hold exactly `expected` (the table's rows,
+/// read beforehand so that waiting does not scan the table). On timeout it fails
+/// naming the rows that differ and the cache's statistics.
+pub async fn wait_for_rows(
+    cache: &Cache<Row, Row>,
+    expected: &BTreeMap<i64, String>,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = cache_rows(cache);
+        if &got == expected {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(k)).collect();
+            let extra: Vec<_> = got.keys().filter(|k| !expected.contains_key(k)).collect();
+            let differ: Vec<_> = got
+                .iter()
+                .filter(|(k, v)| expected.get(k).is_some_and(|e| e != *v))
+                .collect();
+            panic!(
+                "after {timeout:?} the cache of {} does not equal the table: {} rows missing {:?}, {} extra {:?}, {} differ {:?}; the cache: {:?}",
+                cache.table(),
+                missing.len(),
+                &missing[..missing.len().min(10)],
+                extra.len(),
+                &extra[..extra.len().min(10)],
+                differ.len(),
+                &differ[..differ.len().min(10)],
+                cache.stats()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
