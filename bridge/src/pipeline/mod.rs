@@ -458,7 +458,7 @@ pub async fn run_session(
     }
     if let Some(progress) = &mut progress {
         if !progress.finished() {
-            info!(tables = progress.tables.len() - progress.done.len(), "initial snapshot: writing every row of the tables as op r records before streaming");
+            info!(tables = progress.tables.len() - progress.done.len(), "initial snapshot: writing every row of the tables as op r records before the changes");
             let writer = snapshot::Writer {
                 sink: &sink,
                 frontier: &frontier,
