@@ -136,7 +136,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let key_columns: Vec<String> = cache
         .iter()
         .next()
-        .map(|(key, _)| key.keys().cloned().collect())
+        .map(|(key, _)| key.columns().map(String::from).collect())
         .unwrap_or_default();
     let values: Vec<Arc<Row>> = cache.values().collect();
     // Shutting down writes the checkpoint, if there is a directory for one.
@@ -148,10 +148,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let stats = cache.stats();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let keyed: Option<Vec<(Vec<&Value>, &Row)>> = values
+    let keyed: Option<Vec<(Vec<Value>, &Row)>> = values
         .iter()
         .map(|row| {
-            let key: Option<Vec<&Value>> = key_columns.iter().map(|c| row.get(c)).collect();
+            let key: Option<Vec<Value>> = key_columns.iter().map(|c| row.get(c)).collect();
             Some((key?, &**row))
         })
         .collect();
@@ -167,7 +167,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                     }
                     serde_json::to_writer(&mut out, column)?;
                     out.write_all(b":")?;
-                    serde_json::to_writer(&mut out, v)?;
+                    serde_json::to_writer(&mut out, &v)?;
                 }
                 out.write_all(b"},\"value\":")?;
                 serde_json::to_writer(&mut out, value)?;
@@ -217,12 +217,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Orders keys column by column: numbers numerically, everything else by its text.
 fn compare_keys(a: &Row, b: &Row) -> Ordering {
-    let (x, y): (Vec<&Value>, Vec<&Value>) = (a.values().collect(), b.values().collect());
-    compare_key_values(&x, &y)
+    let values = |r: &Row| r.iter().map(|(_, v)| v).collect::<Vec<_>>();
+    compare_key_values(&values(a), &values(b))
 }
 
 /// [`compare_keys`] of the keys' values, in key order.
-fn compare_key_values(a: &[&Value], b: &[&Value]) -> Ordering {
+fn compare_key_values(a: &[Value], b: &[Value]) -> Ordering {
     for (x, y) in a.iter().zip(b.iter()) {
         let ord = match (x, y) {
             (Value::Number(m), Value::Number(n)) => match (m.as_i64(), n.as_i64()) {

@@ -11,17 +11,11 @@ use tidemark_core::wire::Row;
 
 use crate::support::*;
 
-/// The rows of a `Cache<Row, Row>` by their `id`.
-fn rows_by_id(cache: &Cache<Row, Row>) -> BTreeMap<i64, Row> {
-    cache
-        .entries()
-        .into_iter()
-        .map(|(k, v)| (k["id"].as_i64().expect("id"), (*v).clone()))
-        .collect()
-}
-
 /// Waits until the cache holds `ids` and returns its rows.
-async fn wait_for_ids(cache: &Cache<Row, Row>, ids: &[i64]) -> BTreeMap<i64, Row> {
+async fn wait_for_ids(
+    cache: &Cache<tidemark_client::Row, tidemark_client::Row>,
+    ids: &[i64],
+) -> BTreeMap<i64, Row> {
     wait_for(
         Duration::from_secs(60),
         "the cache to hold every row",

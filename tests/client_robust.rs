@@ -86,15 +86,16 @@ async fn bad_records_are_counted_and_skipped() {
         || async { (cache.stats().bad_records == 3).then_some(()) },
     )
     .await;
-    assert_eq!(cache.get(&key(1)).unwrap()["v"], "after the garbage");
+    assert_eq!(
+        cache.get(&key(1)).unwrap().get_str("v"),
+        Some("after the garbage")
+    );
     cache.shutdown().await;
     assert!(bridge.sigterm(Duration::from_secs(30)).success());
 }
 
 fn key(id: i64) -> Row {
-    let mut k = Row::new();
-    k.insert("id".into(), Value::from(id));
-    k
+    Row::from_iter([("id".to_owned(), Value::from(id))])
 }
 
 /// History disappears from under a cache: the topic (`cleanup.policy=delete`, as a

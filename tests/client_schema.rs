@@ -114,7 +114,7 @@ async fn generated_columns_are_left_out_of_the_load_as_the_stream_leaves_them_ou
     let shapes: BTreeSet<Vec<String>> = cache
         .entries()
         .iter()
-        .map(|(_, row)| row.keys().cloned().collect())
+        .map(|(_, row)| row.columns().map(String::from).collect())
         .collect();
     assert_eq!(
         shapes,

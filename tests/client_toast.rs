@@ -18,10 +18,10 @@ fn summary_of_cache(cache: &Cache<Row, Row>) -> Summary {
         .entries()
         .into_iter()
         .map(|(_, r)| {
-            let text = |c: &str| r[c].as_str().unwrap_or_default().to_owned();
+            let text = |c: &str| r.get_str(c).unwrap_or_default().to_owned();
             (
-                r["id"].as_i64().unwrap_or_default(),
-                r["counter"].as_i64().unwrap_or_default(),
+                r.get_i64("id").unwrap_or_default(),
+                r.get_i64("counter").unwrap_or_default(),
                 text("big"),
                 text("note"),
             )

@@ -277,11 +277,7 @@ async fn debezium_format_matches_debeziums_documented_values_per_mode() {
             Duration::from_secs(60),
             "the cache to hold rows 1 and 3 and not 2 or 4",
             || {
-                let rows: BTreeMap<i64, Row> = cache
-                    .entries()
-                    .into_iter()
-                    .map(|(k, v)| (k["id"].as_i64().expect("id"), (*v).clone()))
-                    .collect();
+                let rows: BTreeMap<i64, Row> = rows_by_id(cache);
                 let done = rows.len() == 2 && rows.contains_key(&1) && rows.contains_key(&3);
                 async move { done.then_some(rows) }
             },

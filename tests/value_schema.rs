@@ -4,13 +4,12 @@
 //! built for such a topic (unwrapping, and computing each loaded row's key with its
 //! schema, as its partition depends on those bytes) ends equal to the table.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tidemark_core::wire::debezium::Modes;
 use tidemark_core::wire::partitioner::partition_of;
-use tidemark_core::wire::{Row, ValueFormat};
+use tidemark_core::wire::ValueFormat;
 
 use crate::support::*;
 
@@ -294,18 +293,12 @@ async fn value_schema_wraps_keys_and_values_as_connects_json_converter() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(ids, [1, 2, 5]);
-    let entries = |c: &tidemark_client::Cache<Row, Row>| -> BTreeMap<i64, Row> {
-        c.entries()
-            .into_iter()
-            .map(|(k, v)| (k["id"].as_i64().expect("id"), (*v).clone()))
-            .collect()
-    };
     let got = wait_for(
         Duration::from_secs(60),
         "the cache to hold rows 1, 2, 5",
         || {
-            let rows = entries(&cache);
-            let plain_rows = entries(&plain_cache);
+            let rows = rows_by_id(&cache);
+            let plain_rows = rows_by_id(&plain_cache);
             let done = rows.keys().copied().eq(ids.iter().copied()) && rows == plain_rows;
             async move { done.then_some(rows) }
         },

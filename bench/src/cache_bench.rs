@@ -26,6 +26,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tidemark_client::Cache;
+use tidemark_client::Row as CachedRow;
 use tidemark_core::wire::envelope::SLOT_MARKER_HEADER;
 use tidemark_core::wire::{Envelope, Op, Row};
 
@@ -275,6 +276,39 @@ async fn readers_and_dump(
             format!("COPY to /dev/null via psql {copy_s:.2} s"),
             format!("{:.2} × COPY", c / copy_s),
             "-".into(),
+        ));
+    }
+    // The same for the schema-agnostic value type.
+    for readers in [1, 2, 4] {
+        let (mut took, mut used) = (Vec::new(), 0);
+        for _ in 0..repeat {
+            let t = Instant::now();
+            let cache = Cache::<CachedRow, CachedRow>::builder()
+                .postgres(env.postgres.clone())
+                .kafka(env.kafka.clone())
+                .table(format!("public.{table}"))
+                .topic_prefix(prefix.to_owned())
+                .parallel_load(readers)
+                .build()
+                .await?;
+            took.push(t.elapsed().as_secs_f64());
+            used = cache.stats().load_readers;
+            cache.shutdown().await;
+        }
+        let c = median(took);
+        eprintln!("  Row, {readers} reader(s) (used {used}): {c:.2} s");
+        out.push((
+            format!("warm start, Row, parallel_load({readers}), {used} read"),
+            format!("{c:.2} s ({:.0} rows/s)", rows as f64 / c),
+            format!("COPY to /dev/null via psql {copy_s:.2} s"),
+            format!("{:.2} × COPY", c / copy_s),
+            match readers {
+                1 => format!(
+                    "≤ 2 × COPY: {}",
+                    if c <= 2.0 * copy_s { "met" } else { "NOT met" }
+                ),
+                _ => "-".into(),
+            },
         ));
     }
     let dump = std::env::current_exe()?

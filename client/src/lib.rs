@@ -72,6 +72,7 @@ mod error;
 mod follow;
 mod load;
 mod postgres;
+mod row;
 mod run;
 mod seek;
 mod state;
@@ -86,7 +87,7 @@ pub use config::{
     DEFAULT_TOPIC_PREFIX, TYPED_CONSUMER_PROPERTIES,
 };
 pub use error::{Error, Result};
+pub use row::Row;
 pub use state::{Change, Origin, PartitionPosition, StartedFrom};
-/// The record types an application reads: a row of a schema-agnostic cache
-/// (`Cache<Row, Row>`) and the change envelope.
-pub use tidemark_core::wire::{Envelope, Op, Row};
+/// The change envelope, as the records carry it.
+pub use tidemark_core::wire::{Envelope, Op};

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use serde_json::{Map, Value};
 use tidemark_client::{Cache, Row};
 use tokio_postgres::Client;
 
@@ -34,10 +35,19 @@ pub fn cache_rows(cache: &Cache<Row, Row>) -> BTreeMap<i64, String> {
         .into_iter()
         .map(|(_, row)| {
             (
-                row["id"].as_i64().unwrap(),
-                row["v"].as_str().unwrap_or_default().to_owned(),
+                row.get_i64("id").unwrap(),
+                row.get_str("v").unwrap_or_default().to_owned(),
             )
         })
+        .collect()
+}
+
+/// A schema-agnostic cache's rows by their `id`, as JSON objects.
+pub fn rows_by_id(cache: &Cache<Row, Row>) -> BTreeMap<i64, Map<String, Value>> {
+    cache
+        .entries()
+        .into_iter()
+        .map(|(k, v)| (k.get_i64("id").expect("id"), v.to_map()))
         .collect()
 }
 
