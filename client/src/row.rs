@@ -187,6 +187,7 @@ fn intern(names: &[String]) -> Arc<Columns> {
             c.0.len() == names.len() && c.0.iter().zip(names).all(|(a, b)| **a == **b)
         });
         let columns = match found {
+            Some(0) => return shapes[0].clone(),
             Some(i) => shapes.remove(i),
             None => Arc::new(Columns(names.iter().map(|n| n.as_str().into()).collect())),
         };
