@@ -148,18 +148,21 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let stats = cache.stats();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let keyed: Option<Vec<(Vec<Value>, &Row)>> = values
+    // The key values of all rows in one flat vector (row i's at i*k..(i+1)*k), and the
+    // rows' order sorted over it: no allocation per row.
+    let k = key_columns.len().max(1);
+    let keys: Option<Vec<Value>> = values
         .iter()
-        .map(|row| {
-            let key: Option<Vec<Value>> = key_columns.iter().map(|c| row.get(c)).collect();
-            Some((key?, &**row))
-        })
+        .flat_map(|row| key_columns.iter().map(move |c| row.get(c)))
         .collect();
-    match keyed {
-        Some(mut rows) => {
-            rows.sort_by(|a, b| compare_key_values(&a.0, &b.0));
+    match keys {
+        Some(keys) if !key_columns.is_empty() && keys.len() == values.len() * k => {
+            let key_of = |i: u32| &keys[i as usize * k..(i as usize + 1) * k];
+            let mut order: Vec<u32> = (0..values.len() as u32).collect();
+            order.sort_unstable_by(|&a, &b| compare_key_values(key_of(a), key_of(b)));
             // Each line written from the cache's own row, without building a copy.
-            for (key, value) in rows {
+            for i in order {
+                let (key, value) = (key_of(i), &values[i as usize]);
                 out.write_all(b"{\"key\":{")?;
                 for (i, (column, v)) in key_columns.iter().zip(key).enumerate() {
                     if i > 0 {
@@ -167,15 +170,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                     }
                     serde_json::to_writer(&mut out, column)?;
                     out.write_all(b":")?;
-                    serde_json::to_writer(&mut out, &v)?;
+                    serde_json::to_writer(&mut out, v)?;
                 }
                 out.write_all(b"},\"value\":")?;
-                serde_json::to_writer(&mut out, value)?;
+                serde_json::to_writer(&mut out, &**value)?;
                 out.write_all(b"}\n")?;
             }
         }
         // A value without its key columns (not a whole row): the keys themselves.
-        None => {
+        _ => {
             let mut rows = cache.entries();
             rows.sort_by(|a, b| compare_keys(&a.0, &b.0));
             for (key, value) in rows {

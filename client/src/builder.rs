@@ -210,8 +210,8 @@ impl<K, V> Builder<K, V> {
     /// How many connections read the table in a load from PostgreSQL, each a range of
     /// its pages in the same snapshot (exported by the load's transaction and imported
     /// by the others, so the load is exactly one snapshot). `1` reads with one
-    /// connection. By default one reader per 64 MiB of table, at most one per core
-    /// and at most 8. Needs PostgreSQL 14 or later (TID range scans) and a plain
+    /// connection. By default one reader per 64 MiB of table, at most one per two
+    /// cores (the other half decode the readers' rows) and at most 8. Needs PostgreSQL 14 or later (TID range scans) and a plain
     /// table; otherwise, and when a reader cannot connect or join the snapshot (a
     /// DDL statement waiting for the table's locks, say), fewer read (a warning says why
     /// when the count was set here). [`Stats::load_readers`](crate::Stats::load_readers)

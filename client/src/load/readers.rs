@@ -105,8 +105,9 @@ pub(super) async fn open(
         }
         Some(n) => n,
         None => {
+            // Every reader's rows are decoded here: half the cores read, half decode.
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            ((pages / PAGES_PER_READER) as usize).clamp(1, cores.min(MAX_READERS))
+            ((pages / PAGES_PER_READER) as usize).clamp(1, (cores / 2).clamp(1, MAX_READERS))
         }
     };
     // No more readers than pages.
