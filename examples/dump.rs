@@ -149,7 +149,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let stats = cache.stats();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     // The key values of all rows in one flat vector (row i's at i*k..(i+1)*k), and the
-    // rows' order sorted over it: no allocation per row.
+    // rows' order sorted over it: no vector per row.
     let k = key_columns.len().max(1);
     let keys: Option<Vec<Value>> = values
         .iter()
@@ -157,12 +157,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     match keys {
         Some(keys) if !key_columns.is_empty() && keys.len() == values.len() * k => {
-            let key_of = |i: u32| &keys[i as usize * k..(i as usize + 1) * k];
-            let mut order: Vec<u32> = (0..values.len() as u32).collect();
+            let key_of = |i: usize| &keys[i * k..(i + 1) * k];
+            let mut order: Vec<usize> = (0..values.len()).collect();
             order.sort_unstable_by(|&a, &b| compare_key_values(key_of(a), key_of(b)));
             // Each line written from the cache's own row, without building a copy.
             for i in order {
-                let (key, value) = (key_of(i), &values[i as usize]);
+                let (key, value) = (key_of(i), &values[i]);
                 out.write_all(b"{\"key\":{")?;
                 for (i, (column, v)) in key_columns.iter().zip(key).enumerate() {
                     if i > 0 {
@@ -230,10 +230,14 @@ fn compare_key_values(a: &[Value], b: &[Value]) -> Ordering {
         let ord = match (x, y) {
             (Value::Number(m), Value::Number(n)) => match (m.as_i64(), n.as_i64()) {
                 (Some(i), Some(j)) => i.cmp(&j),
-                _ => m
-                    .as_f64()
-                    .partial_cmp(&n.as_f64())
-                    .unwrap_or(Ordering::Equal),
+                // Exact for integers, `total_cmp` otherwise (a key column holds one type).
+                _ => match (m.as_u64(), n.as_u64()) {
+                    (Some(i), Some(j)) => i.cmp(&j),
+                    _ => m
+                        .as_f64()
+                        .unwrap_or(0.0)
+                        .total_cmp(&n.as_f64().unwrap_or(0.0)),
+                },
             },
             (Value::String(s), Value::String(t)) => s.cmp(t),
             _ => x.to_string().cmp(&y.to_string()),

@@ -2,7 +2,7 @@
 //! it, in about the memory of its JSON.
 //!
 //! A JSON object per row (`serde_json::Map`) costs a `String` per column name per row,
-//! a 32-byte `Value` per column and an allocation per text value: about ten times the
+//! a 32-byte `Value` per column and an allocation per text value: about nine times the
 //! row's JSON for a million rows of six columns. A `Row` holds the column names once
 //! per table shape (shared through an `Arc`, interned per thread as rows are read)
 //! and its values in one allocation: a tag byte per value, then 8 bytes for a number,
@@ -24,8 +24,25 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 /// The column names of one table shape, shared by its rows.
-#[derive(PartialEq, Eq, Hash)]
-struct Columns(Box<[Box<str>]>);
+#[derive(PartialEq, Eq)]
+struct Columns {
+    names: Box<[Box<str>]>,
+    /// The columns' positions in name order, when the names are not in it: rows with
+    /// the same columns in another order are equal and hash alike, as JSON objects.
+    by_name: Option<Box<[usize]>>,
+}
+
+impl Columns {
+    fn new(names: &[String]) -> Columns {
+        let mut order: Vec<usize> = (0..names.len()).collect();
+        order.sort_by(|&a, &b| names[a].cmp(&names[b]));
+        let sorted = order.iter().enumerate().all(|(i, &j)| i == j);
+        Columns {
+            names: names.iter().map(|n| n.as_str().into()).collect(),
+            by_name: (!sorted).then(|| order.into_boxed_slice()),
+        }
+    }
+}
 
 /// A row of any table: column names shared per table shape, values in one
 /// allocation. See the [module documentation](self).
@@ -66,10 +83,17 @@ impl Cell<'_> {
             Cell::U64(n) => n.into(),
             Cell::F64(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
             Cell::Str(s) => Value::String(s.to_owned()),
-            // Written from a parsed value, so it parses.
-            Cell::Json(text) => serde_json::from_str(text).unwrap_or(Value::Null),
+            Cell::Json(text) => parse_json(text),
         }
     }
+}
+
+/// A JSON cell's value. The text was written from a parsed value; without the parser's
+/// depth limit it parses again, whatever its nesting (the codec bounds that).
+fn parse_json(text: &str) -> Value {
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit();
+    Value::deserialize(&mut de).unwrap_or(Value::Null)
 }
 
 impl Serialize for Cell<'_> {
@@ -114,8 +138,9 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
                 out.push(U64);
                 out.extend_from_slice(&u.to_le_bytes());
             } else {
+                // + 0.0 turns -0.0 into 0.0, which JSON holds as equal.
                 out.push(F64);
-                out.extend_from_slice(&n.as_f64().unwrap_or(f64::NAN).to_le_bytes());
+                out.extend_from_slice(&(n.as_f64().unwrap_or(0.0) + 0.0).to_le_bytes());
             }
         }
         Value::String(s) => put_str(out, STR, s),
@@ -184,12 +209,12 @@ fn intern(names: &[String]) -> Arc<Columns> {
     SHAPES.with(|shapes| {
         let mut shapes = shapes.borrow_mut();
         let found = shapes.iter().position(|c| {
-            c.0.len() == names.len() && c.0.iter().zip(names).all(|(a, b)| **a == **b)
+            c.names.len() == names.len() && c.names.iter().zip(names).all(|(a, b)| **a == **b)
         });
         let columns = match found {
             Some(0) => return shapes[0].clone(),
             Some(i) => shapes.remove(i),
-            None => Arc::new(Columns(names.iter().map(|n| n.as_str().into()).collect())),
+            None => Arc::new(Columns::new(names)),
         };
         shapes.insert(0, columns.clone());
         shapes.truncate(SHAPES_KEPT);
@@ -200,21 +225,21 @@ fn intern(names: &[String]) -> Arc<Columns> {
 impl Row {
     /// The number of columns.
     pub fn len(&self) -> usize {
-        self.columns.0.len()
+        self.columns.names.len()
     }
 
     /// Whether the row has no column.
     pub fn is_empty(&self) -> bool {
-        self.columns.0.is_empty()
+        self.columns.names.is_empty()
     }
 
     /// The column names, in the row's order.
     pub fn columns(&self) -> impl Iterator<Item = &str> + '_ {
-        self.columns.0.iter().map(|c| &**c)
+        self.columns.names.iter().map(|c| &**c)
     }
 
     fn cell(&self, column: &str) -> Option<Cell<'_>> {
-        let i = self.columns.0.iter().position(|c| &**c == column)?;
+        let i = self.columns.names.iter().position(|c| &**c == column)?;
         Cells(&self.cells).nth(i)
     }
 
@@ -278,19 +303,64 @@ impl FromIterator<(String, Value)> for Row {
     }
 }
 
+/// The encoded bytes of each cell, in column order.
+struct Spans<'a>(Cells<'a>);
+
+impl<'a> Iterator for Spans<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let before = self.0 .0;
+        self.0.next()?;
+        Some(&before[..before.len() - self.0 .0.len()])
+    }
+}
+
+/// Equal as JSON objects: the same columns with the same values, in any order.
 impl PartialEq for Row {
     fn eq(&self, other: &Row) -> bool {
-        (Arc::ptr_eq(&self.columns, &other.columns) || self.columns == other.columns)
-            && self.cells == other.cells
+        if Arc::ptr_eq(&self.columns, &other.columns) || self.columns == other.columns {
+            return self.cells == other.cells;
+        }
+        if self.len() != other.len() {
+            return false;
+        }
+        let theirs: Vec<&[u8]> = Spans(Cells(&other.cells)).collect();
+        self.columns()
+            .zip(Spans(Cells(&self.cells)))
+            .all(|(name, mine)| {
+                other
+                    .columns()
+                    .position(|n| n == name)
+                    .is_some_and(|j| theirs.get(j) == Some(&mine))
+            })
     }
 }
 
 impl Eq for Row {}
 
+/// Hashes the columns in name order, so that equal rows hash alike.
 impl Hash for Row {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.columns.hash(state);
-        self.cells.hash(state);
+        let names = &self.columns.names;
+        state.write_usize(names.len());
+        match &self.columns.by_name {
+            None => {
+                for (name, span) in names.iter().zip(Spans(Cells(&self.cells))) {
+                    name.hash(state);
+                    span.hash(state);
+                }
+            }
+            Some(order) => {
+                let spans: Vec<&[u8]> = Spans(Cells(&self.cells)).collect();
+                for &i in order.iter() {
+                    names[i].hash(state);
+                    if let Some(span) = spans.get(i) {
+                        span.hash(state);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -332,9 +402,13 @@ impl<'de> Visitor<'de> for RowVisitor {
         // shape allocates only its cells.
         thread_local! {
             static NAMES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+            /// The size of the last row's cells: rows of one table are alike, so the
+            /// buffer rarely grows.
+            static LAST_SIZE: std::cell::Cell<usize> = const { std::cell::Cell::new(64) };
         }
         let mut names = NAMES.with(|n| std::mem::take(&mut *n.borrow_mut()));
-        let mut cells = Vec::with_capacity(64);
+        let last = LAST_SIZE.get();
+        let mut cells = Vec::with_capacity(last + last / 4);
         let mut n = 0;
         let result = loop {
             if names.len() == n {
@@ -350,6 +424,7 @@ impl<'de> Visitor<'de> for RowVisitor {
             }
             n += 1;
         };
+        LAST_SIZE.set(cells.len());
         let row = result.map(|()| Row {
             columns: intern(&names[..n]),
             cells: cells.into_boxed_slice(),
@@ -437,12 +512,30 @@ impl<'de> Visitor<'de> for CellSeed<'_> {
         }
     }
 
+    fn visit_i128<E: de::Error>(self, n: i128) -> Result<(), E> {
+        match i64::try_from(n) {
+            Ok(i) => self.visit_i64(i),
+            Err(_) => match u64::try_from(n) {
+                Ok(u) => self.visit_u64(u),
+                Err(_) => Err(E::custom(format!("{n} is out of a JSON number's range"))),
+            },
+        }
+    }
+
+    fn visit_u128<E: de::Error>(self, n: u128) -> Result<(), E> {
+        match u64::try_from(n) {
+            Ok(u) => self.visit_u64(u),
+            Err(_) => Err(E::custom(format!("{n} is out of a JSON number's range"))),
+        }
+    }
+
     fn visit_f64<E: de::Error>(self, f: f64) -> Result<(), E> {
         // As `serde_json::Value` keeps it: a value JSON cannot hold is null.
         match f.is_finite() {
             true => {
+                // + 0.0 turns -0.0 into 0.0, which JSON holds as equal.
                 self.0.push(F64);
-                self.0.extend_from_slice(&f.to_le_bytes());
+                self.0.extend_from_slice(&(f + 0.0).to_le_bytes());
             }
             false => self.0.push(NULL),
         }
@@ -510,8 +603,6 @@ mod tests {
             row(json!({"id": 2, "v": "y"})),
         );
         assert!(Arc::ptr_eq(&a.columns, &b.columns));
-        let other = row(json!({"v": "x", "id": 1}));
-        assert_ne!(a, other, "column order is part of the row");
         let same = row(json!({"id": 1, "v": "x"}));
         assert_eq!(a, same);
         let hash = |r: &Row| {
@@ -520,8 +611,27 @@ mod tests {
             h.finish()
         };
         assert_eq!(hash(&a), hash(&same));
+        // As JSON objects: the columns' order does not matter (a typed key written to a
+        // checkpoint in its fields' order finds the stream's key), values do.
+        let reordered = row(json!({"v": "x", "id": 1}));
+        assert_eq!(a, reordered);
+        assert_eq!(hash(&a), hash(&reordered));
+        assert_ne!(a, row(json!({"v": "y", "id": 1})));
+        assert_ne!(a, row(json!({"id": 1, "w": "x"})));
+        assert_ne!(a, row(json!({"id": 1})));
+        assert_eq!(row(json!({"f": -0.0})), row(json!({"f": 0.0})));
         let key: std::collections::HashMap<Row, i32> = [(a.clone(), 1)].into();
         assert_eq!(key.get(&same), Some(&1));
+    }
+
+    #[test]
+    fn deep_json_values_read_back() {
+        let mut deep = json!(1);
+        for _ in 0..200 {
+            deep = json!([deep]);
+        }
+        let r = Row::from_iter([("j".to_owned(), deep.clone())]);
+        assert_eq!(r.get("j"), Some(deep));
     }
 
     #[test]
