@@ -200,8 +200,8 @@ pub async fn warm_start(
         format!("COPY to /dev/null via psql {k:.2} s"),
         format!("{:.2} × COPY", c / k),
         format!(
-            "≤ 1.5 × COPY: {}",
-            if c <= 1.5 * k { "met" } else { "NOT met" }
+            "≤ 1.2 × COPY: {}",
+            if c <= 1.2 * k { "met" } else { "NOT met" }
         ),
     ));
     out.rows
@@ -216,8 +216,8 @@ pub async fn warm_start(
         format!("row as JSON {json:.0} B"),
         format!("{:.2} × JSON", rss / json),
         format!(
-            "≤ 2 × JSON: {}",
-            if rss <= 2.0 * json { "met" } else { "NOT met" }
+            "≤ 1.5 × JSON: {}",
+            if rss <= 1.5 * json { "met" } else { "NOT met" }
         ),
     ));
     out.notes.push(format!(
