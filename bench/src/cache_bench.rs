@@ -16,6 +16,7 @@
 //! fan-out's writer and connection sampler defined here.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering as AtomicOrdering};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tidemark_client::Cache;
 use tidemark_client::Row as CachedRow;
@@ -95,11 +97,47 @@ pub(crate) fn builder(
     table: &str,
     prefix: &str,
 ) -> tidemark_client::Builder<Key, Account> {
-    Cache::builder()
+    builder_for(env, table, prefix)
+}
+
+/// [`builder`] for any key and value type.
+fn builder_for<K, V>(env: &Env, table: &str, prefix: &str) -> tidemark_client::Builder<K, V>
+where
+    K: DeserializeOwned + Hash + Eq + Clone + Send + Sync + 'static,
+    V: DeserializeOwned + Send + Sync + 'static,
+{
+    Cache::<K, V>::builder()
         .postgres(env.postgres.clone())
         .kafka(env.kafka.clone())
         .table(format!("public.{table}"))
         .topic_prefix(prefix.to_owned())
+}
+
+/// The median time of `repeat` warm starts of `table` into `Cache<K, V>` with
+/// `parallel_load(readers)`, and how many readers the last one used.
+async fn timed_loads<K, V>(
+    env: &Env,
+    table: &str,
+    prefix: &str,
+    readers: usize,
+    repeat: usize,
+) -> Result<(f64, usize), BoxError>
+where
+    K: DeserializeOwned + Hash + Eq + Clone + Send + Sync + 'static,
+    V: DeserializeOwned + Send + Sync + 'static,
+{
+    let (mut took, mut used) = (Vec::new(), 0);
+    for _ in 0..repeat {
+        let t = Instant::now();
+        let cache = builder_for::<K, V>(env, table, prefix)
+            .parallel_load(readers)
+            .build()
+            .await?;
+        took.push(t.elapsed().as_secs_f64());
+        used = cache.stats().load_readers;
+        cache.shutdown().await;
+    }
+    Ok((median(took), used))
 }
 
 /// Average size of a row as JSON (the envelope's `after`), from the table.
@@ -257,18 +295,7 @@ async fn readers_and_dump(
 ) -> Result<Vec<(String, String, String, String, String)>, BoxError> {
     let mut out = Vec::new();
     for readers in [1, 2, 4] {
-        let (mut took, mut used) = (Vec::new(), 0);
-        for _ in 0..repeat {
-            let t = Instant::now();
-            let cache = builder(env, table, prefix)
-                .parallel_load(readers)
-                .build()
-                .await?;
-            took.push(t.elapsed().as_secs_f64());
-            used = cache.stats().load_readers;
-            cache.shutdown().await;
-        }
-        let c = median(took);
+        let (c, used) = timed_loads::<Key, Account>(env, table, prefix, readers, repeat).await?;
         eprintln!("  {readers} reader(s) (used {used}): {c:.2} s");
         out.push((
             format!("warm start, typed, parallel_load({readers}), {used} read"),
@@ -280,22 +307,8 @@ async fn readers_and_dump(
     }
     // The same for the schema-agnostic value type.
     for readers in [1, 2, 4] {
-        let (mut took, mut used) = (Vec::new(), 0);
-        for _ in 0..repeat {
-            let t = Instant::now();
-            let cache = Cache::<CachedRow, CachedRow>::builder()
-                .postgres(env.postgres.clone())
-                .kafka(env.kafka.clone())
-                .table(format!("public.{table}"))
-                .topic_prefix(prefix.to_owned())
-                .parallel_load(readers)
-                .build()
-                .await?;
-            took.push(t.elapsed().as_secs_f64());
-            used = cache.stats().load_readers;
-            cache.shutdown().await;
-        }
-        let c = median(took);
+        let (c, used) =
+            timed_loads::<CachedRow, CachedRow>(env, table, prefix, readers, repeat).await?;
         eprintln!("  Row, {readers} reader(s) (used {used}): {c:.2} s");
         out.push((
             format!("warm start, Row, parallel_load({readers}), {used} read"),

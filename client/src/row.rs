@@ -128,23 +128,11 @@ fn put_str(out: &mut Vec<u8>, tag: u8, text: &str) {
 /// Appends `v` in the cell encoding.
 fn put_value(out: &mut Vec<u8>, v: &Value) {
     match v {
-        Value::Null => out.push(NULL),
-        Value::Bool(b) => out.push(if *b { TRUE } else { FALSE }),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                out.push(I64);
-                out.extend_from_slice(&i.to_le_bytes());
-            } else if let Some(u) = n.as_u64() {
-                out.push(U64);
-                out.extend_from_slice(&u.to_le_bytes());
-            } else {
-                // + 0.0 turns -0.0 into 0.0, which JSON holds as equal.
-                out.push(F64);
-                out.extend_from_slice(&(n.as_f64().unwrap_or(0.0) + 0.0).to_le_bytes());
-            }
-        }
-        Value::String(s) => put_str(out, STR, s),
         Value::Array(_) | Value::Object(_) => put_str(out, JSON, &v.to_string()),
+        // A scalar as the decoder writes it; a `Value` deserialises without error.
+        _ => {
+            let _ = CellSeed(out).deserialize(v);
+        }
     }
 }
 

@@ -83,12 +83,17 @@ impl PrivateBroker {
                 .status()
                 .expect("kill");
             assert!(status.success(), "kill -9 {pid} failed");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
             while Command::new("kill")
                 .args(["-0", pid])
                 .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success())
             {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "Kafka (pid {pid}) still runs 30 s after SIGKILL"
+                );
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             let _ = std::fs::remove_file(pid_file);
