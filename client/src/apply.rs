@@ -134,7 +134,7 @@ where
     /// The cached TOAST-able values of `key`.
     pub fn cached_toast(&self, key: &K) -> Option<Row> {
         let entry = self.shared.map.get(key)?;
-        match entry.toast.as_deref() {
+        match entry.toast() {
             Some(text) => serde_json::from_str(text).ok(),
             None => Some(Row::new()),
         }
@@ -183,7 +183,7 @@ where
         }
         // An equal `ts` is the version already held: a replay, not a change.
         match (ts, self.shared.map.get(key)) {
-            (Some(new), Some(e)) => e.ts.as_deref().is_some_and(|old| !new.newer_than(old)),
+            (Some(new), Some(e)) => e.ts().is_some_and(|old| !new.newer_than(old)),
             _ => false,
         }
     }
@@ -225,13 +225,7 @@ where
         toast: Option<Box<str>>,
         ts: Option<Ts>,
     ) -> Entry<V> {
-        Entry {
-            value,
-            partition,
-            toast,
-            ts: ts.map(Box::new),
-            generation: self.generation,
-        }
+        Entry::new(value, partition, self.generation, toast, ts)
     }
 
     /// Removes `key`. For the watermark strategy, `before` (the old row, when the
@@ -243,10 +237,7 @@ where
             .and_then(|c| before?.get(c))
             .and_then(Ts::from_value);
         if let (Some(old_ts), Some(e)) = (&before_ts, self.shared.map.get(&key)) {
-            if e.ts
-                .as_deref()
-                .is_some_and(|cached| !old_ts.at_least(cached))
-            {
+            if e.ts().is_some_and(|cached| !old_ts.at_least(cached)) {
                 return Err(Rejected::Stale);
             }
         }

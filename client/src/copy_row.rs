@@ -16,17 +16,22 @@ use serde::de::value::StrDeserializer;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
 use serde::Deserializer;
 use serde_json::Value;
+use smallvec::SmallVec;
 
 use crate::table::TableInfo;
 use tidemark_core::wire::codec::unescape_copy_field;
 use tidemark_core::wire::key;
 use tidemark_core::wire::{Row, ValueKind};
 
+/// Fields a [`CopyRow`] holds without allocating: a line of a table with more
+/// columns allocates its list of fields, one allocation per row of the load.
+const INLINE_FIELDS: usize = 16;
+
 /// A COPY text line split into fields, one per column of the table.
 pub(crate) struct CopyRow<'a> {
     table: &'a TableInfo,
     /// Unescaped field text; `None` is SQL NULL.
-    fields: Vec<Option<Cow<'a, str>>>,
+    fields: SmallVec<[Option<Cow<'a, str>>; INLINE_FIELDS]>,
 }
 
 impl<'a> CopyRow<'a> {
@@ -44,7 +49,7 @@ impl<'a> CopyRow<'a> {
         extra: usize,
     ) -> Result<Self, String> {
         let n = table.columns.len() + extra;
-        let mut fields = Vec::with_capacity(n);
+        let mut fields = SmallVec::with_capacity(n);
         for (i, field) in line.split(|&b| b == b'\t').enumerate() {
             if i == n {
                 return Err(format!("the line has more than {n} fields"));

@@ -134,6 +134,7 @@ where
     let mut table = TableInfo::read(&txn, name, format).await?;
     table.set_key_schema(format, prefix)?;
     let applier = applier_for(&table)?;
+    applier.shared.reserve(estimated_rows(&txn, &table).await?);
     let max_ts = match ts_column {
         Some(col) => {
             let sql = format!(
@@ -196,6 +197,24 @@ where
             readers,
         },
     })
+}
+
+/// The planner's estimate of the table's rows, scaled to its current size as the
+/// planner scales it (`reltuples / relpages` times the pages now); 0 when the table
+/// was never analysed or has no pages of its own (a partitioned parent).
+const ESTIMATE_SQL: &str = "SELECT (CASE WHEN c.reltuples <= 0 THEN 0 \
+    WHEN c.relpages <= 0 THEN c.reltuples \
+    ELSE c.reltuples / c.relpages * (pg_relation_size(c.oid) / current_setting('block_size')::int8) \
+    END)::int8 FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass";
+
+/// How many rows the load should expect, for sizing the map ([`ESTIMATE_SQL`]).
+async fn estimated_rows(txn: &tokio_postgres::Transaction<'_>, table: &TableInfo) -> Result<usize> {
+    let rows: i64 = txn
+        .query_one(ESTIMATE_SQL, &[&table.name.quoted()])
+        .await
+        .map_err(Error::postgres("reading the table's row estimate"))?
+        .get(0);
+    Ok(usize::try_from(rows).unwrap_or(0))
 }
 
 /// Reads, before the load transaction starts, a time at or before the commit time of
@@ -476,8 +495,10 @@ where
                 let mut store = Store::new(&applier, &table, partitions, &flagged);
                 // Holding the lock while waiting is fine: the others would wait too.
                 while let Some(batch) = lock(&rx).blocking_recv() {
+                    let mut lines = 0;
                     // Every batch ends with a newline.
                     for line in batch[..batch.len() - 1].split(|&b| b == b'\n') {
+                        lines += 1;
                         let stored = CopyRow::parse_with_extra(&table, line, flagged.len())
                             .map_err(|problem| Error::Decode {
                                 table: table.name.to_string(),
@@ -489,10 +510,7 @@ where
                             return;
                         }
                     }
-                    rows.fetch_add(
-                        batch.iter().filter(|&&b| b == b'\n').count() as u64,
-                        Relaxed,
-                    );
+                    rows.fetch_add(lines, Relaxed);
                 }
             })
         })

@@ -386,17 +386,15 @@ impl<'de> Visitor<'de> for RowVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row, A::Error> {
-        // The names go into this thread's reused buffers, so that a row of a known
-        // shape allocates only its cells.
+        // The names and cells go into this thread's reused buffers, so that a row of a
+        // known shape allocates only its cells, once, at their exact size.
         thread_local! {
             static NAMES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
-            /// The size of the last row's cells: rows of one table are alike, so the
-            /// buffer rarely grows.
-            static LAST_SIZE: std::cell::Cell<usize> = const { std::cell::Cell::new(64) };
+            static CELLS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         }
         let mut names = NAMES.with(|n| std::mem::take(&mut *n.borrow_mut()));
-        let last = LAST_SIZE.get();
-        let mut cells = Vec::with_capacity(last + last / 4);
+        let mut cells = CELLS.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        cells.clear();
         let mut n = 0;
         let result = loop {
             if names.len() == n {
@@ -412,12 +410,12 @@ impl<'de> Visitor<'de> for RowVisitor {
             }
             n += 1;
         };
-        LAST_SIZE.set(cells.len());
         let row = result.map(|()| Row {
             columns: intern(&names[..n]),
-            cells: cells.into_boxed_slice(),
+            cells: Box::from(&cells[..]),
         });
         NAMES.with(|cell| *cell.borrow_mut() = names);
+        CELLS.with(|cell| *cell.borrow_mut() = cells);
         row
     }
 }

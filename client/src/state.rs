@@ -76,22 +76,57 @@ pub enum StartedFrom {
     },
 }
 
-/// One cached row.
+/// One cached row: 24 bytes beside its key, paid once per bucket of the map (about
+/// two buckets per row after the map grows), so what most rows lack sits behind one
+/// optional box.
 pub(crate) struct Entry<V> {
     pub value: Arc<V>,
     /// The Kafka partition that owns the key.
     pub partition: i32,
-    /// The row's values that may be stored out of line (see
-    /// `ToastCopy` in `table`), as a JSON object, for
-    /// `unchanged_toast` merges. Kept as text: it is read only on such a merge, and
-    /// one string is far smaller than a map.
-    pub toast: Option<Box<str>>,
-    /// The watermark strategy's `ts` value (boxed: most caches do not use it, and
-    /// every byte here is paid once per row).
-    pub ts: Option<Box<Ts>>,
     /// The warm start that last wrote the entry; entries of older ones are removed
     /// after a new load.
     pub generation: u32,
+    /// The TOAST copy and the `ts` value, for the rows that have either.
+    pub extra: Option<Box<Extra>>,
+}
+
+/// The parts of an [`Entry`] that most rows lack.
+pub(crate) struct Extra {
+    /// The row's values that may be stored out of line (see `ToastCopy` in `table`),
+    /// as a JSON object, for `unchanged_toast` merges. Kept as text: it is read only
+    /// on such a merge, and one string is far smaller than a map.
+    pub toast: Option<Box<str>>,
+    /// The watermark strategy's `ts` value.
+    pub ts: Option<Ts>,
+}
+
+impl<V> Entry<V> {
+    /// A new entry; the extras are boxed only when there are any.
+    pub fn new(
+        value: Arc<V>,
+        partition: i32,
+        generation: u32,
+        toast: Option<Box<str>>,
+        ts: Option<Ts>,
+    ) -> Self {
+        let extra = (toast.is_some() || ts.is_some()).then(|| Box::new(Extra { toast, ts }));
+        Entry {
+            value,
+            partition,
+            generation,
+            extra,
+        }
+    }
+
+    /// The row's TOAST copy, if it has one.
+    pub fn toast(&self) -> Option<&str> {
+        self.extra.as_ref()?.toast.as_deref()
+    }
+
+    /// The row's `ts` value, if it has one.
+    pub fn ts(&self) -> Option<&Ts> {
+        self.extra.as_ref()?.ts.as_ref()
+    }
 }
 
 /// The consumer's position on one partition.
@@ -188,6 +223,22 @@ impl<K: Hash + Eq + Clone, V> Shared<K, V> {
         }
     }
 
+    /// Makes room for `rows` entries in all, so that a load of about that many rows
+    /// does not grow the map as it goes: each growth rehashes a whole shard and leaves
+    /// the old table's memory to the allocator, and an estimate on the high side costs
+    /// little, since the pages of buckets never written are never touched.
+    pub fn reserve(&self, rows: usize) {
+        let shards = self.map.shards();
+        let per_shard = rows.div_ceil(shards.len().max(1));
+        for shard in shards {
+            let mut table = shard.write();
+            let additional = per_shard.saturating_sub(table.len());
+            if additional > 0 {
+                table.reserve(additional, |(key, _)| self.map.hash_usize(key) as u64);
+            }
+        }
+    }
+
     /// Tells subscribers, if there are any (so an unwatched cache clones nothing).
     pub fn notify(&self, change: impl FnOnce() -> Change<K, V>) {
         if self.watched() {
@@ -222,5 +273,35 @@ pub(crate) struct TaskGuard {
 impl Drop for TaskGuard {
     fn drop(&mut self) {
         self.stop.send_replace(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserve_sizes_every_shard_for_its_share_of_the_rows() {
+        let shared = Shared::<i64, ()>::new(Uuid::nil(), "t".into(), "t".into(), 1);
+        shared.reserve(10_000);
+        let shards = shared.map.shards();
+        let share = 10_000usize.div_ceil(shards.len());
+        for shard in shards {
+            assert!(shard.read().capacity() >= share);
+        }
+        // A second reserve for rows already there adds nothing.
+        let before: Vec<usize> = shards.iter().map(|s| s.read().capacity()).collect();
+        shared.reserve(100);
+        let after: Vec<usize> = shards.iter().map(|s| s.read().capacity()).collect();
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn an_entry_without_toast_or_ts_has_no_extra_box() {
+        let plain = Entry::new(Arc::new(1), 0, 1, None, None);
+        assert!(plain.extra.is_none() && plain.toast().is_none() && plain.ts().is_none());
+        let toasted = Entry::new(Arc::new(1), 0, 1, Some("{}".into()), None);
+        assert_eq!(toasted.toast(), Some("{}"));
+        assert_eq!(std::mem::size_of::<Entry<u8>>(), 24);
     }
 }

@@ -566,7 +566,7 @@ pub(crate) fn take<K: std::hash::Hash + Eq, V>(
                 partition: entry.partition,
                 key: &key,
                 value: &value,
-                toast: entry.toast.as_deref(),
+                toast: entry.toast(),
             })?;
         }
         w.finish()
