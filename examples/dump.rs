@@ -139,55 +139,84 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(key, _)| key.columns().map(String::from).collect())
         .unwrap_or_default();
     let values: Vec<Arc<Row>> = cache.values().collect();
-    // Shutting down writes the checkpoint, if there is a directory for one.
-    if tokio::time::timeout(Duration::from_secs(600), cache.clone().shutdown())
-        .await
-        .is_err()
-    {
-        eprintln!("dump: the cache did not stop within 600 s; printing anyway");
-    }
-    let stats = cache.stats();
+    // Shutting down writes the checkpoint, if there is a directory for one; it runs
+    // while the rows are sorted and printed.
+    let stopping = tokio::spawn(tokio::time::timeout(
+        Duration::from_secs(600),
+        cache.clone().shutdown(),
+    ));
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    // The key values of all rows in one flat vector (row i's at i*k..(i+1)*k), and the
-    // rows' order sorted over it: no vector per row.
-    let k = key_columns.len().max(1);
-    let keys: Option<Vec<Value>> = values
-        .iter()
-        .flat_map(|row| key_columns.iter().map(move |c| row.get(c)))
-        .collect();
-    match keys {
-        Some(keys) if !key_columns.is_empty() && keys.len() == values.len() * k => {
-            let key_of = |i: usize| &keys[i * k..(i + 1) * k];
-            let mut order: Vec<usize> = (0..values.len()).collect();
-            order.sort_unstable_by(|&a, &b| compare_key_values(key_of(a), key_of(b)));
-            // Each line written from the cache's own row, without building a copy.
-            for i in order {
-                let (key, value) = (key_of(i), &values[i]);
-                out.write_all(b"{\"key\":{")?;
-                for (i, (column, v)) in key_columns.iter().zip(key).enumerate() {
-                    if i > 0 {
-                        out.write_all(b",")?;
-                    }
-                    serde_json::to_writer(&mut out, column)?;
-                    out.write_all(b":")?;
-                    serde_json::to_writer(&mut out, v)?;
-                }
-                out.write_all(b"},\"value\":")?;
-                serde_json::to_writer(&mut out, &**value)?;
-                out.write_all(b"}\n")?;
-            }
+    let name = |column: &String| serde_json::to_vec(column);
+    match key_columns.as_slice() {
+        // One integer key column, the common case: sort (key, row) pairs.
+        [column] if values.iter().all(|row| row.get_i64(column).is_some()) => {
+            let mut pairs: Vec<(i64, usize)> = (values.iter().enumerate())
+                .map(|(i, row)| (row.get_i64(column).unwrap_or_default(), i))
+                .collect();
+            let column = name(column)?;
+            pairs.sort_unstable();
+            print_sorted(&mut out, pairs.len(), |j, buf| {
+                let (key, i) = pairs[j];
+                buf.extend_from_slice(b"{\"key\":{");
+                buf.extend_from_slice(&column);
+                write!(buf, ":{key}}},\"value\":")?;
+                serde_json::to_writer(&mut *buf, &*values[i])?;
+                buf.extend_from_slice(b"}\n");
+                Ok(())
+            })?;
         }
-        // A value without its key columns (not a whole row): the keys themselves.
         _ => {
-            let mut rows = cache.entries();
-            rows.sort_by(|a, b| compare_keys(&a.0, &b.0));
-            for (key, value) in rows {
-                serde_json::to_writer(&mut out, &serde_json::json!({"key": key, "value": *value}))?;
-                out.write_all(b"\n")?;
+            // The key values of all rows in one flat vector (row i's at i*k..(i+1)*k),
+            // and the rows' order sorted over it: no vector per row.
+            let k = key_columns.len().max(1);
+            let keys: Option<Vec<Value>> = values
+                .iter()
+                .flat_map(|row| key_columns.iter().map(move |c| row.get(c)))
+                .collect();
+            match keys {
+                Some(keys) if !key_columns.is_empty() && keys.len() == values.len() * k => {
+                    let key_of = |i: usize| &keys[i * k..(i + 1) * k];
+                    let mut order: Vec<usize> = (0..values.len()).collect();
+                    order.sort_unstable_by(|&a, &b| compare_key_values(key_of(a), key_of(b)));
+                    let names = (key_columns.iter().map(name)).collect::<Result<Vec<_>, _>>()?;
+                    // Each line written from the cache's own row, without building a copy.
+                    print_sorted(&mut out, order.len(), |j, buf| {
+                        let i = order[j];
+                        buf.extend_from_slice(b"{\"key\":{");
+                        for (n, (column, v)) in names.iter().zip(key_of(i)).enumerate() {
+                            if n > 0 {
+                                buf.push(b',');
+                            }
+                            buf.extend_from_slice(column);
+                            buf.push(b':');
+                            serde_json::to_writer(&mut *buf, v)?;
+                        }
+                        buf.extend_from_slice(b"},\"value\":");
+                        serde_json::to_writer(&mut *buf, &*values[i])?;
+                        buf.extend_from_slice(b"}\n");
+                        Ok(())
+                    })?;
+                }
+                // A value without its key columns (not a whole row): the keys themselves.
+                _ => {
+                    let mut rows = cache.entries();
+                    rows.sort_by(|a, b| compare_keys(&a.0, &b.0));
+                    for (key, value) in rows {
+                        serde_json::to_writer(
+                            &mut out,
+                            &serde_json::json!({"key": key, "value": *value}),
+                        )?;
+                        out.write_all(b"\n")?;
+                    }
+                }
             }
         }
     }
     out.flush()?;
+    if !matches!(stopping.await, Ok(Ok(()))) {
+        eprintln!("dump: the cache did not stop within 600 s");
+    }
+    let stats = cache.stats();
     eprintln!(
         "dump: {} rows (loaded {}, applied {}, skipped as already loaded {}, duplicates {}, bad records {})",
         stats.rows,
@@ -216,6 +245,46 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("dump: {source}{written}");
     // Ends here, without freeing a million rows one by one on the way out.
     std::process::exit(0)
+}
+
+/// Writes `lines` lines to `out` in order, the `j`-th made by `line(j, buffer)`:
+/// chunks of lines are formatted on one thread per core while this one writes them.
+fn print_sorted(
+    out: &mut impl Write,
+    lines: usize,
+    line: impl Fn(usize, &mut Vec<u8>) -> std::io::Result<()> + Sync,
+) -> std::io::Result<()> {
+    const CHUNK: usize = 4096;
+    let chunks = lines.div_ceil(CHUNK);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 8));
+    std::thread::scope(|scope| {
+        let line = &line;
+        // Thread t formats chunks t, t + threads, ...; each hands them over in order.
+        let receivers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(2);
+                scope.spawn(move || {
+                    for chunk in (t..chunks).step_by(threads) {
+                        let mut buf = Vec::with_capacity(CHUNK * 256);
+                        let done = (chunk * CHUNK..lines.min((chunk + 1) * CHUNK))
+                            .try_for_each(|j| line(j, &mut buf))
+                            .map(|()| buf);
+                        if tx.send(done).is_err() {
+                            return;
+                        }
+                    }
+                });
+                rx
+            })
+            .collect();
+        for chunk in 0..chunks {
+            let buf = receivers[chunk % threads]
+                .recv()
+                .map_err(|_| std::io::Error::other("a formatting thread stopped"))??;
+            out.write_all(&buf)?;
+        }
+        Ok(())
+    })
 }
 
 /// Orders keys column by column: numbers numerically, everything else by its text.

@@ -26,6 +26,7 @@ mod client_schema;
 mod client_toast;
 mod client_topic_history;
 mod debezium_conformance;
+mod dump_tool;
 mod faults;
 mod kafka_sasl_ssl;
 mod kafka_transactions;
