@@ -22,8 +22,8 @@ use tidemark_client::{Builder, StartedFrom};
 use tokio_postgres::Client;
 
 use crate::cache_bench::{
-    builder, create_table, rows_read, rss_kib, start_all, Account, Key, Section, Sessions,
-    WarmTable, Writer,
+    builder, create_table, release_freed_memory, rows_read, rss_kib, start_all, Account, Key,
+    Section, Sessions, WarmTable, Writer,
 };
 use crate::env::{drop_slot, median, BoxError, BridgeProcess, Env};
 
@@ -39,25 +39,6 @@ const SESSIONS_LIMIT: Duration = Duration::from_secs(60);
 /// Bytes of the benchmark process's memory one cached row takes, with slack: the
 /// warm-start section measures about 540 B per row.
 const BYTES_PER_CACHED_ROW: u64 = 700;
-
-/// Hands memory the caches freed back to the system (glibc's `malloc_trim`), so that
-/// the next start in this process does not pay for consolidating it. Freeing a cache
-/// leaves millions of small free chunks; without this, glibc merges them at the next
-/// large allocation, which lands inside the next timed start (a profile showed over a
-/// second of `malloc_consolidate` there). A restarted service is a new process and
-/// has no such heap.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn malloc_trim(pad: usize) -> std::ffi::c_int;
-        }
-        // SAFETY: malloc_trim takes no pointers and only reorganises glibc's own heap.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
-}
 
 /// A builder like [`builder`], whose PostgreSQL sessions carry `application_name`.
 fn builder_as(

@@ -211,27 +211,35 @@ pub fn quantile(xs: &[f64], q: f64) -> f64 {
     xs[((xs.len() - 1) as f64 * q).round() as usize]
 }
 
-/// Runs `cmd` and returns its wall time.
 /// Runs `cmd` with its output discarded; returns its wall time and its peak resident
-/// set in bytes (from `wait4`).
+/// set in bytes: the highest `VmHWM` in `/proc/<pid>/status`, read every 10 ms until it
+/// exits. (`wait4`'s `ru_maxrss` would not do: a child started by `vfork` or `fork`
+/// counts the parent's resident set from before its `exec`, so it reports at least the
+/// benchmark process's own peak.)
 pub fn time_and_peak(cmd: &mut Command) -> Result<(Duration, u64), BoxError> {
     let t = Instant::now();
-    let child = cmd.stdout(Stdio::null()).spawn()?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child, with valid pointers to locals.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let mut child = cmd.stdout(Stdio::null()).spawn()?;
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let hwm = std::fs::read_to_string(&status_file)
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_owned();
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .unwrap_or(0);
+        peak_kib = peak_kib.max(hwm);
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let took = t.elapsed();
-    if waited != pid {
-        return Err(format!("waiting for {cmd:?}: {}", std::io::Error::last_os_error()).into());
+    if !status.success() {
+        return Err(format!("{cmd:?} failed: {status}").into());
     }
-    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-        return Err(format!("{cmd:?} failed: status {status}").into());
-    }
-    // ru_maxrss is in KiB on Linux.
-    Ok((took, usage.ru_maxrss as u64 * 1024))
+    Ok((took, peak_kib * 1024))
 }
 
 /// Runs `cmd` with its output discarded; returns its wall time.
