@@ -138,7 +138,19 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .map(|(key, _)| key.columns().map(String::from).collect())
         .unwrap_or_default();
-    let values: Vec<Arc<Row>> = cache.values().collect();
+    // One integer key column, the common case: (key, row) pairs, read in one pass
+    // over the map (each row's memory is visited once before printing).
+    let int_keyed: Option<Vec<(i64, Arc<Row>)>> = match key_columns.as_slice() {
+        [column] => cache
+            .values()
+            .map(|row| Some((row.get_i64(column)?, row)))
+            .collect(),
+        _ => None,
+    };
+    let values: Vec<Arc<Row>> = match int_keyed {
+        Some(_) => Vec::new(),
+        None => cache.values().collect(),
+    };
     // Shutting down writes the checkpoint, if there is a directory for one; it runs
     // while the rows are sorted and printed.
     let stopping = tokio::spawn(tokio::time::timeout(
@@ -147,25 +159,22 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     ));
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let name = |column: &String| serde_json::to_vec(column);
-    match key_columns.as_slice() {
-        // One integer key column, the common case: sort (key, row) pairs.
-        [column] if values.iter().all(|row| row.get_i64(column).is_some()) => {
-            let mut pairs: Vec<(i64, usize)> = (values.iter().enumerate())
-                .map(|(i, row)| (row.get_i64(column).unwrap_or_default(), i))
-                .collect();
-            let column = name(column)?;
-            pairs.sort_unstable();
+    match int_keyed {
+        Some(mut pairs) => {
+            // Each key occurs once: sorting by the key alone is a total order.
+            pairs.sort_unstable_by_key(|(key, _)| *key);
+            let column = name(&key_columns[0])?;
             print_sorted(&mut out, pairs.len(), |j, buf| {
-                let (key, i) = pairs[j];
+                let (key, row) = &pairs[j];
                 buf.extend_from_slice(b"{\"key\":{");
                 buf.extend_from_slice(&column);
                 write!(buf, ":{key}}},\"value\":")?;
-                serde_json::to_writer(&mut *buf, &*values[i])?;
+                serde_json::to_writer(&mut *buf, &**row)?;
                 buf.extend_from_slice(b"}\n");
                 Ok(())
             })?;
         }
-        _ => {
+        None => {
             // The key values of all rows in one flat vector (row i's at i*k..(i+1)*k),
             // and the rows' order sorted over it: no vector per row.
             let k = key_columns.len().max(1);
