@@ -37,7 +37,7 @@ const FAN_OUT_LIMIT: Duration = Duration::from_secs(600);
 const SESSIONS_LIMIT: Duration = Duration::from_secs(60);
 
 /// Bytes of the benchmark process's memory one cached row takes, with slack: the
-/// warm-start section measures about 540 B per row.
+/// warm-start section measures about 505 B per row.
 const BYTES_PER_CACHED_ROW: u64 = 700;
 
 /// A builder like [`builder`], whose PostgreSQL sessions carry `application_name`.

@@ -12,7 +12,9 @@
 //!    later statement reads, and the server time at which it was taken (the seek time).
 //! 3. The table's columns, types and key, in that snapshot (and under the lock).
 //! 4. (watermark strategy) `max(ts_column)`, in the same snapshot.
-//! 5. `COPY (SELECT ... FROM ONLY table) TO STDOUT`, decoded row by row as the data
+//! 5. The planner's row estimate, for which the map makes room first (see
+//!    [`Shared::reserve`](crate::state::Shared::reserve)); then
+//!    `COPY (SELECT ... FROM ONLY table) TO STDOUT`, decoded row by row as the data
 //!    arrives, through the shared codec into the map; progress (rows, rows/s) goes to
 //!    the log. With several readers ([`readers`]), the transaction exports its
 //!    snapshot and each reader copies one range of the table's pages in it.
