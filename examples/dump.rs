@@ -157,6 +157,51 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Duration::from_secs(600),
         cache.clone().shutdown(),
     ));
+    // A failed print (a closed pipe, say) still lets the checkpoint be written.
+    let printed = print_rows(&key_columns, int_keyed, &values, &cache);
+    if !matches!(stopping.await, Ok(Ok(()))) {
+        eprintln!("dump: the cache did not stop within 600 s");
+    }
+    printed?;
+    let stats = cache.stats();
+    eprintln!(
+        "dump: {} rows (loaded {}, applied {}, skipped as already loaded {}, duplicates {}, bad records {})",
+        stats.rows,
+        stats.loaded_rows,
+        stats.applied,
+        stats.skipped_in_snapshot,
+        stats.duplicates,
+        stats.bad_records
+    );
+    let source = match &stats.started_from {
+        Some(StartedFrom::Checkpoint { location, taken_ms }) => {
+            format!("rows came from checkpoint {location} (taken at {taken_ms} ms since the epoch)")
+        }
+        Some(StartedFrom::Postgres { refused: Some(why) }) => {
+            format!("rows came from PostgreSQL (no usable checkpoint: {why})")
+        }
+        Some(StartedFrom::Postgres { refused: None }) | None => {
+            "rows came from PostgreSQL".to_owned()
+        }
+    };
+    let written = if stats.checkpoints_written > 0 {
+        "; checkpoint written"
+    } else {
+        ""
+    };
+    eprintln!("dump: {source}{written}");
+    // Ends here, without freeing a million rows one by one on the way out.
+    std::process::exit(0)
+}
+
+/// Prints the rows sorted by key: from (key, row) pairs for one integer key column,
+/// else from `values` sorted over their key columns, else from the cache's entries.
+fn print_rows(
+    key_columns: &[String],
+    int_keyed: Option<Vec<(i64, Arc<Row>)>>,
+    values: &[Arc<Row>],
+    cache: &Cache<Row, Row>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let name = |column: &String| serde_json::to_vec(column);
     match int_keyed {
@@ -222,38 +267,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     out.flush()?;
-    if !matches!(stopping.await, Ok(Ok(()))) {
-        eprintln!("dump: the cache did not stop within 600 s");
-    }
-    let stats = cache.stats();
-    eprintln!(
-        "dump: {} rows (loaded {}, applied {}, skipped as already loaded {}, duplicates {}, bad records {})",
-        stats.rows,
-        stats.loaded_rows,
-        stats.applied,
-        stats.skipped_in_snapshot,
-        stats.duplicates,
-        stats.bad_records
-    );
-    let source = match &stats.started_from {
-        Some(StartedFrom::Checkpoint { location, taken_ms }) => {
-            format!("rows came from checkpoint {location} (taken at {taken_ms} ms since the epoch)")
-        }
-        Some(StartedFrom::Postgres { refused: Some(why) }) => {
-            format!("rows came from PostgreSQL (no usable checkpoint: {why})")
-        }
-        Some(StartedFrom::Postgres { refused: None }) | None => {
-            "rows came from PostgreSQL".to_owned()
-        }
-    };
-    let written = if stats.checkpoints_written > 0 {
-        "; checkpoint written"
-    } else {
-        ""
-    };
-    eprintln!("dump: {source}{written}");
-    // Ends here, without freeing a million rows one by one on the way out.
-    std::process::exit(0)
+    Ok(())
 }
 
 /// Writes `lines` lines to `out` in order, the `j`-th made by `line(j, buffer)`:

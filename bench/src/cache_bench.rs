@@ -210,8 +210,9 @@ where
             builder = builder.parallel_load(n);
         }
         let cache = builder.build().await?;
-        took.push(t.elapsed().as_secs_f64());
-        ratios.push(t.elapsed().as_secs_f64() / copy);
+        let seconds = t.elapsed().as_secs_f64();
+        took.push(seconds);
+        ratios.push(seconds / copy);
         copies.push(copy);
         let added = rss_kib().saturating_sub(before) as f64 * 1024.0;
         per_row.push(added / cache.len().max(1) as f64);

@@ -202,8 +202,8 @@ where
 }
 
 /// The planner's estimate of the table's rows, scaled to its current size as the
-/// planner scales it (`reltuples / relpages` times the pages now); 0 when the table
-/// was never analysed or has no pages of its own (a partitioned parent).
+/// planner scales it (`reltuples / relpages` times the pages now); `reltuples` as it is
+/// when the statistics saw no pages, and 0 when the table was never analysed.
 const ESTIMATE_SQL: &str = "SELECT (CASE WHEN c.reltuples <= 0 THEN 0 \
     WHEN c.relpages <= 0 THEN c.reltuples \
     ELSE c.reltuples / c.relpages * (pg_relation_size(c.oid) / current_setting('block_size')::int8) \

@@ -378,6 +378,9 @@ impl<'de> Deserialize<'de> for Row {
 
 struct RowVisitor;
 
+/// The largest cell buffer a thread keeps between rows.
+const KEPT_BUFFER: usize = 64 * 1024;
+
 impl<'de> Visitor<'de> for RowVisitor {
     type Value = Row;
 
@@ -415,7 +418,10 @@ impl<'de> Visitor<'de> for RowVisitor {
             cells: Box::from(&cells[..]),
         });
         NAMES.with(|cell| *cell.borrow_mut() = names);
-        CELLS.with(|cell| *cell.borrow_mut() = cells);
+        // A rare huge row (a large jsonb, say) does not pin its size on the thread.
+        if cells.capacity() <= KEPT_BUFFER {
+            CELLS.with(|cell| *cell.borrow_mut() = cells);
+        }
         row
     }
 }
