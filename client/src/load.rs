@@ -342,6 +342,11 @@ struct Store<'a, K, V> {
     owner: Option<usize>,
     /// Scratch space for the key's JSON bytes.
     key_bytes: Vec<u8>,
+    /// Whether `K` reads a one-column key's bare value (`Some(true)`) or the key
+    /// columns as an object (`Some(false)`), learnt from the first row: trying the
+    /// object first on every row would cost a formatted error per row for a scalar
+    /// key. A row that fails the learnt way is tried both ways again, for its error.
+    key_bare: Option<bool>,
     /// With `--value-schema`, the key's schema, which the key's bytes (and so its
     /// partition) include.
     key_schema: Option<Arc<Vec<u8>>>,
@@ -382,6 +387,7 @@ where
             ts: applier.ts_column.as_deref().and_then(|c| table.column(c)),
             owner: applier.owner.as_ref().and_then(|(c, _)| table.column(c)),
             key_bytes: Vec::with_capacity(64),
+            key_bare: None,
             key_schema: table.key_schema.clone(),
         }
     }
@@ -406,12 +412,27 @@ where
             self.key_bytes = connect::wrap(schema, &self.key_bytes);
         }
         let partition = partition_of(&self.key_bytes, self.partitions);
-        let key: K = match row.deserialize(&table.key) {
-            Ok(k) => k,
-            Err(e) if table.key.len() == 1 => row
-                .deserialize_field(table.key[0])
-                .map_err(|_| typed("key")(e))?,
-            Err(e) => return Err(typed("key")(e)),
+        let known = match self.key_bare {
+            Some(true) => row.deserialize_field(table.key[0]).ok(),
+            Some(false) => row.deserialize(&table.key).ok(),
+            None => None,
+        };
+        let key: K = match known {
+            Some(k) => k,
+            None => match row.deserialize(&table.key) {
+                Ok(k) => {
+                    self.key_bare = Some(false);
+                    k
+                }
+                Err(e) if table.key.len() == 1 => {
+                    let k = row
+                        .deserialize_field(table.key[0])
+                        .map_err(|_| typed("key")(e))?;
+                    self.key_bare = Some(true);
+                    k
+                }
+                Err(e) => return Err(typed("key")(e)),
+            },
         };
         let origin = origin.unwrap_or_else(|| applier.origin_by(|_| row.text(self.owner?)));
         let ts = applier.ts_of(|_| row.value(self.ts?).ok());
