@@ -50,15 +50,25 @@ impl<'a> CopyRow<'a> {
     ) -> Result<Self, String> {
         let n = table.columns.len() + extra;
         let mut fields = SmallVec::with_capacity(n);
-        for (i, field) in line.split(|&b| b == b'\t').enumerate() {
-            if i == n {
-                return Err(format!("the line has more than {n} fields"));
-            }
-            fields.push(unescape_copy_field(field));
-        }
-        if fields.len() < n {
-            return Err(format!("the line has fewer than {n} fields"));
-        }
+        // A line of UTF-8 (every line, unless the database's encoding is SQL_ASCII)
+        // is checked once and its fields borrowed as they are, but for a field with
+        // an escape (or `\N`); another line is read field by field, as `text_of` reads
+        // bytes that are not UTF-8.
+        match std::str::from_utf8(line) {
+            Ok(text) => fill(
+                &mut fields,
+                n,
+                text.split('\t').map(|field| match field.contains('\\') {
+                    false => Some(Cow::Borrowed(field)),
+                    true => unescape_copy_field(field.as_bytes()),
+                }),
+            ),
+            Err(_) => fill(
+                &mut fields,
+                n,
+                line.split(|&b| b == b'\t').map(unescape_copy_field),
+            ),
+        }?;
         Ok(CopyRow { table, fields })
     }
 
@@ -114,6 +124,24 @@ impl<'a> CopyRow<'a> {
             _ => Field::Value(self.value(col).map_err(de::Error::custom)?),
         })
     }
+}
+
+/// Collects exactly `n` fields of a line into `fields`.
+fn fill<'a>(
+    fields: &mut SmallVec<[Option<Cow<'a, str>>; INLINE_FIELDS]>,
+    n: usize,
+    split: impl Iterator<Item = Option<Cow<'a, str>>>,
+) -> Result<(), String> {
+    for (i, field) in split.enumerate() {
+        if i == n {
+            return Err(format!("the line has more than {n} fields"));
+        }
+        fields.push(field);
+    }
+    if fields.len() < n {
+        return Err(format!("the line has fewer than {n} fields"));
+    }
+    Ok(())
 }
 
 /// Some columns of a [`CopyRow`], deserialised as a map.

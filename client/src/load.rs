@@ -42,6 +42,7 @@ use crate::copy_row::CopyRow;
 use crate::error::{Error, Result};
 use crate::state::Origin;
 use crate::table::{TableInfo, ToastCopy};
+use crate::ts::Ts;
 
 mod readers;
 use tidemark_core::pg::snapshot::Snapshot;
@@ -350,6 +351,8 @@ struct Store<'a, K, V> {
     /// With `--value-schema`, the key's schema, which the key's bytes (and so its
     /// partition) include.
     key_schema: Option<Arc<Vec<u8>>>,
+    /// Rows decoded but not yet in the map.
+    pending: Vec<Pending<K, V>>,
 }
 
 impl<'a, K, V> Store<'a, K, V>
@@ -388,6 +391,7 @@ where
             owner: applier.owner.as_ref().and_then(|(c, _)| table.column(c)),
             key_bytes: Vec::with_capacity(64),
             key_bare: None,
+            pending: Vec::with_capacity(PREFETCH_AHEAD),
             key_schema: table.key_schema.clone(),
         }
     }
@@ -455,9 +459,44 @@ where
             }
         }
         let value: V = row.deserialize(&self.all).map_err(typed("row"))?;
-        applier.put(key, value, partition, copy.finish(), ts, origin);
+        applier.shared.prefetch(&key);
+        self.pending.push(Pending {
+            key,
+            value,
+            partition,
+            toast: copy.finish(),
+            ts,
+            origin,
+        });
+        if self.pending.len() >= PREFETCH_AHEAD {
+            self.flush();
+        }
         Ok(())
     }
+
+    /// Puts the rows decoded since the last flush into the map.
+    fn flush(&mut self) {
+        for p in self.pending.drain(..) {
+            self.applier
+                .put(p.key, p.value, p.partition, p.toast, p.ts, p.origin);
+        }
+    }
+}
+
+/// How many decoded rows wait for their insert while the processor fetches their
+/// slots in the map ([`Shared::prefetch`](crate::state::Shared::prefetch)). Each key
+/// occurs once in a COPY's result, so the wait changes nothing any row's staleness
+/// check sees.
+const PREFETCH_AHEAD: usize = 64;
+
+/// A decoded row waiting for its insert.
+struct Pending<K, V> {
+    key: K,
+    value: V,
+    partition: i32,
+    toast: Option<Box<str>>,
+    ts: Option<Ts>,
+    origin: Origin,
 }
 
 /// How many threads decode the bulk load: one per core but one, which is left to
@@ -518,10 +557,10 @@ where
                 let mut store = Store::new(&applier, &table, partitions, &flagged);
                 // Holding the lock while waiting is fine: the others would wait too.
                 while let Some(batch) = lock(&rx).blocking_recv() {
-                    let mut lines = 0;
+                    let mut count = 0;
                     // Every batch ends with a newline.
-                    for line in batch[..batch.len() - 1].split(|&b| b == b'\n') {
-                        lines += 1;
+                    for line in lines(&batch[..batch.len() - 1]) {
+                        count += 1;
                         let stored = CopyRow::parse_with_extra(&table, line, flagged.len())
                             .map_err(|problem| Error::Decode {
                                 table: table.name.to_string(),
@@ -533,7 +572,8 @@ where
                             return;
                         }
                     }
-                    rows.fetch_add(lines, Relaxed);
+                    store.flush();
+                    rows.fetch_add(count, Relaxed);
                 }
             })
         })
@@ -614,6 +654,19 @@ where
     Ok(rows)
 }
 
+/// The lines of `text`, split at each newline (found with `memchr`, many bytes at a
+/// time).
+fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', text)
+        .chain(std::iter::once(text.len()))
+        .map(move |end| {
+            let line = &text[start..end];
+            start = end + 1;
+            line
+        })
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -624,5 +677,21 @@ fn rate(rows: u64, since: Instant) -> u64 {
         (rows as f64 / secs) as u64
     } else {
         rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lines;
+
+    #[test]
+    fn lines_split_at_every_newline_empty_lines_included() {
+        fn split(text: &[u8]) -> Vec<&[u8]> {
+            lines(text).collect()
+        }
+        assert_eq!(split(b"a\tb\n\nc"), [&b"a\tb"[..], b"", b"c"]);
+        assert_eq!(split(b"only"), [&b"only"[..]]);
+        // A one-column row holding '' is an empty line of its own.
+        assert_eq!(split(b""), [&b""[..]]);
     }
 }

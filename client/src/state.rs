@@ -243,6 +243,28 @@ impl<K: Hash + Eq + Clone, V> Shared<K, V> {
         }
     }
 
+    /// Asks the processor to fetch the memory an insert of `key` reads and writes
+    /// first (the control bytes of its probe's first group and the bucket there), so
+    /// that a bulk load can ask for a batch of rows' slots before it inserts them. In a
+    /// map of a million rows each insert otherwise waits for two cache misses (half
+    /// the time the load spent inserting). Only a hint: nothing is read or written,
+    /// and a shard being written elsewhere is skipped.
+    pub fn prefetch(&self, key: &K) {
+        let hash = self.map.hash_usize(key);
+        let Some(table) = self.map.shards()[self.map.determine_shard(hash)].try_read() else {
+            return;
+        };
+        // hashbrown's layout: the control bytes start at `data_end`, bucket `i` lies
+        // `i + 1` buckets below it, and a probe starts at `hash & (buckets - 1)`.
+        let slot = hash & (table.buckets() - 1);
+        let end = table.data_end().as_ptr();
+        // Unlocked first: releasing the lock is an atomic instruction, which would
+        // wait for the fetches to arrive.
+        drop(table);
+        prefetch_line(end.cast::<u8>().wrapping_add(slot));
+        prefetch_line(end.wrapping_sub(slot + 1).cast::<u8>());
+    }
+
     /// Tells subscribers, if there are any (so an unwatched cache clones nothing).
     pub fn notify(&self, change: impl FnOnce() -> Change<K, V>) {
         if self.watched() {
@@ -266,6 +288,18 @@ impl<K: Hash + Eq + Clone, V> Shared<K, V> {
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
         self.status.send_replace(Status::Failed(message));
     }
+}
+
+/// A hint to load the cache line at `at`; never faults, whatever `at` is.
+#[inline]
+fn prefetch_line(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing into the program and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
 }
 
 /// Stops the background task when the last handle goes away.
