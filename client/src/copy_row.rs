@@ -11,6 +11,7 @@
 //! serde through the same calls.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use serde::de::value::StrDeserializer;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
@@ -55,12 +56,17 @@ impl<'a> CopyRow<'a> {
         // an escape (or `\N`); another line is read field by field, as `text_of` reads
         // bytes that are not UTF-8.
         match std::str::from_utf8(line) {
+            Ok(text) if memchr::memchr(b'\\', line).is_none() => fill(
+                &mut fields,
+                n,
+                split_at(line, b'\t').map(|at| Some(Cow::Borrowed(&text[at]))),
+            ),
             Ok(text) => fill(
                 &mut fields,
                 n,
-                text.split('\t').map(|field| match field.contains('\\') {
-                    false => Some(Cow::Borrowed(field)),
-                    true => unescape_copy_field(field.as_bytes()),
+                split_at(line, b'\t').map(|at| match text[at.clone()].contains('\\') {
+                    false => Some(Cow::Borrowed(&text[at])),
+                    true => unescape_copy_field(&line[at]),
                 }),
             ),
             Err(_) => fill(
@@ -124,6 +130,19 @@ impl<'a> CopyRow<'a> {
             _ => Field::Value(self.value(col).map_err(de::Error::custom)?),
         })
     }
+}
+
+/// Where the pieces of `text` between each `sep` lie (the separators found with
+/// `memchr`, many bytes at a time): the fields of a line, or the lines of a batch.
+pub(crate) fn split_at(text: &[u8], sep: u8) -> impl Iterator<Item = Range<usize>> + '_ {
+    let mut start = 0;
+    memchr::memchr_iter(sep, text)
+        .chain(std::iter::once(text.len()))
+        .map(move |end| {
+            let piece = start..end;
+            start = end + 1;
+            piece
+        })
 }
 
 /// Collects exactly `n` fields of a line into `fields`.

@@ -654,17 +654,9 @@ where
     Ok(rows)
 }
 
-/// The lines of `text`, split at each newline (found with `memchr`, many bytes at a
-/// time).
+/// The lines of `text`.
 fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut start = 0;
-    memchr::memchr_iter(b'\n', text)
-        .chain(std::iter::once(text.len()))
-        .map(move |end| {
-            let line = &text[start..end];
-            start = end + 1;
-            line
-        })
+    crate::copy_row::split_at(text, b'\n').map(|at| &text[at])
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
