@@ -18,7 +18,6 @@
 
 use std::cmp::Ordering;
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -112,6 +111,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(topic) = args.topic {
         builder = builder.topic(topic);
     }
+    let checkpointing = args.checkpoint.is_some();
     if let Some(dir) = args.checkpoint {
         builder = builder.checkpoint_dir(dir);
     }
@@ -138,29 +138,21 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .map(|(key, _)| key.columns().map(String::from).collect())
         .unwrap_or_default();
-    // One integer key column, the common case: (key, row) pairs, read in one pass
-    // over the map (each row's memory is visited once before printing).
-    let int_keyed: Option<Vec<(i64, Arc<Row>)>> = match key_columns.as_slice() {
-        [column] => cache
-            .values()
-            .map(|row| Some((row.get_i64(column)?, row)))
-            .collect(),
-        _ => None,
-    };
-    let values: Vec<Arc<Row>> = match int_keyed {
-        Some(_) => Vec::new(),
-        None => cache.values().collect(),
-    };
-    // Shutting down writes the checkpoint, if there is a directory for one; it runs
-    // while the rows are sorted and printed.
-    let stopping = tokio::spawn(tokio::time::timeout(
-        Duration::from_secs(600),
-        cache.clone().shutdown(),
-    ));
+    // With a directory for checkpoints, shutting down writes one; it runs while the
+    // rows are sorted and printed (the map stays readable). Without one there is
+    // nothing to wait for: the process ends when the rows are printed.
+    let stopping = checkpointing.then(|| {
+        tokio::spawn(tokio::time::timeout(
+            Duration::from_secs(600),
+            cache.clone().shutdown(),
+        ))
+    });
     // A failed print (a closed pipe, say) still lets the checkpoint be written.
-    let printed = print_rows(&key_columns, int_keyed, &values, &cache);
-    if !matches!(stopping.await, Ok(Ok(()))) {
-        eprintln!("dump: the cache did not stop within 600 s");
+    let printed = print_rows(&key_columns, &cache);
+    if let Some(stopping) = stopping {
+        if !matches!(stopping.await, Ok(Ok(()))) {
+            eprintln!("dump: the cache did not stop within 600 s");
+        }
     }
     printed?;
     let stats = cache.stats();
@@ -194,78 +186,85 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     std::process::exit(0)
 }
 
-/// Prints the rows sorted by key: from (key, row) pairs for one integer key column,
-/// else from `values` sorted over their key columns, else from the cache's entries.
+/// Prints the rows sorted by key: for one integer key column, from (key, row) pairs;
+/// else from the rows sorted over their key columns; else sorted by the map's keys.
+/// The rows stay in the map, locked for reading, until they are printed: nothing is
+/// copied and no reference is counted, so the pass over the map does not wait for
+/// each row's memory in turn.
 fn print_rows(
     key_columns: &[String],
-    int_keyed: Option<Vec<(i64, Arc<Row>)>>,
-    values: &[Arc<Row>],
     cache: &Cache<Row, Row>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let name = |column: &String| serde_json::to_vec(column);
-    match int_keyed {
-        Some(mut pairs) => {
-            // Each key occurs once: sorting by the key alone is a total order.
-            pairs.sort_unstable_by_key(|(key, _)| *key);
-            let column = name(&key_columns[0])?;
-            print_sorted(&mut out, pairs.len(), |j, buf| {
-                let (key, row) = &pairs[j];
-                buf.extend_from_slice(b"{\"key\":{");
-                buf.extend_from_slice(&column);
-                write!(buf, ":{key}}},\"value\":")?;
-                serde_json::to_writer(&mut *buf, &**row)?;
-                buf.extend_from_slice(b"}\n");
-                Ok(())
-            })?;
-        }
-        None => {
-            // The key values of all rows in one flat vector (row i's at i*k..(i+1)*k),
-            // and the rows' order sorted over it: no vector per row.
-            let k = key_columns.len().max(1);
-            let keys: Option<Vec<Value>> = values
+    let names = key_columns
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<Vec<_>, _>>()?;
+    cache.read_all(|rows| {
+        let rows: Vec<(&Row, &Row)> = rows.collect();
+        if let [column] = key_columns {
+            let pairs: Option<Vec<(i64, &Row)>> = rows
                 .iter()
-                .flat_map(|row| key_columns.iter().map(move |c| row.get(c)))
+                .map(|&(_, row)| Some((row.get_i64(column)?, row)))
                 .collect();
-            match keys {
-                Some(keys) if !key_columns.is_empty() && keys.len() == values.len() * k => {
-                    let key_of = |i: usize| &keys[i * k..(i + 1) * k];
-                    let mut order: Vec<usize> = (0..values.len()).collect();
-                    order.sort_unstable_by(|&a, &b| compare_key_values(key_of(a), key_of(b)));
-                    let names = (key_columns.iter().map(name)).collect::<Result<Vec<_>, _>>()?;
-                    // Each line written from the cache's own row, without building a copy.
-                    print_sorted(&mut out, order.len(), |j, buf| {
-                        let i = order[j];
-                        buf.extend_from_slice(b"{\"key\":{");
-                        for (n, (column, v)) in names.iter().zip(key_of(i)).enumerate() {
-                            if n > 0 {
-                                buf.push(b',');
-                            }
-                            buf.extend_from_slice(column);
-                            buf.push(b':');
-                            serde_json::to_writer(&mut *buf, v)?;
-                        }
-                        buf.extend_from_slice(b"},\"value\":");
-                        serde_json::to_writer(&mut *buf, &*values[i])?;
-                        buf.extend_from_slice(b"}\n");
-                        Ok(())
-                    })?;
-                }
-                // A value without its key columns (not a whole row): the keys themselves.
-                _ => {
-                    let mut rows = cache.entries();
-                    rows.sort_by(|a, b| compare_keys(&a.0, &b.0));
-                    for (key, value) in rows {
-                        serde_json::to_writer(
-                            &mut out,
-                            &serde_json::json!({"key": key, "value": *value}),
-                        )?;
-                        out.write_all(b"\n")?;
-                    }
-                }
+            if let Some(mut pairs) = pairs {
+                drop(rows);
+                // Each key occurs once: sorting by the key alone is a total order.
+                pairs.sort_unstable_by_key(|(key, _)| *key);
+                return print_sorted(&mut out, pairs.len(), |j, buf| {
+                    let (key, row) = pairs[j];
+                    buf.extend_from_slice(b"{\"key\":{");
+                    buf.extend_from_slice(&names[0]);
+                    write!(buf, ":{key}}},\"value\":")?;
+                    serde_json::to_writer(&mut *buf, row)?;
+                    buf.extend_from_slice(b"}\n");
+                    Ok(())
+                });
             }
         }
-    }
+        // The key values of all rows in one flat vector (row i's at i*k..(i+1)*k), and
+        // the rows' order sorted over it: no vector per row.
+        let k = key_columns.len().max(1);
+        let keys: Option<Vec<Value>> = rows
+            .iter()
+            .flat_map(|(_, row)| key_columns.iter().map(move |c| row.get(c)))
+            .collect();
+        match keys {
+            Some(keys) if !key_columns.is_empty() && keys.len() == rows.len() * k => {
+                let key_of = |i: usize| &keys[i * k..(i + 1) * k];
+                let mut order: Vec<usize> = (0..rows.len()).collect();
+                order.sort_unstable_by(|&a, &b| compare_key_values(key_of(a), key_of(b)));
+                print_sorted(&mut out, order.len(), |j, buf| {
+                    let i = order[j];
+                    buf.extend_from_slice(b"{\"key\":{");
+                    for (n, (column, v)) in names.iter().zip(key_of(i)).enumerate() {
+                        if n > 0 {
+                            buf.push(b',');
+                        }
+                        buf.extend_from_slice(column);
+                        buf.push(b':');
+                        serde_json::to_writer(&mut *buf, v)?;
+                    }
+                    buf.extend_from_slice(b"},\"value\":");
+                    serde_json::to_writer(&mut *buf, rows[i].1)?;
+                    buf.extend_from_slice(b"}\n");
+                    Ok(())
+                })
+            }
+            // A value without its key columns (not a whole row): the keys themselves.
+            _ => {
+                let mut rows = rows;
+                rows.sort_by(|a, b| compare_keys(a.0, b.0));
+                rows.into_iter().try_for_each(|(key, value)| {
+                    serde_json::to_writer(
+                        &mut out,
+                        &serde_json::json!({"key": key, "value": value}),
+                    )?;
+                    out.write_all(b"\n")
+                })
+            }
+        }
+    })?;
     out.flush()?;
     Ok(())
 }
