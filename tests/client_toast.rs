@@ -114,3 +114,74 @@ async fn unchanged_toast_values_come_from_the_cached_copy() {
     cache.shutdown().await;
     assert!(bridge.sigterm(Duration::from_secs(30)).success());
 }
+
+/// A table whose TOAST table is empty loads without asking PostgreSQL which values
+/// are out of line (none can be); a value that goes out of line later arrives in
+/// full on the stream, and the updates after it that leave it out still merge from
+/// the copy the cache kept then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_moved_out_of_line_after_the_load_merges_from_its_copy() {
+    let pg = pg().await;
+    let name = unique("ctoastlate");
+    let table = format!("{name}_t");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, counter int NOT NULL, big text, note text);
+         ALTER TABLE {table} ALTER COLUMN big SET STORAGE EXTERNAL;
+         INSERT INTO {table} VALUES (1, 0, 'short for now', 'loaded in bulk');"
+    ))
+    .await
+    .unwrap();
+    let toast_pages: i64 = pg
+        .query_one(
+            &format!("SELECT pg_relation_size(reltoastrelid) FROM pg_class WHERE oid = '{table}'::regclass"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        toast_pages, 0,
+        "the TOAST table is empty when the cache loads"
+    );
+    let (mut bridge, args) = start_bridge(&name, &[&format!("public.{table}")]).await;
+    let cache: Cache<Row, Row> = args.row_cache(&table).build().await.expect("cache");
+    let big: String = (0..200_000u32)
+        .map(|i| char::from(b'a' + ((i * 11) % 26) as u8))
+        .collect();
+    pg.execute(&format!("UPDATE {table} SET big = $1"), &[&big])
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        pg.batch_execute(&format!("UPDATE {table} SET counter = counter + 1"))
+            .await
+            .unwrap();
+    }
+    let expected: Summary = vec![(1, 2, big, "loaded in bulk".to_owned())];
+    wait_for(
+        Duration::from_secs(60),
+        "the cache to hold the row after its updates",
+        || async { (summary_of_cache(&cache) == expected).then_some(()) },
+    )
+    .await;
+    let recs = wait_for_records(
+        &args.kafka,
+        &args.topic(&format!("public.{table}")),
+        3,
+        Duration::from_secs(30),
+    )
+    .await;
+    let left_out = recs
+        .iter()
+        .filter_map(|r| r.value.as_ref())
+        .filter(|v| v["unchanged_toast"] == Value::from(vec!["big"]))
+        .count();
+    assert_eq!(
+        left_out, 2,
+        "the two updates after the first leave the value out"
+    );
+    let stats = cache.stats();
+    assert_eq!(stats.toast_rereads, 0, "both merges used the cached copy");
+    assert_eq!(stats.bad_records, 0);
+    cache.shutdown().await;
+    assert!(bridge.sigterm(Duration::from_secs(30)).success());
+}

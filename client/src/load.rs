@@ -13,7 +13,9 @@
 //! 3. The table's columns, types and key, in that snapshot (and under the lock).
 //! 4. (watermark strategy) `max(ts_column)`, in the same snapshot.
 //! 5. The planner's row estimate, for which the map makes room first (see
-//!    [`Shared::reserve`](crate::state::Shared::reserve)); then
+//!    [`Shared::reserve`](crate::state::Shared::reserve)), and whether the table's
+//!    TOAST table is empty (then no value the snapshot shows is stored out of line,
+//!    and the load keeps no TOAST copies, see [`out_of_line`]); then
 //!    `COPY (SELECT ... FROM ONLY table) TO STDOUT`, decoded row by row as the data
 //!    arrives, through the shared codec into the map; progress (rows, rows/s) goes to
 //!    the log. With several readers ([`readers`]), the transaction exports its
@@ -138,6 +140,7 @@ where
     table.set_key_schema(format, prefix)?;
     let applier = applier_for(&table)?;
     applier.shared.reserve(estimated_rows(&txn, &table).await?);
+    let out_of_line = out_of_line(&txn, &table).await?;
     let max_ts = match ts_column {
         Some(col) => {
             let sql = format!(
@@ -155,13 +158,13 @@ where
     let helpers = readers::open(&txn, config, &table).await?;
     info!(table = %table.name, snapshot = %snapshot, readers = helpers.readers(), "bulk load starts");
     let mut ranges = helpers.filters().into_iter();
-    let (sql, flagged) = table.bulk_copy_sql(&ranges.next().unwrap_or_default());
+    let (sql, flagged) = table.bulk_copy_sql(&ranges.next().unwrap_or_default(), out_of_line);
     let mut streams = vec![txn
         .copy_out(sql.as_str())
         .await
         .map_err(Error::postgres("starting COPY"))?];
     for (helper, filter) in helpers.clients().zip(ranges) {
-        let (sql, _) = table.bulk_copy_sql(&filter);
+        let (sql, _) = table.bulk_copy_sql(&filter, out_of_line);
         streams.push(
             helper
                 .copy_out(sql.as_str())
@@ -173,6 +176,7 @@ where
         what: "bulk load",
         origin: Some(Origin::BulkLoad),
         flagged,
+        copies: out_of_line,
     };
     let rows = decode_in_parallel(streams, source, &table, &applier, partitions).await?;
     let readers = helpers.readers();
@@ -209,6 +213,28 @@ const ESTIMATE_SQL: &str = "SELECT (CASE WHEN c.reltuples <= 0 THEN 0 \
     WHEN c.relpages <= 0 THEN c.reltuples \
     ELSE c.reltuples / c.relpages * (pg_relation_size(c.oid) / current_setting('block_size')::int8) \
     END)::int8 FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass";
+
+/// Whether a value of the table may be stored out of line: false when the table
+/// has no TOAST table, or an empty one. Read after the snapshot was taken, under
+/// the load's lock (no TRUNCATE or rewrite meanwhile): the chunks of every value the
+/// snapshot shows stay in the TOAST table until the load ends, so an empty TOAST
+/// table means that no row the load reads has a value out of line, and none can
+/// come back as unchanged TOAST from a version the snapshot shows. A partitioned
+/// table's values live in its partitions' TOAST tables, so it counts as having some.
+const OUT_OF_LINE_SQL: &str = "SELECT c.relkind <> 'r' \
+    OR (c.reltoastrelid <> 0 AND pg_relation_size(c.reltoastrelid) > 0) \
+    FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass";
+
+/// Whether a value of the table may be stored out of line ([`OUT_OF_LINE_SQL`]).
+async fn out_of_line(txn: &tokio_postgres::Transaction<'_>, table: &TableInfo) -> Result<bool> {
+    Ok(txn
+        .query_one(OUT_OF_LINE_SQL, &[&table.name.quoted()])
+        .await
+        .map_err(Error::postgres(
+            "reading whether the table has values out of line",
+        ))?
+        .get(0))
+}
 
 /// How many rows the load should expect, for sizing the map ([`ESTIMATE_SQL`]).
 async fn estimated_rows(txn: &tokio_postgres::Transaction<'_>, table: &TableInfo) -> Result<usize> {
@@ -323,6 +349,7 @@ where
         what: "re-query",
         origin: None,
         flagged: Vec::new(),
+        copies: true,
     };
     decode_in_parallel(vec![stream], source, table, applier, partitions).await
 }
@@ -361,12 +388,13 @@ where
     V: serde::de::DeserializeOwned,
 {
     /// `flagged` lists the columns whose out-of-line flag follows the table's columns
-    /// on each line, in that order.
+    /// on each line, in that order; without `copies`, no row keeps a TOAST copy.
     fn new(
         applier: &'a Applier<K, V>,
         table: &'a TableInfo,
         partitions: i32,
         flagged: &[usize],
+        copies: bool,
     ) -> Self {
         let n = table.columns.len();
         Store {
@@ -378,7 +406,7 @@ where
                 .columns
                 .iter()
                 .enumerate()
-                .filter(|(_, c)| c.toast != ToastCopy::Never)
+                .filter(|(_, c)| copies && c.toast != ToastCopy::Never)
                 .map(|(i, c)| {
                     (
                         i,
@@ -516,6 +544,9 @@ struct CopySource {
     origin: Option<Origin>,
     /// The columns whose out-of-line flag follows the table's columns on each line.
     flagged: Vec<usize>,
+    /// Whether rows may need TOAST copies at all (a row of a table whose TOAST table
+    /// is empty needs none).
+    copies: bool,
 }
 
 /// Decodes COPY streams on [`decode_threads`] blocking threads while this task
@@ -546,6 +577,7 @@ where
         what,
         origin,
         flagged,
+        copies,
     } = source;
     let flagged = Arc::new(flagged);
     let workers: Vec<_> = (0..threads)
@@ -554,7 +586,7 @@ where
             let (table, applier, flagged) =
                 (shared_table.clone(), applier.clone(), flagged.clone());
             tokio::task::spawn_blocking(move || {
-                let mut store = Store::new(&applier, &table, partitions, &flagged);
+                let mut store = Store::new(&applier, &table, partitions, &flagged, copies);
                 // Holding the lock while waiting is fine: the others would wait too.
                 while let Some(batch) = lock(&rx).blocking_recv() {
                     let mut count = 0;

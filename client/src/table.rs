@@ -278,11 +278,14 @@ impl TableInfo {
     /// header byte more than its raw size. Only a value stored out of line can come
     /// back as unchanged TOAST (pgoutput sends it so only when the update carried the
     /// old out-of-line value over), so the load keeps TOAST copies only of flagged
-    /// values, and most rows need none.
-    pub fn bulk_copy_sql(&self, filter: &str) -> (String, Vec<usize>) {
+    /// values, and most rows need none. With `out_of_line` false (no value of the
+    /// table is stored out of line, see `load`), nothing is flagged.
+    pub fn bulk_copy_sql(&self, filter: &str, out_of_line: bool) -> (String, Vec<usize>) {
         let flagged: Vec<usize> = (0..self.columns.len())
             .filter(|&i| {
-                self.columns[i].toast != ToastCopy::Never && self.columns[i].has_octet_length
+                out_of_line
+                    && self.columns[i].toast != ToastCopy::Never
+                    && self.columns[i].has_octet_length
             })
             .collect();
         let flags: String = flagged
@@ -430,12 +433,19 @@ pub(crate) mod tests {
 
     #[test]
     fn bulk_copy_flags_values_stored_out_of_line() {
-        let (sql, flagged) = sample().bulk_copy_sql("");
+        let (sql, flagged) = sample().bulk_copy_sql("", true);
         assert_eq!(flagged, [1]);
         assert_eq!(
             sql,
             "COPY (SELECT \"id\", \"name\", \"doc\", \"tags\", \
              pg_column_size(\"name\") <= octet_length(\"name\") FROM ONLY \"public\".\"t\") TO STDOUT"
+        );
+        // A table without values out of line: no flags.
+        let (sql, flagged) = sample().bulk_copy_sql(" WHERE true", false);
+        assert!(flagged.is_empty());
+        assert_eq!(
+            sql,
+            "COPY (SELECT \"id\", \"name\", \"doc\", \"tags\" FROM ONLY \"public\".\"t\" WHERE true) TO STDOUT"
         );
     }
 
