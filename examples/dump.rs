@@ -138,20 +138,19 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .map(|(key, _)| key.columns().map(String::from).collect())
         .unwrap_or_default();
-    // With a directory for checkpoints, shutting down writes one; it runs while the
-    // rows are sorted and printed (the map stays readable). Without one there is
+    // With a directory for checkpoints, shutting down writes one. It starts now, but
+    // the follower's last changes and the checkpoint wait until the rows, which stay
+    // locked for reading in the map, are printed. Without a directory there is
     // nothing to wait for: the process ends when the rows are printed.
-    let stopping = checkpointing.then(|| {
-        tokio::spawn(tokio::time::timeout(
-            Duration::from_secs(600),
-            cache.clone().shutdown(),
-        ))
-    });
+    let stopping = checkpointing.then(|| tokio::spawn(cache.clone().shutdown()));
     // A failed print (a closed pipe, say) still lets the checkpoint be written.
     let printed = print_rows(&key_columns, &cache);
     if let Some(stopping) = stopping {
-        if !matches!(stopping.await, Ok(Ok(()))) {
-            eprintln!("dump: the cache did not stop within 600 s");
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(600), stopping).await,
+            Ok(Ok(()))
+        ) {
+            eprintln!("dump: the cache did not stop within 600 s of printing the rows");
         }
     }
     printed?;

@@ -163,7 +163,15 @@ where
     /// is copied and no reference is counted, so a scan of a million rows does not
     /// wait for a million reference counts' memory one by one (as [`Cache::values`]
     /// does), and the rows may be kept by reference (sorted, say) until `read` ends.
-    /// Changes wait meanwhile: keep `read` short in a cache that follows a busy topic.
+    ///
+    /// The shards are locked one after another, so, as with [`Cache::iter`], a
+    /// transaction applied meanwhile may show in some shards and not in others. Changes
+    /// wait until `read` returns (the follower's task blocks on its next insert), so
+    /// keep `read` short in a cache that follows a busy topic, do not call `read_all`
+    /// back to back in a loop, and never wait inside `read` for something that needs
+    /// the cache to change (a [`Cache::subscribe`] receiver, [`Cache::ready`]): it
+    /// would wait forever. Reading the cache inside `read` ([`Cache::get`],
+    /// [`Cache::len`]) is fine.
     pub fn read_all<R>(&self, read: impl FnOnce(&mut dyn Iterator<Item = (&K, &V)>) -> R) -> R {
         let shards: Vec<_> = self.shared.map.shards().iter().map(|s| s.read()).collect();
         let mut rows = shards.iter().flat_map(|shard| {

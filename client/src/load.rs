@@ -214,15 +214,18 @@ const ESTIMATE_SQL: &str = "SELECT (CASE WHEN c.reltuples <= 0 THEN 0 \
     ELSE c.reltuples / c.relpages * (pg_relation_size(c.oid) / current_setting('block_size')::int8) \
     END)::int8 FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass";
 
-/// Whether a value of the table may be stored out of line: false when the table
-/// has no TOAST table, or an empty one. Read after the snapshot was taken, under
-/// the load's lock (no TRUNCATE or rewrite meanwhile): the chunks of every value the
-/// snapshot shows stay in the TOAST table until the load ends, so an empty TOAST
-/// table means that no row the load reads has a value out of line, and none can
-/// come back as unchanged TOAST from a version the snapshot shows. A partitioned
-/// table's values live in its partitions' TOAST tables, so it counts as having some.
-const OUT_OF_LINE_SQL: &str = "SELECT c.relkind <> 'r' \
-    OR (c.reltoastrelid <> 0 AND pg_relation_size(c.reltoastrelid) > 0) \
+/// Whether a value the load's snapshot shows may be stored out of line: false when
+/// the table has no TOAST table, or one of zero pages. Read after the snapshot was
+/// taken: the snapshot holds back vacuum's cleanup (of the TOAST table too), so the
+/// chunks of every value it shows stay there until the load ends, and the load's
+/// lock keeps TRUNCATE and rewrites out. A TOAST table of zero pages therefore
+/// means that no row the load reads has a value out of line, and none can come back
+/// as unchanged TOAST from a version the snapshot shows. One whose chunks are all
+/// dead but not yet truncated still counts as having some (flags are asked for, as
+/// before). A partitioned table's values live in its partitions' TOAST tables, so
+/// it counts as having some. `NULL` (the TOAST table gone) counts as some.
+const OUT_OF_LINE_SQL: &str = "SELECT coalesce(c.relkind <> 'r' \
+    OR (c.reltoastrelid <> 0 AND pg_relation_size(c.reltoastrelid) > 0), true) \
     FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass";
 
 /// Whether a value of the table may be stored out of line ([`OUT_OF_LINE_SQL`]).
@@ -370,10 +373,12 @@ struct Store<'a, K, V> {
     owner: Option<usize>,
     /// Scratch space for the key's JSON bytes.
     key_bytes: Vec<u8>,
-    /// Whether `K` reads a one-column key's bare value (`Some(true)`) or the key
-    /// columns as an object (`Some(false)`), learnt from the first row: trying the
-    /// object first on every row would cost a formatted error per row for a scalar
-    /// key. A row that fails the learnt way is tried both ways again, for its error.
+    /// Whether a one-column key is read bare without trying the object first: true
+    /// once the object failed because `K` takes no map at all (`i64`, `String`), whose
+    /// failed attempt would otherwise cost a formatted error on every row. A type
+    /// that may take a map (a struct, an untagged enum) keeps trying the object
+    /// first, as the stream does, so both read the same key. A row whose bare value
+    /// fails is read the long way, for the object's error. `None` until a row showed.
     key_bare: Option<bool>,
     /// With `--value-schema`, the key's schema, which the key's bytes (and so its
     /// partition) include.
@@ -444,24 +449,22 @@ where
             self.key_bytes = connect::wrap(schema, &self.key_bytes);
         }
         let partition = partition_of(&self.key_bytes, self.partitions);
-        let known = match self.key_bare {
+        let bare = match self.key_bare {
             Some(true) => row.deserialize_field(table.key[0]).ok(),
-            Some(false) => row.deserialize(&table.key).ok(),
-            None => None,
+            _ => None,
         };
-        let key: K = match known {
+        let key: K = match bare {
             Some(k) => k,
+            // As the stream reads keys: the key columns as an object, else (one
+            // column) the bare value; a failure reports the object's error.
             None => match row.deserialize(&table.key) {
-                Ok(k) => {
-                    self.key_bare = Some(false);
-                    k
-                }
+                Ok(k) => k,
                 Err(e) if table.key.len() == 1 => {
-                    let k = row
-                        .deserialize_field(table.key[0])
-                        .map_err(|_| typed("key")(e))?;
-                    self.key_bare = Some(true);
-                    k
+                    if self.key_bare.is_none() {
+                        self.key_bare = Some(rejects_maps(&e));
+                    }
+                    row.deserialize_field(table.key[0])
+                        .map_err(|_| typed("key")(e))?
                 }
                 Err(e) => return Err(typed("key")(e)),
             },
@@ -509,6 +512,13 @@ where
                 .put(p.key, p.value, p.partition, p.toast, p.ts, p.origin);
         }
     }
+}
+
+/// Whether a failed read of the key columns as an object says that the type takes no
+/// map at all (serde's "invalid type: map" from a visitor without `visit_map`), not
+/// that these values did not fit: then every row's object read fails, whatever it holds.
+fn rejects_maps(e: &serde_json::Error) -> bool {
+    e.to_string().starts_with("invalid type: map")
 }
 
 /// How many decoded rows wait for their insert while the processor fetches their
@@ -707,6 +717,27 @@ fn rate(rows: u64, since: Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::lines;
+
+    #[test]
+    fn only_a_key_type_that_takes_no_map_is_read_bare_at_once() {
+        use crate::copy_row::CopyRow;
+        use crate::table::tests::sample;
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        #[serde(untagged)]
+        enum Either {
+            Object { id: u8 },
+            Bare(i64),
+        }
+        let t = sample();
+        let row = CopyRow::parse(&t, b"300\tx\t{}\t{}").unwrap();
+        let object_error =
+            |e: Result<(), serde_json::Error>| super::rejects_maps(&e.err().unwrap());
+        assert!(object_error(row.deserialize::<i64>(&t.key).map(drop)));
+        assert!(object_error(row.deserialize::<String>(&t.key).map(drop)));
+        // 300 does not fit the object variant, but 5 would: keep trying it first.
+        assert!(!object_error(row.deserialize::<Either>(&t.key).map(drop)));
+    }
 
     #[test]
     fn lines_split_at_every_newline_empty_lines_included() {

@@ -247,8 +247,9 @@ impl<K: Hash + Eq + Clone, V> Shared<K, V> {
     /// first (the control bytes of its probe's first group and the bucket there), so
     /// that a bulk load can ask for a batch of rows' slots before it inserts them. In a
     /// map of a million rows each insert otherwise waits for two cache misses (half
-    /// the time the load spent inserting). Only a hint: nothing is read or written,
-    /// and a shard being written elsewhere is skipped.
+    /// the time the load spent inserting). Only a hint: the map is not changed (the
+    /// shard's read lock is taken and released to find the slot), and a shard being
+    /// written elsewhere is skipped.
     pub fn prefetch(&self, key: &K) {
         let hash = self.map.hash_usize(key);
         let Some(table) = self.map.shards()[self.map.determine_shard(hash)].try_read() else {
@@ -258,8 +259,7 @@ impl<K: Hash + Eq + Clone, V> Shared<K, V> {
         // `i + 1` buckets below it, and a probe starts at `hash & (buckets - 1)`.
         let slot = hash & (table.buckets() - 1);
         let end = table.data_end().as_ptr();
-        // Unlocked first: releasing the lock is an atomic instruction, which would
-        // wait for the fetches to arrive.
+        // Unlocked before the fetches are asked for: the lock is not needed for them.
         drop(table);
         prefetch_line(end.cast::<u8>().wrapping_add(slot));
         prefetch_line(end.wrapping_sub(slot + 1).cast::<u8>());

@@ -278,8 +278,8 @@ impl TableInfo {
     /// header byte more than its raw size. Only a value stored out of line can come
     /// back as unchanged TOAST (pgoutput sends it so only when the update carried the
     /// old out-of-line value over), so the load keeps TOAST copies only of flagged
-    /// values, and most rows need none. With `out_of_line` false (no value of the
-    /// table is stored out of line, see `load`), nothing is flagged.
+    /// values, and most rows need none. With `out_of_line` false (no value the load's
+    /// snapshot shows is stored out of line, see `load`), nothing is flagged.
     pub fn bulk_copy_sql(&self, filter: &str, out_of_line: bool) -> (String, Vec<usize>) {
         let flagged: Vec<usize> = (0..self.columns.len())
             .filter(|&i| {
