@@ -31,6 +31,21 @@ fn summary_of_cache(cache: &Cache<Row, Row>) -> Summary {
     rows
 }
 
+/// How many of the table's first `records` records name `big` as unchanged TOAST.
+async fn records_leaving_big_out(args: &BridgeArgs, table: &str, records: usize) -> usize {
+    wait_for_records(
+        &args.kafka,
+        &args.topic(&format!("public.{table}")),
+        records,
+        Duration::from_secs(30),
+    )
+    .await
+    .iter()
+    .filter_map(|r| r.value.as_ref())
+    .filter(|v| v["unchanged_toast"] == Value::from(vec!["big"]))
+    .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_toast_values_come_from_the_cached_copy() {
     let pg = pg().await;
@@ -92,18 +107,7 @@ async fn unchanged_toast_values_come_from_the_cached_copy() {
     )
     .await;
     // The updates really left the value out: the topic names it as unchanged TOAST.
-    let recs = wait_for_records(
-        &args.kafka,
-        &args.topic(&format!("public.{table}")),
-        7,
-        Duration::from_secs(30),
-    )
-    .await;
-    let left_out = recs
-        .iter()
-        .filter_map(|r| r.value.as_ref())
-        .filter(|v| v["unchanged_toast"] == Value::from(vec!["big"]))
-        .count();
+    let left_out = records_leaving_big_out(&args, &table, 7).await;
     assert_eq!(left_out, 6, "every update leaves the large value out");
     let stats = cache.stats();
     assert_eq!(
@@ -163,18 +167,7 @@ async fn a_value_moved_out_of_line_after_the_load_merges_from_its_copy() {
         || async { (summary_of_cache(&cache) == expected).then_some(()) },
     )
     .await;
-    let recs = wait_for_records(
-        &args.kafka,
-        &args.topic(&format!("public.{table}")),
-        3,
-        Duration::from_secs(30),
-    )
-    .await;
-    let left_out = recs
-        .iter()
-        .filter_map(|r| r.value.as_ref())
-        .filter(|v| v["unchanged_toast"] == Value::from(vec!["big"]))
-        .count();
+    let left_out = records_leaving_big_out(&args, &table, 3).await;
     assert_eq!(
         left_out, 2,
         "the two updates after the first leave the value out"
