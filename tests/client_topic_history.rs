@@ -146,11 +146,13 @@ async fn a_slot_created_anew_makes_running_caches_warm_start_again() {
     let cache = args.row_cache(&table).build().await.expect("cache");
     assert!(bridge.sigterm(Duration::from_secs(30)).success());
     // The slot goes (dropped by an operator, or lost to max_slot_wal_keep_size), and
-    // changes made until a new one exists never reach the topic.
+    // changes made until a new one exists never reach the topic. The row deleted
+    // then leaves the running cache only through the sweep after its new warm start.
     pg.batch_execute(&format!(
         "UPDATE {table} SET v = 'before the drop' WHERE id <= 10;
          SELECT pg_drop_replication_slot('{}');
-         UPDATE {table} SET v = 'while no slot existed' WHERE id > 490;",
+         UPDATE {table} SET v = 'while no slot existed' WHERE id > 490;
+         DELETE FROM {table} WHERE id = 300;",
         args.slot
     ))
     .await

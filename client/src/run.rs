@@ -255,6 +255,9 @@ where
             }
         }
     }
+    // Rows of an earlier warm start are the only ones a sweep can remove: a load into
+    // an empty map skips the pass over every row (about 2 % of a warm start's time).
+    let earlier_rows = !shared.map.is_empty();
     shared.set_step("loading the table from PostgreSQL (waiting for its lock, or copying)");
     let load::Shaped {
         table,
@@ -275,7 +278,7 @@ where
         .store(loaded.readers as u64, std::sync::atomic::Ordering::Relaxed);
     shared.counters.counts.warm_starts.add(1);
     *lock(&shared.started_from) = Some(StartedFrom::Postgres { refused });
-    let removed = applier.sweep();
+    let removed = if earlier_rows { applier.sweep() } else { 0 };
     if removed > 0 {
         info!(table = %table.name, removed, "rows gone since the previous warm start removed");
     }
