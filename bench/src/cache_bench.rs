@@ -32,7 +32,9 @@ use tidemark_client::Row as CachedRow;
 use tidemark_core::wire::envelope::SLOT_MARKER_HEADER;
 use tidemark_core::wire::{Envelope, Op, Row};
 
-use crate::env::{drop_slot, median, time_and_peak, time_command, BoxError, BridgeProcess, Env};
+use crate::env::{
+    drop_slot, median, time_and_peak, time_command, wait_until_idle, BoxError, BridgeProcess, Env,
+};
 
 /// Result rows (benchmark, figure, reference, ratio, target) and notes.
 pub struct Section {
@@ -135,6 +137,17 @@ where
         .topic_prefix(prefix.to_owned())
 }
 
+/// Waits for an idle machine before a timed run and its `COPY` (at most 60 s).
+async fn settle() {
+    let waited = wait_until_idle(Duration::from_secs(60)).await;
+    if waited > Duration::from_secs(1) {
+        eprintln!(
+            "    waited {:.0} s for an idle machine",
+            waited.as_secs_f64()
+        );
+    }
+}
+
 /// Times `COPY` of the whole table to /dev/null through psql: the load's reference.
 fn copy_seconds(env: &Env, table: &str) -> Result<f64, BoxError> {
     Ok(time_command(Command::new("psql").args([
@@ -172,6 +185,71 @@ fn beside_copy(
     )
 }
 
+/// The value type of a timed load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ValueType {
+    /// The benchmark's struct, [`Account`].
+    Typed,
+    /// The schema-agnostic [`CachedRow`].
+    Row,
+}
+
+/// What one warm start in its own process measured (see [`load_once`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct OneLoad {
+    seconds: f64,
+    rows: usize,
+    /// Growth of the process's resident set while the cache loaded, in bytes.
+    grew: u64,
+    readers: usize,
+}
+
+/// One warm start of `table` in this process, which is new: the cache is built (with
+/// `parallel_load(readers)` unless `None`), timed, and measured; the result goes to
+/// stdout as JSON for [`timed_loads`] in the parent.
+pub(crate) async fn load_once(
+    env: &Env,
+    value: ValueType,
+    table: &str,
+    prefix: &str,
+    readers: Option<usize>,
+) -> Result<(), BoxError> {
+    async fn one<K, V>(
+        env: &Env,
+        table: &str,
+        prefix: &str,
+        readers: Option<usize>,
+    ) -> Result<OneLoad, BoxError>
+    where
+        K: DeserializeOwned + Hash + Eq + Clone + Send + Sync + 'static,
+        V: DeserializeOwned + Send + Sync + 'static,
+    {
+        let before = rss_kib();
+        let t = Instant::now();
+        let mut builder = builder_for::<K, V>(env, table, prefix);
+        if let Some(n) = readers {
+            builder = builder.parallel_load(n);
+        }
+        let cache = builder.build().await?;
+        let seconds = t.elapsed().as_secs_f64();
+        let grew = rss_kib().saturating_sub(before) * 1024;
+        let load = OneLoad {
+            seconds,
+            rows: cache.len(),
+            grew,
+            readers: cache.stats().load_readers,
+        };
+        cache.shutdown().await;
+        Ok(load)
+    }
+    let load = match value {
+        ValueType::Typed => one::<Key, Account>(env, table, prefix, readers).await?,
+        ValueType::Row => one::<CachedRow, CachedRow>(env, table, prefix, readers).await?,
+    };
+    println!("{}", serde_json::to_string(&load)?);
+    Ok(())
+}
+
 /// What [`timed_loads`] measured: medians over the runs.
 struct Loads {
     /// Seconds until ready.
@@ -182,46 +260,46 @@ struct Loads {
     ratio: f64,
     /// Readers the last load used.
     readers: usize,
-    /// Growth of the resident set per row while the cache loaded, from a heap with
-    /// the earlier caches' freed memory handed back (so not reused).
+    /// Growth of the resident set per row while the cache loaded, in a new process.
     bytes_per_row: f64,
 }
 
-/// `repeat` warm starts of `table` into `Cache<K, V>` with `parallel_load(readers)`
-/// (`None`: the default), each right after a `COPY` of the table and in a heap whose
-/// freed memory was handed back first.
-async fn timed_loads<K, V>(
+/// `repeat` warm starts of `table` into a cache of `value`s with
+/// `parallel_load(readers)` (`None`: the default), each in a new process (this
+/// binary with `--load-once`), as a service's warm start is, right after a `COPY` of
+/// the table. A later load in one long-lived process reuses the heap and the threads
+/// that earlier loads grew, and measured 5 to 10 % faster than a first one.
+async fn timed_loads(
     env: &Env,
+    value: ValueType,
     table: &str,
     prefix: &str,
     readers: Option<usize>,
     repeat: usize,
-) -> Result<Loads, BoxError>
-where
-    K: DeserializeOwned + Hash + Eq + Clone + Send + Sync + 'static,
-    V: DeserializeOwned + Send + Sync + 'static,
-{
+) -> Result<Loads, BoxError> {
     let (mut took, mut per_row, mut used) = (Vec::new(), Vec::new(), 0);
     let (mut copies, mut ratios) = (Vec::new(), Vec::new());
     for _ in 0..repeat {
+        settle().await;
         let copy = copy_seconds(env, table)?;
-        release_freed_memory();
-        let before = rss_kib();
-        let t = Instant::now();
-        let mut builder = builder_for::<K, V>(env, table, prefix);
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(["--postgres", &env.postgres, "--kafka", &env.kafka])
+            .args(["--load-once", &format!("{value:?}").to_lowercase()])
+            .args(["--load-table", table, "--load-prefix", prefix]);
         if let Some(n) = readers {
-            builder = builder.parallel_load(n);
+            cmd.args(["--load-readers", &n.to_string()]);
         }
-        let cache = builder.build().await?;
-        let seconds = t.elapsed().as_secs_f64();
-        eprintln!("    run: {seconds:.2} s, COPY {copy:.2} s");
-        took.push(seconds);
-        ratios.push(seconds / copy);
+        let out = cmd.stderr(std::process::Stdio::inherit()).output()?;
+        if !out.status.success() {
+            return Err(format!("a load in its own process failed: {}", out.status).into());
+        }
+        let load: OneLoad = serde_json::from_slice(&out.stdout)?;
+        eprintln!("    run: {:.2} s, COPY {copy:.2} s", load.seconds);
+        took.push(load.seconds);
+        ratios.push(load.seconds / copy);
         copies.push(copy);
-        let added = rss_kib().saturating_sub(before) as f64 * 1024.0;
-        per_row.push(added / cache.len().max(1) as f64);
-        used = cache.stats().load_readers;
-        cache.shutdown().await;
+        per_row.push(load.grew as f64 / load.rows.max(1) as f64);
+        used = load.readers;
     }
     Ok(Loads {
         seconds: median(took),
@@ -302,7 +380,7 @@ pub async fn warm_start(
     builder(env, &table, &name).build().await?.shutdown().await;
     release_freed_memory();
 
-    let load = timed_loads::<Key, Account>(env, &table, &name, None, repeat).await?;
+    let load = timed_loads(env, ValueType::Typed, &table, &name, None, repeat).await?;
     eprintln!(
         "  default readers: cache {:.2} s, COPY {:.2} s, {:.2} × COPY, {:.0} B RSS per row",
         load.seconds, load.copy, load.ratio, load.bytes_per_row
@@ -337,15 +415,15 @@ pub async fn warm_start(
          the load's exported snapshot, the decoding on {} thread(s) (one per core but one). `dump` is the example binary \
          (`Cache<Row, Row>`, the schema-agnostic value type) with `--follow 0` and its output to /dev/null: load, \
          sort and print, as its own process; its memory is that process's peak resident set (its `VmHWM`) per row. \
-         Every timed load and every `dump` run comes right after its own `COPY` of the table, and its ratio is the median of \
-         the runs' own ratios, which this machine's noise (COPY alone took 1.2 to 2.1 s in one hour) moves less than the ratio \
-         of two medians. One untimed load of the table comes before the timed ones.",
+         Every timed load runs in a new process (the benchmark binary again), as a service's warm start does, and like every \
+         `dump` run it comes right after its own `COPY` of the table, once the machine is idle (under 10 % busy over half a \
+         second). Its ratio is the median of the runs' own ratios, which this machine's noise (COPY alone took 1.2 to 2.1 s \
+         in one hour) moves less than the ratio of two medians. One untimed load of the table comes before the timed ones.",
         std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).clamp(1, 4))
     ));
     out.notes.push(
-        "Memory is the growth of the benchmark process's resident set while a cache loads, divided by its rows (the median of the runs), \
-         each load in a heap whose freed memory glibc's `malloc_trim(0)` handed back first (so a load does not reuse what an earlier cache freed, \
-         and does not pay for consolidating it); it includes allocator slack and the map's own overhead."
+        "Memory is the growth of the loading process's resident set while its cache loads, divided by its rows (the median of the runs); \
+         it includes allocator slack and the map's own overhead."
             .into(),
     );
     let kept = if keep {
@@ -373,7 +451,8 @@ async fn readers_and_dump(
 ) -> Result<Vec<(String, String, String, String, String)>, BoxError> {
     let mut out = Vec::new();
     for readers in [1, 2, 4] {
-        let loads = timed_loads::<Key, Account>(env, table, prefix, Some(readers), repeat).await?;
+        let loads =
+            timed_loads(env, ValueType::Typed, table, prefix, Some(readers), repeat).await?;
         let (c, used) = (loads.seconds, loads.readers);
         eprintln!(
             "  {readers} reader(s) (used {used}): {c:.2} s, {:.2} × COPY",
@@ -391,8 +470,7 @@ async fn readers_and_dump(
     // The same for the schema-agnostic value type.
     let mut row_bytes = 0.0;
     for readers in [1, 2, 4] {
-        let loads =
-            timed_loads::<CachedRow, CachedRow>(env, table, prefix, Some(readers), repeat).await?;
+        let loads = timed_loads(env, ValueType::Row, table, prefix, Some(readers), repeat).await?;
         let (c, used) = (loads.seconds, loads.readers);
         if readers == 1 {
             row_bytes = loads.bytes_per_row;
@@ -423,6 +501,7 @@ async fn readers_and_dump(
     let (mut took, mut peak, mut copies, mut ratios) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..repeat {
+        settle().await;
         let copy = copy_seconds(env, table)?;
         let (t, p) = time_and_peak(
             Command::new(&dump)

@@ -251,3 +251,47 @@ pub fn time_command(cmd: &mut Command) -> Result<Duration, BoxError> {
     }
     Ok(t.elapsed())
 }
+
+/// Waits (at most `limit`) until the machine's CPUs were less than 10 % busy over
+/// half a second, and returns how long that took. On two cores a run and its
+/// reference compete with whatever else runs, such as the previous run's teardown
+/// (freeing a million rows keeps a core busy for a second or two). A machine that
+/// stays busy is measured anyway, and said so.
+pub async fn wait_until_idle(limit: Duration) -> Duration {
+    /// Busy and total jiffies of all CPUs, from the first line of `/proc/stat`.
+    fn jiffies() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let counts: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let total: u64 = counts.iter().sum();
+        // idle and iowait are the 4th and 5th counts.
+        let idle = counts.get(3)? + counts.get(4).unwrap_or(&0);
+        Some((total - idle, total))
+    }
+    let started = Instant::now();
+    let mut busy_share = 1.0;
+    while started.elapsed() < limit {
+        let Some((busy0, total0)) = jiffies() else {
+            return started.elapsed();
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some((busy1, total1)) = jiffies() else {
+            return started.elapsed();
+        };
+        busy_share = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64;
+        if busy_share < 0.10 {
+            return started.elapsed();
+        }
+    }
+    eprintln!(
+        "    the machine stayed {:.0} % busy for {} s; measuring anyway",
+        busy_share * 100.0,
+        limit.as_secs()
+    );
+    started.elapsed()
+}

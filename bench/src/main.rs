@@ -41,6 +41,16 @@ struct Args {
     /// Where to write the report.
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: String,
+    /// Internal: one warm start of `--load-table` in this process, its figures printed
+    /// as JSON (the warm-start section runs each timed load so, in a new process).
+    #[arg(long, hide = true, value_enum)]
+    load_once: Option<cache_bench::ValueType>,
+    #[arg(long, hide = true, default_value = "")]
+    load_table: String,
+    #[arg(long, hide = true, default_value = "")]
+    load_prefix: String,
+    #[arg(long, hide = true)]
+    load_readers: Option<usize>,
 }
 
 /// One line of the result table.
@@ -128,6 +138,16 @@ async fn main() -> Result<(), BoxError> {
         postgres: args.stack.postgres.clone(),
         kafka: args.stack.kafka.clone(),
     };
+    if let Some(value) = args.load_once {
+        return cache_bench::load_once(
+            &env,
+            value,
+            &args.load_table,
+            &args.load_prefix,
+            args.load_readers,
+        )
+        .await;
+    }
     let want = |s: &str| args.only.iter().any(|o| o == s);
     let mut rows = Vec::new();
     let mut notes = Vec::new();
