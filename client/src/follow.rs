@@ -42,13 +42,14 @@ use rdkafka::consumer::Consumer as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 
 use crate::apply::{merge_toast, typed_key, Applier, Rejected};
 use crate::checkpoint::{self, format, Encoders};
 use crate::error::Error;
-use crate::seek::{blocking, Consumer, Start};
+use crate::seek::{Consumer, Start};
 use crate::state::{Origin, PartitionPosition, Status};
 use crate::table::TableInfo;
 use rdkafka::message::Headers as _;
@@ -306,6 +307,25 @@ pub(crate) struct Checkpointing<K, V> {
     pub saved: Option<Vec<i64>>,
 }
 
+/// What one refresh read from the broker: the topic's partition count and each
+/// partition's high watermark (`None` where the broker did not answer), asked at
+/// `asked_ms`.
+struct Watermarks {
+    asked_ms: i64,
+    count: Option<i32>,
+    highs: Vec<Option<i64>>,
+}
+
+/// The result of the refresh in flight; never ready when there is none.
+async fn finished(
+    refreshing: &mut Option<JoinHandle<Watermarks>>,
+) -> Result<Watermarks, tokio::task::JoinError> {
+    match refreshing {
+        Some(requests) => requests.await,
+        None => std::future::pending().await,
+    }
+}
+
 impl<K, V> Follower<K, V>
 where
     K: serde::de::DeserializeOwned + std::hash::Hash + Eq + Clone + Send + Sync + 'static,
@@ -329,7 +349,12 @@ where
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.check_ready();
-        loop {
+        // The refresh's requests run beside the loop, which goes on applying records:
+        // each waits on the consumer's connection behind its pending fetch (up to
+        // `fetch.wait.max.ms`), one partition after another, and awaited here they
+        // held every record back for that long at each tick.
+        let mut refreshing: Option<JoinHandle<Watermarks>> = None;
+        let end = loop {
             let record = tokio::select! {
                 biased;
                 changed = stop.changed() => {
@@ -337,13 +362,14 @@ where
                         if self.ready {
                             self.checkpoint().await;
                         }
-                        return End::Stopped;
+                        break End::Stopped;
                     }
                     continue;
                 }
-                _ = tick.tick() => {
-                    if let Some(end) = self.refresh().await {
-                        return end;
+                read = finished(&mut refreshing) => {
+                    refreshing = None;
+                    if let Some(end) = read.ok().and_then(|w| self.refreshed(w)) {
+                        break end;
                     }
                     let due = self.checkpoints.as_ref().is_some_and(|c| {
                         c.last.is_none_or(|t| t.elapsed() >= c.every)
@@ -353,19 +379,28 @@ where
                     }
                     continue;
                 }
+                _ = tick.tick(), if refreshing.is_none() => {
+                    refreshing = Some(self.refresh());
+                    continue;
+                }
                 received = consumer.recv() => match received {
                     Ok(m) => Record::read(&m),
                     Err(e) => match self.on_error(e) {
-                        Some(end) => return end,
+                        Some(end) => break end,
                         None => continue,
                     },
                 },
             };
             if let Some(end) = self.handle(record).await {
-                return end;
+                break end;
             }
             self.check_ready();
+        };
+        // Its requests hold the consumer; they end within their timeouts.
+        if let Some(requests) = refreshing {
+            let _ = requests.await;
         }
+        end
     }
 
     /// Handles a consumer error; `Some` when the loop must end.
@@ -688,28 +723,43 @@ where
         }
     }
 
-    /// Refreshes the high watermarks (for lag figures) and publishes positions; ends
-    /// the loop (`Some`) when the topic's partition count changed.
-    async fn refresh(&mut self) -> Option<End> {
-        let topic = self.topic.clone();
+    /// Starts reading the topic's partition count and high watermarks (for the lag
+    /// figures), on the blocking pool; [`Follower::refreshed`] takes the result.
+    fn refresh(&self) -> JoinHandle<Watermarks> {
+        let (topic, consumer) = (self.topic.clone(), self.consumer.clone());
         let n = self.starts.len() as i32;
-        let (count, highs) = blocking(&self.consumer, move |c| {
-            let count = c
+        tokio::task::spawn_blocking(move || {
+            let asked_ms = chrono::Utc::now().timestamp_millis();
+            let count = consumer
                 .fetch_metadata(Some(&topic), Duration::from_secs(2))
                 .ok()
                 .and_then(|md| md.topics().first().map(|t| t.partitions().len() as i32))
                 .filter(|&c| c > 0);
             let highs = (0..n)
                 .map(|p| {
-                    c.fetch_watermarks(&topic, p, Duration::from_secs(2))
+                    consumer
+                        .fetch_watermarks(&topic, p, Duration::from_secs(2))
                         .map(|(_, h)| h)
                         .ok()
                 })
-                .collect::<Vec<_>>();
-            Ok((count, highs))
+                .collect();
+            Watermarks {
+                asked_ms,
+                count,
+                highs,
+            }
         })
-        .await
-        .unwrap_or_default();
+    }
+
+    /// Takes a refresh's result and publishes positions; ends the loop (`Some`) when
+    /// the topic's partition count changed.
+    fn refreshed(&mut self, read: Watermarks) -> Option<End> {
+        let Watermarks {
+            asked_ms,
+            count,
+            highs,
+        } = read;
+        let n = self.starts.len() as i32;
         if let Some(count) = count.filter(|&c| c != n) {
             return Some(End::Rewarm(format!(
                 "the topic now has {count} partitions, not {n}: keys move to new partitions"
@@ -736,9 +786,9 @@ where
         for (p, h) in highs.into_iter().enumerate() {
             if let (Some(h), Some(slot)) = (h, self.high.get_mut(p)) {
                 *slot = h;
-                // Caught up at the moment the watermark was read.
+                // Every record written before the refresh asked is below `h`.
                 if self.next[p] >= h {
-                    self.seen_until[p] = self.seen_until[p].max(now_ms);
+                    self.seen_until[p] = self.seen_until[p].max(asked_ms);
                 }
             }
         }
