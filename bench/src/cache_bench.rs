@@ -282,14 +282,22 @@ async fn timed_loads(
     for _ in 0..repeat {
         settle().await;
         let copy = copy_seconds(env, table)?;
-        let mut cmd = Command::new(std::env::current_exe()?);
+        let value_arg = clap::ValueEnum::to_possible_value(&value)
+            .ok_or("a value type without a name")?
+            .get_name()
+            .to_owned();
+        let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
         cmd.args(["--postgres", &env.postgres, "--kafka", &env.kafka])
-            .args(["--load-once", &format!("{value:?}").to_lowercase()])
-            .args(["--load-table", table, "--load-prefix", prefix]);
+            .args(["--load-once", &value_arg])
+            .args(["--load-table", table, "--load-prefix", prefix])
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true);
         if let Some(n) = readers {
             cmd.args(["--load-readers", &n.to_string()]);
         }
-        let out = cmd.stderr(std::process::Stdio::inherit()).output()?;
+        let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+            .await
+            .map_err(|_| "a load in its own process took more than 300 s")??;
         if !out.status.success() {
             return Err(format!("a load in its own process failed: {}", out.status).into());
         }

@@ -271,7 +271,7 @@ pub async fn wait_until_idle(limit: Duration) -> Duration {
         let total: u64 = counts.iter().sum();
         // idle and iowait are the 4th and 5th counts.
         let idle = counts.get(3)? + counts.get(4).unwrap_or(&0);
-        Some((total - idle, total))
+        Some((total.saturating_sub(idle), total))
     }
     let started = Instant::now();
     let mut busy_share = 1.0;
@@ -283,7 +283,9 @@ pub async fn wait_until_idle(limit: Duration) -> Duration {
         let Some((busy1, total1)) = jiffies() else {
             return started.elapsed();
         };
-        busy_share = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64;
+        // iowait may go backwards (proc(5)), so neither difference may wrap.
+        busy_share =
+            busy1.saturating_sub(busy0) as f64 / total1.saturating_sub(total0).max(1) as f64;
         if busy_share < 0.10 {
             return started.elapsed();
         }

@@ -308,10 +308,13 @@ pub(crate) struct Checkpointing<K, V> {
 }
 
 /// What one refresh read from the broker: the topic's partition count and each
-/// partition's high watermark (`None` where the broker did not answer), asked at
-/// `asked_ms`.
+/// partition's high watermark (`None` where the broker did not answer, or the
+/// requests failed), asked at `asked_ms`.
 struct Watermarks {
     asked_ms: i64,
+    /// The follower's next offsets when it asked: the lag figures count from them,
+    /// so records applied while the requests ran do not make the lag look smaller.
+    next: Vec<i64>,
     count: Option<i32>,
     highs: Vec<Option<i64>>,
 }
@@ -368,7 +371,14 @@ where
                 }
                 read = finished(&mut refreshing) => {
                     refreshing = None;
-                    if let Some(end) = read.ok().and_then(|w| self.refreshed(w)) {
+                    // Requests that panicked count as unanswered.
+                    let read = read.unwrap_or_else(|_| Watermarks {
+                        asked_ms: chrono::Utc::now().timestamp_millis(),
+                        next: self.next.clone(),
+                        count: None,
+                        highs: Vec::new(),
+                    });
+                    if let Some(end) = self.refreshed(read) {
                         break end;
                     }
                     let due = self.checkpoints.as_ref().is_some_and(|c| {
@@ -728,6 +738,7 @@ where
     fn refresh(&self) -> JoinHandle<Watermarks> {
         let (topic, consumer) = (self.topic.clone(), self.consumer.clone());
         let n = self.starts.len() as i32;
+        let next = self.next.clone();
         tokio::task::spawn_blocking(move || {
             let asked_ms = chrono::Utc::now().timestamp_millis();
             let count = consumer
@@ -745,6 +756,7 @@ where
                 .collect();
             Watermarks {
                 asked_ms,
+                next,
                 count,
                 highs,
             }
@@ -756,6 +768,7 @@ where
     fn refreshed(&mut self, read: Watermarks) -> Option<End> {
         let Watermarks {
             asked_ms,
+            next: asked_next,
             count,
             highs,
         } = read;
@@ -794,7 +807,7 @@ where
         }
         self.publish_positions();
         let counts = &self.applier.shared.counters.counts;
-        for (p, (&high, &next)) in self.high.iter().zip(&self.next).enumerate() {
+        for (p, (&high, &next)) in self.high.iter().zip(&asked_next).enumerate() {
             counts.lag(p as i32, (high - next).max(0));
         }
         let filtering = self.states.iter().filter(|s| s.filtering()).count();

@@ -650,11 +650,13 @@ where
                     batch.push(chunk);
                 } else {
                     partial.extend_from_slice(&chunk);
-                    if let Some(last_nl) = partial.iter().rposition(|&b| b == b'\n') {
-                        batch.push(partial.split_to(last_nl + 1).freeze());
+                    // Only the new piece can hold the line's end.
+                    if let Some(nl) = memchr::memrchr(b'\n', &chunk) {
+                        let end = partial.len() - chunk.len() + nl + 1;
+                        batch.push(partial.split_to(end).freeze());
                     }
                 }
-                if batch_bytes < BATCH_BYTES {
+                if batch_bytes < BATCH_BYTES || batch.is_empty() {
                     continue;
                 }
                 batch_bytes = 0;
