@@ -279,13 +279,13 @@ async fn timed_loads(
 ) -> Result<Loads, BoxError> {
     let (mut took, mut per_row, mut used) = (Vec::new(), Vec::new(), 0);
     let (mut copies, mut ratios) = (Vec::new(), Vec::new());
+    let value_arg = clap::ValueEnum::to_possible_value(&value)
+        .ok_or("a value type without a name")?
+        .get_name()
+        .to_owned();
     for _ in 0..repeat {
         settle().await;
         let copy = copy_seconds(env, table)?;
-        let value_arg = clap::ValueEnum::to_possible_value(&value)
-            .ok_or("a value type without a name")?
-            .get_name()
-            .to_owned();
         let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
         cmd.args(["--postgres", &env.postgres, "--kafka", &env.kafka])
             .args(["--load-once", &value_arg])
@@ -382,9 +382,12 @@ pub async fn warm_start(
     eprint!("warm start: ");
     let warm = WarmTable::create(env, rows).await?;
     let (name, table) = (warm.name.clone(), warm.table.clone());
-    // One untimed load first: the loads right after the table, its topic and its
-    // bridge were made ran up to twice as long as the later ones (2.14, 1.51, then
-    // 1.18 s in one run) while the machine settled.
+    // One untimed load first, so that PostgreSQL's buffers and the page cache hold
+    // the new table for the timed loads as for its `COPY` runs. (The loads right
+    // after the table and its topic were made once took up to twice as long as later
+    // ones; that was the follower's first watermark refresh, done before any record
+    // was read while the new topic's slot markers were still to replay, see
+    // docs/performance.md.)
     builder(env, &table, &name).build().await?.shutdown().await;
     release_freed_memory();
 
