@@ -157,24 +157,31 @@ async fn counts_once_complete(
     .await
 }
 
+/// A new table for a bridge with 3 partitions, holding rows from before the slot:
+/// the initial snapshot writes them as op r records (with --exactly-once, in Kafka
+/// transactions too), ids above 1,000,000 and w = -1 .. -SNAPSHOT_ROWS. Returns the
+/// table's name and the bridge's arguments.
+async fn table_with_rows(prefix: &str) -> (String, BridgeArgs) {
+    let name = unique(prefix);
+    let table = format!("{name}_t");
+    pg().await
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id int8 PRIMARY KEY, w int8 NOT NULL);
+             INSERT INTO {table} SELECT 1000000 + g, -g FROM generate_series(1, {SNAPSHOT_ROWS}) g"
+        ))
+        .await
+        .unwrap();
+    let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
+    args.partitions = 3;
+    (table, args)
+}
+
 /// Writes under load, kills the bridge with SIGKILL twice at different moments and
 /// restarts it each time; returns the committed writes (the snapshot's rows as
 /// negative numbers) and how often a
 /// `read_committed` reader sees each write once every committed one arrived.
 async fn crash_twice(exactly_once: bool) -> (Vec<i64>, BTreeMap<i64, usize>) {
-    let pg = pg().await;
-    let name = unique(if exactly_once { "eos" } else { "alo" });
-    let table = format!("{name}_t");
-    // Rows before the slot: the initial snapshot writes them as op r records
-    // (with --exactly-once, in Kafka transactions too), w = -1 .. -SNAPSHOT_ROWS.
-    pg.batch_execute(&format!(
-        "CREATE TABLE {table} (id int8 PRIMARY KEY, w int8 NOT NULL);
-         INSERT INTO {table} SELECT 1000000 + g, -g FROM generate_series(1, {SNAPSHOT_ROWS}) g"
-    ))
-    .await
-    .unwrap();
-    let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
-    args.partitions = 3;
+    let (table, mut args) = table_with_rows(if exactly_once { "eos" } else { "alo" }).await;
     if exactly_once {
         args.extra = vec!["--exactly-once".into()];
     }
@@ -403,6 +410,60 @@ async fn exactly_once_an_aborted_transaction_is_written_again_without_gap_or_dup
     assert!(
         log.matches("exactly once: transactions up to").count() >= 2,
         "no session started after the outage:\n{log}"
+    );
+    assert!(bridge.sigterm(Duration::from_secs(60)).success());
+}
+
+/// A table's snapshot and a PostgreSQL transaction that each take longer to produce
+/// than `transaction.timeout.ms`: the bridge splits them over several Kafka
+/// transactions instead of failing every session (the coordinator would abort a
+/// transaction that stays open longer), and a kill -9 after part of the large
+/// transaction is committed resumes inside it: a `read_committed` reader sees each
+/// row of the snapshot and each change of the transaction exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_a_snapshot_and_a_transaction_longer_than_the_transaction_timeout_are_written_once(
+) {
+    /// Rows of the one large transaction.
+    const LARGE: i64 = 1_000_000;
+    let (table, mut args) = table_with_rows("eoslong").await;
+    let pg = pg().await;
+    // The snapshot takes about 16 s at this rate: longer than the transaction timeout
+    // plus the broker's check for timed-out transactions (every 10 s), so a single
+    // Kafka transaction for it is surely aborted.
+    args.extra = vec![
+        "--exactly-once".into(),
+        "--kafka-property".into(),
+        "transaction.timeout.ms=4000".into(),
+        "--snapshot-rows-per-second".into(),
+        (SNAPSHOT_ROWS / 16).to_string(),
+    ];
+    let (mut bridge, args) = start_bridge_with(args).await;
+    pg.batch_execute(&format!(
+        "INSERT INTO {table} SELECT g, g FROM generate_series(1, {LARGE}) g"
+    ))
+    .await
+    .unwrap();
+    // Killed right after the first part of the large transaction is committed.
+    bridge
+        .wait_for_log("part of a PostgreSQL transaction", Duration::from_secs(120))
+        .await;
+    bridge.kill9();
+    bridge = Bridge::start(&args);
+    let expected: HashSet<i64> = (1..=LARGE).chain((1..=SNAPSHOT_ROWS).map(|g| -g)).collect();
+    let topic = args.topic(&format!("public.{table}"));
+    let counts = counts_once_complete(&args.kafka, &topic, &expected).await;
+    let twice: Vec<(&i64, &usize)> = counts.iter().filter(|(_, &n)| n > 1).collect();
+    let log = bridge.log_text();
+    assert!(
+        twice.is_empty(),
+        "{} rows or changes reached the reader more than once, e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
+    assert_eq!(counts.len(), expected.len());
+    assert!(
+        log.contains("resuming inside PostgreSQL transaction"),
+        "the restarted bridge did not resume inside the large transaction:\n{log}"
     );
     assert!(bridge.sigterm(Duration::from_secs(60)).success());
 }

@@ -3,11 +3,27 @@
 //! The producer is transactional. The records of whole PostgreSQL transactions are
 //! grouped into one Kafka transaction, which commits once it is
 //! `--transaction-interval-ms` old, holds [`MAX_RECORDS`] records, or the session
-//! stops, and only between PostgreSQL transactions: a PostgreSQL transaction is never
-//! split over two Kafka ones. Each Kafka transaction also writes the bridge's
-//! [`Position`] to the state topic (`sink::state`, kind [`KIND`]): the end LSN of the
-//! last PostgreSQL transaction inside it. The position and the records become
-//! visible to `read_committed` readers together, or neither does.
+//! stops, and only between PostgreSQL transactions. Each Kafka transaction also
+//! writes the bridge's [`Position`] to the state topic (`sink::state`, kind
+//! [`KIND`]): the end LSN of the last PostgreSQL transaction inside it. The position
+//! and the records become visible to `read_committed` readers together, or neither
+//! does.
+//!
+//! **Long PostgreSQL transactions.** The broker aborts a Kafka transaction that stays
+//! open longer than `transaction.timeout.ms`, so a PostgreSQL transaction whose
+//! records take longer than that to produce (a large `COPY`, a bulk `UPDATE`) could
+//! never be written whole: every session would fail on it again. Once the open Kafka
+//! transaction is [`split_after`] old (a third of the timeout, leaving the rest for
+//! delivery and the commit), it is committed at the next boundary between two
+//! changes, even inside a PostgreSQL transaction, and the position then also names
+//! that transaction and how many of its changes are in Kafka ([`Partial`]). Logical
+//! decoding sends a transaction's changes in the same order every time, so a session
+//! that starts from such a position decodes the transaction again and skips that
+//! many changes (still numbering them, so `source.sequence` and the transaction
+//! metadata come out as in one pass). A `read_committed` reader then sees such a
+//! transaction in parts, but every change of it exactly once; shorter transactions
+//! stay whole. The initial snapshot splits a table's rows the same way
+//! (`pipeline::snapshot`).
 //!
 //! Only after the commit succeeds may the slot be confirmed to that position, so the
 //! slot's confirmed LSN never passes the stored one. A session starts from the slot,
@@ -55,6 +71,14 @@ pub const MAX_RECORDS: u64 = 50_000;
 /// How often, at most, an idle bridge stores a keepalive's WAL position.
 pub const IDLE_POSITION_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How long a Kafka transaction may stay open before it is committed even in the
+/// middle of a PostgreSQL transaction or a table's snapshot: a third of
+/// `transaction.timeout.ms`, leaving the rest for delivering its records and
+/// committing.
+pub fn split_after(config: &Config) -> Duration {
+    crate::sink::producer::transaction_timeout(config) / 3
+}
+
 /// The stored position: everything up to `lsn` is committed in Kafka.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
@@ -64,6 +88,20 @@ pub struct Position {
     /// The LSN at which the slot this position belongs to was created (its
     /// consistent point), or the lowest LSN it was seen at.
     pub slot_lsn: u64,
+    /// The first changes of the PostgreSQL transaction after `lsn`, when a Kafka
+    /// transaction committed in the middle of it (see the module doc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Partial>,
+}
+
+/// How far a PostgreSQL transaction is committed in Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partial {
+    /// The LSN of the transaction's commit record (pgoutput's `final_lsn` of BEGIN).
+    pub final_lsn: u64,
+    /// How many of its changes (inserts, updates, deletes, truncates, in the order
+    /// decoding sends them) are committed.
+    pub changes: u64,
 }
 
 /// The position that applies to the slot found at session start: `stored` when it
@@ -71,7 +109,11 @@ pub struct Position {
 /// session created at `created`, if it did; see the module doc.
 pub fn applicable(stored: Option<Position>, slot_confirmed: u64, created: Option<u64>) -> Position {
     if let Some(lsn) = created {
-        return Position { lsn, slot_lsn: lsn };
+        return Position {
+            lsn,
+            slot_lsn: lsn,
+            partial: None,
+        };
     }
     match stored {
         Some(p) if p.slot_lsn <= slot_confirmed && p.lsn >= slot_confirmed => p,
@@ -89,11 +131,13 @@ pub fn applicable(stored: Option<Position>, slot_confirmed: u64, created: Option
                 } else {
                     slot_confirmed
                 },
+                partial: None,
             }
         }
         None => Position {
             lsn: slot_confirmed,
             slot_lsn: slot_confirmed,
+            partial: None,
         },
     }
 }
@@ -110,7 +154,12 @@ pub async fn load(config: &Config) -> Result<Option<Position>, BridgeError> {
 #[derive(Debug)]
 pub struct Transactions {
     interval: Duration,
+    split_after: Duration,
     committed: Position,
+    /// The PostgreSQL transaction being read, with its changes read so far.
+    current: Option<Partial>,
+    /// Changes of `current` still to skip: committed in Kafka by an earlier session.
+    resume: u64,
     /// The position the open transaction will store.
     pending: u64,
     /// When the open Kafka transaction began, and its records so far.
@@ -125,7 +174,10 @@ impl Transactions {
     pub fn new(config: &Config, position: Position) -> Self {
         Transactions {
             interval: config.transaction_interval,
+            split_after: split_after(config),
             committed: position,
+            current: None,
+            resume: 0,
             pending: position.lsn,
             open: None,
             last_commit: Instant::now(),
@@ -170,10 +222,63 @@ impl Transactions {
         }
     }
 
+    /// The PostgreSQL transaction whose commit record is at `final_lsn` begins (one
+    /// that [`Transactions::skip`] did not skip).
+    pub fn pg_begin(&mut self, final_lsn: u64) {
+        self.resume = match self.committed.partial {
+            Some(p) if p.final_lsn == final_lsn => {
+                info!(commit = %Lsn(final_lsn), changes = p.changes, "resuming inside PostgreSQL transaction: its first changes are committed in Kafka already");
+                p.changes
+            }
+            _ => 0,
+        };
+        self.current = Some(Partial {
+            final_lsn,
+            changes: 0,
+        });
+    }
+
+    /// Counts one change of the PostgreSQL transaction being read; false when its
+    /// records are committed in Kafka already and must not be written again.
+    pub fn change(&mut self) -> bool {
+        if let Some(current) = &mut self.current {
+            current.changes += 1;
+        }
+        if self.resume > 0 {
+            self.resume -= 1;
+            return false;
+        }
+        true
+    }
+
     /// A PostgreSQL transaction whose records are all in the open Kafka transaction
     /// ended at `end_lsn`.
     pub fn pg_committed(&mut self, end_lsn: u64) {
         self.pending = self.pending.max(end_lsn);
+        self.current = None;
+        self.resume = 0;
+    }
+
+    /// Whether the open Kafka transaction, holding records, is old enough to be
+    /// committed in the middle of a PostgreSQL transaction ([`split_after`]).
+    pub fn split_due(&self) -> bool {
+        matches!(self.open, Some((since, records)) if records > 0 && since.elapsed() >= self.split_after)
+    }
+
+    /// Commits the open Kafka transaction between two changes of a PostgreSQL
+    /// transaction (see the module doc) and opens the next.
+    pub async fn split(
+        &mut self,
+        config: &Config,
+        sink: &Sink,
+        frontier: &Mutex<Frontier>,
+        now_ms: i64,
+    ) -> Result<(), BridgeError> {
+        self.commit(config, sink, frontier, now_ms).await?;
+        if let Some(p) = self.committed.partial {
+            info!(commit = %Lsn(p.final_lsn), changes = p.changes, after = ?self.split_after, "committed part of a PostgreSQL transaction in Kafka: its records take longer to produce than a third of transaction.timeout.ms");
+        }
+        self.ensure_open(sink)
     }
 
     /// A keepalive while no PostgreSQL transaction is open: every change of the
@@ -197,8 +302,8 @@ impl Transactions {
     }
 
     /// Writes the pending position into the open transaction (opening one if needed)
-    /// and commits it. Call only between PostgreSQL transactions. Returns the new
-    /// committed position.
+    /// and commits it. Call between PostgreSQL transactions, or between two changes of
+    /// one through [`Transactions::split`]. Returns the new committed position.
     pub async fn commit(
         &mut self,
         config: &Config,
@@ -210,6 +315,7 @@ impl Transactions {
         let position = Position {
             lsn: self.pending,
             slot_lsn: self.committed.slot_lsn,
+            partial: self.current.filter(|c| c.changes > 0),
         };
         let record = state::record(config, state::key(&config.slot, KIND), &position, now_ms)?;
         let id = lock(frontier).begin(now_ms);
@@ -267,6 +373,7 @@ mod tests {
         let p = Position {
             lsn: 500,
             slot_lsn: 100,
+            partial: None,
         };
         assert_eq!(
             applicable(Some(p), 400, None),
@@ -278,7 +385,8 @@ mod tests {
             applicable(Some(p), 50, None),
             Position {
                 lsn: 50,
-                slot_lsn: 50
+                slot_lsn: 50,
+                partial: None,
             },
             "a slot below the position's creation LSN is another slot"
         );
@@ -286,7 +394,8 @@ mod tests {
             applicable(Some(p), 600, None),
             Position {
                 lsn: 600,
-                slot_lsn: 100
+                slot_lsn: 100,
+                partial: None,
             },
             "a slot beyond the position: nothing it sends lies below it"
         );
@@ -294,7 +403,8 @@ mod tests {
             applicable(Some(p), 400, Some(700)),
             Position {
                 lsn: 700,
-                slot_lsn: 700
+                slot_lsn: 700,
+                partial: None,
             },
             "a slot created now starts a new history"
         );
@@ -302,8 +412,50 @@ mod tests {
             applicable(None, 400, None),
             Position {
                 lsn: 400,
-                slot_lsn: 400
+                slot_lsn: 400,
+                partial: None,
             }
         );
+    }
+
+    #[test]
+    fn a_partial_position_skips_the_committed_changes_of_its_transaction_only() {
+        use clap::Parser;
+        let cli = crate::config::Cli::parse_from([
+            "tidemark-bridge",
+            "--postgres",
+            "postgres://h/db",
+            "--tables",
+            "public.t",
+            "--exactly-once",
+        ]);
+        let config = Config::from_cli(cli).expect("valid settings");
+        let stored = Position {
+            lsn: 100,
+            slot_lsn: 50,
+            partial: Some(Partial {
+                final_lsn: 300,
+                changes: 2,
+            }),
+        };
+        let mut t = Transactions::new(&config, applicable(Some(stored), 100, None));
+        assert!(!t.skip(200), "a later transaction is not committed");
+        t.pg_begin(200);
+        assert!(t.change(), "another transaction resumes nothing");
+        t.pg_committed(250);
+        assert!(!t.skip(300));
+        t.pg_begin(300);
+        let written: Vec<bool> = (0..4).map(|_| t.change()).collect();
+        assert_eq!(written, [false, false, true, true]);
+        assert_eq!(
+            t.current,
+            Some(Partial {
+                final_lsn: 300,
+                changes: 4
+            }),
+            "skipped changes count toward the next partial position"
+        );
+        t.pg_committed(350);
+        assert_eq!(t.current, None);
     }
 }

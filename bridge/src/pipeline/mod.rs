@@ -512,6 +512,7 @@ pub async fn run_session(
                         } else {
                             if let Some(eos) = eos.as_mut() {
                                 eos.ensure_open(&sink)?;
+                                eos.pg_begin(final_lsn.as_u64());
                             }
                             let commit_us = commit_time_micros + PG_EPOCH_MICROS;
                             let info = TxnInfo {
@@ -539,18 +540,29 @@ pub async fn run_session(
                                     return Err(BridgeError::Decode("change outside a transaction".into()));
                                 };
                                 let lsn = wal_start.as_u64();
+                                // With --exactly-once, false for a change an earlier session
+                                // committed in part of this transaction; it is still numbered.
+                                let write = match eos.as_mut() {
+                                    Some(eos) if !matches!(msg, pgoutput::Message::Ignored(_)) => eos.change(),
+                                    _ => true,
+                                };
                                 let records = tables.records(msg, lsn, numbering.at(lsn), info, order.as_ref())?;
                                 if let (Some(o), Some(topic)) = (order.as_mut(), &transaction_topic) {
-                                    if o.take_begin() {
+                                    if o.take_begin() && write {
                                         send_counted(&sink, *id, &topic.begin(o)?, eos.as_mut()).await?;
                                     }
                                 }
-                                for record in records {
+                                for record in records.into_iter().filter(|_| write) {
                                     count_record(&record);
                                     send_counted(&sink, *id, &record, eos.as_mut()).await?;
                                     if let Some(h) = heartbeats.as_mut() {
                                         h.wrote(&record.topic);
                                     }
+                                }
+                                // A PostgreSQL transaction that takes too long to produce is
+                                // committed in parts (exactly_once's module doc).
+                                if let Some(eos) = eos.as_mut().filter(|e| e.split_due()) {
+                                    eos.split(config, &sink, &frontier, telemetry::now_ms()).await?;
                                 }
                             }
                         }

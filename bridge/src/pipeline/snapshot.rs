@@ -32,6 +32,15 @@
 //! tables are not read again. The filters are rebuilt from the state at every start,
 //! so a crash right after the snapshot still leaves out what it holds.
 //!
+//! **With `--exactly-once`** a table's rows go in Kafka transactions like changes do,
+//! and the one that holds its last rows also holds the progress that marks it done.
+//! The broker aborts a transaction open longer than `transaction.timeout.ms`, so a
+//! table whose rows take longer than a third of that to produce (a large table, or a
+//! low `--snapshot-rows-per-second`) is committed in several; otherwise it would fail
+//! in every session. After a crash in the middle of such a table, its committed part
+//! stays visible to `read_committed` readers and the table is read again whole, as
+//! below: its `r` records may then appear twice, while changes stay exactly once.
+//!
 //! A table read again after a crash has some of its rows in the topic twice: once
 //! from the interrupted read and once from the new one, which is newer. A row deleted
 //! between the two reads keeps its `r` record from the first: its delete is in the
@@ -275,8 +284,9 @@ pub async fn run(
             first: i == 0 && progress.done.is_empty(),
             last: i + 1 == count,
         };
-        // With --exactly-once a table's rows and the progress that says it is done
-        // are one Kafka transaction.
+        // With --exactly-once the progress that says the table is done goes in the
+        // same Kafka transaction as its last rows (`read_table` commits earlier ones
+        // when the table takes long).
         if writer.sink.is_transactional() {
             writer.sink.begin_transaction()?;
         }
@@ -423,6 +433,12 @@ async fn read_table(
     pin_mut!(rows);
     let limit = config.snapshot_rows_per_second;
     let started = Instant::now();
+    // With --exactly-once: when the open Kafka transaction got its first record.
+    let split_after = writer
+        .sink
+        .is_transactional()
+        .then(|| super::exactly_once::split_after(config));
+    let mut opened: Option<Instant> = None;
     let txn = lock(writer.frontier).begin(read.ts_ms);
     let mut pending: Option<crate::source::pgoutput::Tuple> = None;
     let mut written = 0u64;
@@ -452,6 +468,7 @@ async fn read_table(
                 mark(at, written, tuple.is_none()),
             )?;
             writer.sink.send(txn, &record).await?;
+            opened.get_or_insert_with(Instant::now);
             written += 1;
             metrics::counter!(crate::telemetry::SNAPSHOT_ROWS, "table" => table.to_string())
                 .increment(1);
@@ -460,6 +477,14 @@ async fn read_table(
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
                     tokio::time::sleep(wait).await;
                 }
+            }
+            // The broker aborts a transaction open longer than its timeout: a long
+            // table goes in several (see the module doc).
+            if split_after.is_some_and(|after| opened.is_some_and(|o| o.elapsed() >= after)) {
+                writer.sink.commit_transaction()?;
+                writer.sink.begin_transaction()?;
+                opened = None;
+                info!(table = %table, rows = written, "committed part of the table's snapshot in Kafka: it takes longer than a third of transaction.timeout.ms");
             }
         }
         match tuple {

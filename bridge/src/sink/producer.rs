@@ -206,6 +206,21 @@ fn apply_client_config(cc: &mut ClientConfig, config: &Config) {
 /// longest a Kafka transaction may stay open, and the message timeout with it.
 const TRANSACTION_TIMEOUT_MS: &str = "60000";
 
+/// The `transaction.timeout.ms` the transactional producer runs with: a passthrough
+/// property's (librdkafka has refused one that does not parse before this is asked),
+/// else the default.
+pub fn transaction_timeout(config: &Config) -> Duration {
+    let ms = |v: &str| v.trim().parse::<u64>().ok();
+    let default = ms(TRANSACTION_TIMEOUT_MS).unwrap_or(60_000);
+    Duration::from_millis(
+        config
+            .kafka_properties
+            .get("transaction.timeout.ms")
+            .and_then(|v| ms(v))
+            .unwrap_or(default),
+    )
+}
+
 /// How long a transactional call (init, commit, abort) may take.
 const TRANSACTION_CALL_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -530,6 +545,14 @@ mod tests {
         );
         assert_eq!(cc.get("message.timeout.ms"), None);
         assert_eq!(cc.get("enable.gapless.guarantee"), None);
+        assert_eq!(transaction_timeout(&eos), Duration::from_secs(60));
+        let shorter = Config::from_cli(Cli::parse_from(args.iter().copied().chain([
+            "--exactly-once",
+            "--kafka-property",
+            "transaction.timeout.ms=4000",
+        ])))
+        .expect("valid settings");
+        assert_eq!(transaction_timeout(&shorter), Duration::from_secs(4));
         cc.create::<rdkafka::producer::BaseProducer>()
             .expect("librdkafka accepts the transactional settings");
     }
