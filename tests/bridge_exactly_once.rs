@@ -436,6 +436,11 @@ async fn exactly_once_a_snapshot_and_a_transaction_longer_than_the_transaction_t
         "transaction.timeout.ms=4000".into(),
         "--snapshot-rows-per-second".into(),
         (SNAPSHOT_ROWS / 16).to_string(),
+        // A heartbeat commits a Kafka transaction between PostgreSQL ones, also while
+        // the restarted bridge decodes the large transaction again: that commit must
+        // keep the stored part of it.
+        "--heartbeat-interval".into(),
+        "1s".into(),
     ];
     let (mut bridge, args) = start_bridge_with(args).await;
     pg.batch_execute(&format!(
@@ -445,7 +450,10 @@ async fn exactly_once_a_snapshot_and_a_transaction_longer_than_the_transaction_t
     .unwrap();
     // Killed right after the first part of the large transaction is committed.
     bridge
-        .wait_for_log("part of a PostgreSQL transaction", Duration::from_secs(120))
+        .wait_for_log(
+            "committed part of a PostgreSQL transaction",
+            Duration::from_secs(120),
+        )
         .await;
     bridge.kill9();
     bridge = Bridge::start(&args);

@@ -224,6 +224,80 @@ async fn snapshot_never_writes_only_changes() {
     assert_eq!(records[0].value.as_ref().unwrap()["op"], "c");
 }
 
+/// Whether a table gets its snapshot depends on whether its topic holds any row, not
+/// on its watermarks: what a failed first attempt to start a slot can leave there (a
+/// slot marker, records of an aborted Kafka transaction) raises the watermarks but
+/// holds no row, and the table must still get its op r records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_holding_only_markers_and_aborted_records_still_gets_the_snapshot() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let pg = pg().await;
+    let name = unique("snapmarked");
+    let table = format!("{name}_t");
+    create_counted(&pg, &table, 50).await;
+    let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
+    args.partitions = 2;
+    let topic = args.topic(&format!("public.{table}"));
+    create_topic(&kafka(), &topic, 2, &[]).await;
+    let written = topic.clone();
+    tokio::task::spawn_blocking(move || {
+        let producer: ThreadedProducer<_> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka())
+            .set("transactional.id", format!("{written}-test"))
+            .create()
+            .expect("producer");
+        let timeout = Duration::from_secs(30);
+        producer.init_transactions(timeout).expect("init");
+        // Partition 0: a slot marker, committed.
+        producer.begin_transaction().expect("begin");
+        let marker = OwnedHeaders::new().insert(Header {
+            key: tidemark_core::wire::envelope::SLOT_MARKER_HEADER,
+            value: Some(r#"{"slot":"earlier"}"#),
+        });
+        producer
+            .send(
+                BaseRecord::to(&written)
+                    .partition(0)
+                    .key(r#"{"tidemark.slot-created":"earlier"}"#)
+                    .payload(r#"{"slot":"earlier"}"#)
+                    .headers(marker),
+            )
+            .map_err(|(e, _)| e)
+            .expect("send the marker");
+        producer.commit_transaction(timeout).expect("commit");
+        // Partition 1: a row's record in a transaction that is aborted.
+        producer.begin_transaction().expect("begin");
+        producer
+            .send(
+                BaseRecord::to(&written)
+                    .partition(1)
+                    .key(r#"{"id":1}"#)
+                    .payload(r#"{"op":"c","after":{"id":1,"v":"0"}}"#),
+            )
+            .map_err(|(e, _)| e)
+            .expect("send the row");
+        producer.flush(timeout).expect("flush");
+        producer.abort_transaction(timeout).expect("abort");
+    })
+    .await
+    .unwrap();
+    let (bridge, _args) = start_bridge_with(args).await;
+    let records = wait_for_records(&kafka(), &topic, 50, Duration::from_secs(30)).await;
+    assert!(
+        !bridge.log_text().contains("no snapshot of this table"),
+        "{}",
+        bridge.log_text()
+    );
+    assert_eq!(records.len(), 50, "{records:?}");
+    assert!(
+        records
+            .iter()
+            .all(|r| r.value.as_ref().is_some_and(|v| v["op"] == "r")),
+        "{records:?}"
+    );
+}
+
 /// A cache of the small table's shape on `args`' topic.
 fn cache(args: &BridgeArgs, table: &str) -> Cache<Row, Row> {
     args.row_cache(table).start().expect("cache starts")

@@ -13,17 +13,21 @@
 //! open longer than `transaction.timeout.ms`, so a PostgreSQL transaction whose
 //! records take longer than that to produce (a large `COPY`, a bulk `UPDATE`) could
 //! never be written whole: every session would fail on it again. Once the open Kafka
-//! transaction is [`split_after`] old (a third of the timeout, leaving the rest for
-//! delivery and the commit), it is committed at the next boundary between two
-//! changes, even inside a PostgreSQL transaction, and the position then also names
-//! that transaction and how many of its changes are in Kafka ([`Partial`]). Logical
-//! decoding sends a transaction's changes in the same order every time, so a session
-//! that starts from such a position decodes the transaction again and skips that
-//! many changes (still numbering them, so `source.sequence` and the transaction
-//! metadata come out as in one pass). A `read_committed` reader then sees such a
-//! transaction in parts, but every change of it exactly once; shorter transactions
-//! stay whole. The initial snapshot splits a table's rows the same way
-//! (`pipeline::snapshot`).
+//! transaction's first record is [`split_after`] old (a third of the timeout, leaving
+//! the rest for delivery and the commit), it is committed at the next boundary
+//! between two changes, even inside a PostgreSQL transaction, and the position then
+//! also names that transaction and how many of its changes are in Kafka
+//! ([`Partial`]). Logical decoding sends a committed transaction's changes in the
+//! same order every time (the replication connection does not ask for in-progress
+//! transactions to be streamed: `pgwire-replication` starts pgoutput with
+//! `proto_version '1'` and no `streaming` option), so a session that starts from such
+//! a position decodes the transaction again and skips that many changes, still
+//! numbering them, so `source.sequence` and the transaction metadata come out as in
+//! one pass. A `read_committed` reader then sees such a transaction in parts, but
+//! every change of it exactly once. Transactions that take less than a third of the
+//! timeout stay whole as long as `--transaction-interval-ms` is well below that too.
+//! The initial snapshot commits a long table's rows in parts the same way, but it
+//! does not resume inside a table (`pipeline::snapshot`).
 //!
 //! Only after the commit succeeds may the slot be confirmed to that position, so the
 //! slot's confirmed LSN never passes the stored one. A session starts from the slot,
@@ -99,6 +103,8 @@ pub struct Position {
 pub struct Partial {
     /// The LSN of the transaction's commit record (pgoutput's `final_lsn` of BEGIN).
     pub final_lsn: u64,
+    /// The transaction's id.
+    pub xid: u32,
     /// How many of its changes (inserts, updates, deletes, truncates, in the order
     /// decoding sends them) are committed.
     pub changes: u64,
@@ -162,8 +168,13 @@ pub struct Transactions {
     resume: u64,
     /// The position the open transaction will store.
     pending: u64,
+    /// The stored position's partial transaction until this session has decoded it
+    /// again and skipped its committed changes.
+    resume_at: Option<Partial>,
     /// When the open Kafka transaction began, and its records so far.
     open: Option<(Instant, u64)>,
+    /// When the open Kafka transaction got its first record.
+    first_record: Option<Instant>,
     last_commit: Instant,
     /// PostgreSQL transactions skipped because they were committed already.
     skipped: u64,
@@ -178,8 +189,10 @@ impl Transactions {
             committed: position,
             current: None,
             resume: 0,
+            resume_at: position.partial,
             pending: position.lsn,
             open: None,
+            first_record: None,
             last_commit: Instant::now(),
             skipped: 0,
         }
@@ -219,21 +232,26 @@ impl Transactions {
     pub fn produced(&mut self) {
         if let Some((_, n)) = &mut self.open {
             *n += 1;
+            self.first_record.get_or_insert_with(Instant::now);
         }
     }
 
-    /// The PostgreSQL transaction whose commit record is at `final_lsn` begins (one
-    /// that [`Transactions::skip`] did not skip).
-    pub fn pg_begin(&mut self, final_lsn: u64) {
-        self.resume = match self.committed.partial {
-            Some(p) if p.final_lsn == final_lsn => {
-                info!(commit = %Lsn(final_lsn), changes = p.changes, "resuming inside PostgreSQL transaction: its first changes are committed in Kafka already");
+    /// The PostgreSQL transaction `xid` whose commit record is at `final_lsn` begins
+    /// (one that [`Transactions::skip`] did not skip).
+    pub fn pg_begin(&mut self, final_lsn: u64, xid: u32) {
+        self.resume = match self.resume_at {
+            Some(p) if p.final_lsn == final_lsn && p.xid == xid => {
+                info!(commit = %Lsn(final_lsn), xid, changes = p.changes, "resuming inside PostgreSQL transaction: its first changes are committed in Kafka already");
                 p.changes
             }
             _ => 0,
         };
+        if self.resume == 0 && self.resume_at.is_some_and(|p| final_lsn >= p.final_lsn) {
+            self.resume_at = None;
+        }
         self.current = Some(Partial {
             final_lsn,
+            xid,
             changes: 0,
         });
     }
@@ -246,6 +264,9 @@ impl Transactions {
         }
         if self.resume > 0 {
             self.resume -= 1;
+            if self.resume == 0 {
+                self.resume_at = None;
+            }
             return false;
         }
         true
@@ -257,12 +278,16 @@ impl Transactions {
         self.pending = self.pending.max(end_lsn);
         self.current = None;
         self.resume = 0;
+        if self.resume_at.is_some_and(|p| end_lsn > p.final_lsn) {
+            self.resume_at = None;
+        }
     }
 
-    /// Whether the open Kafka transaction, holding records, is old enough to be
+    /// Whether the open Kafka transaction's first record is old enough for it to be
     /// committed in the middle of a PostgreSQL transaction ([`split_after`]).
     pub fn split_due(&self) -> bool {
-        matches!(self.open, Some((since, records)) if records > 0 && since.elapsed() >= self.split_after)
+        self.first_record
+            .is_some_and(|first| first.elapsed() >= self.split_after)
     }
 
     /// Commits the open Kafka transaction between two changes of a PostgreSQL
@@ -284,6 +309,9 @@ impl Transactions {
     /// A keepalive while no PostgreSQL transaction is open: every change of the
     /// published tables below `wal_end` has been read.
     pub fn idle(&mut self, wal_end: u64) {
+        // Never past a partial transaction still to be decoded again: it would be
+        // skipped whole.
+        let wal_end = self.resume_at.map_or(wal_end, |p| wal_end.min(p.final_lsn));
         self.pending = self.pending.max(wal_end);
     }
 
@@ -315,7 +343,8 @@ impl Transactions {
         let position = Position {
             lsn: self.pending,
             slot_lsn: self.committed.slot_lsn,
-            partial: self.current.filter(|c| c.changes > 0),
+            // A partial transaction not yet decoded again stays stored as it is.
+            partial: self.resume_at.or(self.current.filter(|c| c.changes > 0)),
         };
         let record = state::record(config, state::key(&config.slot, KIND), &position, now_ms)?;
         let id = lock(frontier).begin(now_ms);
@@ -326,6 +355,7 @@ impl Transactions {
             return Err(e);
         }
         self.open = None;
+        self.first_record = None;
         self.last_commit = Instant::now();
         debug_assert!(
             position.lsn >= self.committed.lsn,
@@ -340,6 +370,7 @@ impl Transactions {
     /// transaction): its records never become visible, and the next session writes
     /// them again from the committed position.
     pub fn abort(&mut self, sink: &Sink) -> Result<(), BridgeError> {
+        self.first_record = None;
         if self.open.take().is_some() {
             info!(committed = %Lsn(self.committed.lsn), "aborting the open Kafka transaction: it holds part of a PostgreSQL transaction");
             sink.abort_transaction()?;
@@ -418,8 +449,7 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_partial_position_skips_the_committed_changes_of_its_transaction_only() {
+    fn eos_config() -> Config {
         use clap::Parser;
         let cli = crate::config::Cli::parse_from([
             "tidemark-bridge",
@@ -429,33 +459,75 @@ mod tests {
             "public.t",
             "--exactly-once",
         ]);
-        let config = Config::from_cli(cli).expect("valid settings");
+        Config::from_cli(cli).expect("valid settings")
+    }
+
+    #[test]
+    fn a_partial_position_skips_the_committed_changes_of_its_transaction_only() {
+        let config = eos_config();
+        let partial = Partial {
+            final_lsn: 300,
+            xid: 7,
+            changes: 2,
+        };
         let stored = Position {
             lsn: 100,
             slot_lsn: 50,
-            partial: Some(Partial {
-                final_lsn: 300,
-                changes: 2,
-            }),
+            partial: Some(partial),
         };
         let mut t = Transactions::new(&config, applicable(Some(stored), 100, None));
+        // An idle keepalive before the transaction is decoded again does not move the
+        // position past it.
+        t.idle(400);
+        assert_eq!(t.pending, 300);
         assert!(!t.skip(200), "a later transaction is not committed");
-        t.pg_begin(200);
+        t.pg_begin(200, 6);
         assert!(t.change(), "another transaction resumes nothing");
         t.pg_committed(250);
+        assert_eq!(
+            t.resume_at,
+            Some(partial),
+            "an earlier transaction leaves the partial one to resume"
+        );
         assert!(!t.skip(300));
-        t.pg_begin(300);
-        let written: Vec<bool> = (0..4).map(|_| t.change()).collect();
-        assert_eq!(written, [false, false, true, true]);
+        t.pg_begin(300, 7);
+        assert!(!t.change());
+        assert_eq!(
+            t.resume_at,
+            Some(partial),
+            "kept while its changes are skipped"
+        );
+        let written: Vec<bool> = (0..3).map(|_| t.change()).collect();
+        assert_eq!(written, [false, true, true]);
+        assert_eq!(t.resume_at, None);
         assert_eq!(
             t.current,
             Some(Partial {
                 final_lsn: 300,
+                xid: 7,
                 changes: 4
             }),
             "skipped changes count toward the next partial position"
         );
         t.pg_committed(350);
         assert_eq!(t.current, None);
+    }
+
+    #[test]
+    fn a_partial_position_of_another_transaction_id_resumes_nothing() {
+        let config = eos_config();
+        let stored = Position {
+            lsn: 100,
+            slot_lsn: 50,
+            partial: Some(Partial {
+                final_lsn: 300,
+                xid: 7,
+                changes: 2,
+            }),
+        };
+        let mut t = Transactions::new(&config, applicable(Some(stored), 100, None));
+        t.pg_begin(300, 8);
+        assert!(t.change());
+        assert_eq!(t.resume_at, None);
     }
 }

@@ -406,7 +406,7 @@ pub async fn run_session(
     if config.snapshot != crate::config::SnapshotMode::Never {
         state::ensure_topic(config).await?;
         progress = match created_slot {
-            Some(lsn) => snapshot::plan(&client, config, &sink, &partitions, lsn).await?,
+            Some(lsn) => snapshot::plan(&client, config, &partitions, lsn).await?,
             None => tokio::task::block_in_place(|| snapshot::load(config, start))?,
         };
     }
@@ -512,7 +512,7 @@ pub async fn run_session(
                         } else {
                             if let Some(eos) = eos.as_mut() {
                                 eos.ensure_open(&sink)?;
-                                eos.pg_begin(final_lsn.as_u64());
+                                eos.pg_begin(final_lsn.as_u64(), xid);
                             }
                             let commit_us = commit_time_micros + PG_EPOCH_MICROS;
                             let info = TxnInfo {
@@ -559,11 +559,6 @@ pub async fn run_session(
                                         h.wrote(&record.topic);
                                     }
                                 }
-                                // A PostgreSQL transaction that takes too long to produce is
-                                // committed in parts (exactly_once's module doc).
-                                if let Some(eos) = eos.as_mut().filter(|e| e.split_due()) {
-                                    eos.split(config, &sink, &frontier, telemetry::now_ms()).await?;
-                                }
                             }
                         }
                     }
@@ -597,6 +592,15 @@ pub async fn run_session(
         }
         if let Some(e) = sink.failure() {
             return Err(e);
+        }
+        // Between two changes of a PostgreSQL transaction that takes too long to
+        // produce: commit what it wrote so far (exactly_once's module doc). Checked on
+        // the tick too, for a transaction whose next change is slow to come.
+        if txn.is_some() {
+            if let Some(eos) = eos.as_mut().filter(|e| e.split_due()) {
+                eos.split(config, &sink, &frontier, telemetry::now_ms())
+                    .await?;
+            }
         }
         if txn.is_none() && !skipping {
             if let Some(h) = heartbeats.as_mut().filter(|h| h.any_due()) {

@@ -56,9 +56,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::{pin_mut, TryStreamExt};
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use serde::{Deserialize, Serialize};
 use tidemark_core::pg::snapshot::Snapshot;
-use tidemark_core::wire::envelope::quote_ident;
+use tidemark_core::wire::envelope::{quote_ident, SLOT_MARKER_HEADER, SNAPSHOT_HEADER};
+use tidemark_core::wire::heartbeat::HEARTBEAT_HEADER;
 use tidemark_core::wire::TableName;
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::Client;
@@ -69,7 +72,7 @@ use super::records::{SnapshotFilter, SnapshotRead, Tables};
 use crate::config::{Config, SnapshotMode};
 use crate::error::BridgeError;
 use crate::pipeline::frontier::Frontier;
-use crate::sink::{state, Sink};
+use crate::sink::{readback, state, Sink};
 use crate::source::pgoutput::Datum;
 
 /// The kind of the state document (see [`crate::sink::state`]).
@@ -81,6 +84,9 @@ const OLDER_TRANSACTIONS_DEADLINE: Duration = Duration::from_secs(600);
 /// How long the snapshot waits for PostgreSQL's next row (long: a scan can pass many
 /// dead tuples between two rows).
 const ROW_DEADLINE: Duration = Duration::from_secs(300);
+
+/// How long reading one partition of a table's topic for a row may take.
+const READBACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long Kafka may take to acknowledge a table's rows once all are sent.
 const ACK_TIMEOUT: Duration = Duration::from_secs(120);
@@ -145,7 +151,6 @@ impl Progress {
 pub async fn plan(
     client: &Client,
     config: &Config,
-    sink: &Sink,
     partitions: &HashMap<String, i32>,
     slot_lsn: u64,
 ) -> Result<Option<Progress>, BridgeError> {
@@ -153,24 +158,15 @@ pub async fn plan(
         return Ok(None);
     }
     let mut tables = Vec::new();
+    let consumer = readback::consumer(config, "the table topics")?;
     for table in &config.tables {
         let topic = table.topic(&config.topic_prefix);
         let count = partitions.get(&topic).copied().unwrap_or(1);
-        let mut records = 0;
-        for p in 0..count {
-            let (low, high) = tokio::task::block_in_place(|| {
-                sink.client()
-                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
-            })
-            .map_err(BridgeError::kafka(format!(
-                "reading the watermarks of {topic}"
-            )))?;
-            records += high - low;
-        }
-        if records == 0 {
-            tables.push(table.to_string());
-        } else {
-            info!(table = %table, topic, records, "the topic holds records already: no snapshot of this table");
+        match tokio::task::block_in_place(|| first_row(&consumer, &topic, count))? {
+            None => tables.push(table.to_string()),
+            Some((partition, offset)) => {
+                info!(table = %table, topic, partition, offset, "the topic holds records already: no snapshot of this table")
+            }
         }
     }
     if tables.is_empty() {
@@ -189,6 +185,38 @@ pub async fn plan(
         tables,
         done: BTreeMap::new(),
     }))
+}
+
+/// The partition and offset of the first record of `topic` (of `partitions`) that a
+/// `read_committed` reader sees and that is not one of the bridge's markers, if any:
+/// slot markers, heartbeats and the tombstones that end a table's snapshot hold no
+/// row, and neither do records of aborted transactions. A failed first attempt to
+/// start a slot can leave such records (its markers; with `--exactly-once`, an aborted
+/// transaction), which must not cost the table its snapshot.
+fn first_row(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: i32,
+) -> Result<Option<(i32, i64)>, BridgeError> {
+    let header = |m: &BorrowedMessage<'_>, name: &str| {
+        m.headers().is_some_and(|h| h.iter().any(|h| h.key == name))
+    };
+    for p in 0..partitions {
+        let mut found = None;
+        readback::read_partition(consumer, topic, p, READBACK_TIMEOUT, |m| {
+            let marker = header(m, SLOT_MARKER_HEADER)
+                || header(m, HEARTBEAT_HEADER)
+                || (m.payload().is_none() && header(m, SNAPSHOT_HEADER));
+            if !marker {
+                found = Some((p, m.offset()));
+            }
+            !marker
+        })?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
 }
 
 /// The saved progress of the slot, if it belongs to the slot as it is: an unfinished
@@ -445,12 +473,31 @@ async fn read_table(
     loop {
         // A connection that stops answering ends the session (transient) instead of
         // holding the snapshot forever.
-        let next = tokio::time::timeout(ROW_DEADLINE, rows.try_next())
-            .await
-            .map_err(|_| BridgeError::Timeout {
-                during: "reading the snapshot's rows",
-                after: ROW_DEADLINE,
-            })?;
+        let row_deadline = tokio::time::Instant::now() + ROW_DEADLINE;
+        let next = loop {
+            let row = tokio::time::timeout_at(row_deadline, rows.try_next());
+            // The broker aborts a transaction open longer than its timeout: a long
+            // table goes in several (see the module doc), also while a row is slow
+            // to come.
+            let split_at = split_after.zip(opened).map(|(after, o)| o + after);
+            let Some(split_at) = split_at else {
+                break row.await;
+            };
+            tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(split_at.into()) => {
+                    writer.sink.commit_transaction()?;
+                    writer.sink.begin_transaction()?;
+                    opened = None;
+                    info!(table = %table, rows = written, "committed part of the table's snapshot in Kafka: it takes longer than a third of transaction.timeout.ms");
+                }
+                next = row => break next,
+            }
+        }
+        .map_err(|_| BridgeError::Timeout {
+            during: "reading the snapshot's rows",
+            after: ROW_DEADLINE,
+        })?;
         let tuple = match next.map_err(pg("reading the rows"))? {
             Some(row) => Some(
                 (0..columns.len())
@@ -477,14 +524,6 @@ async fn read_table(
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
                     tokio::time::sleep(wait).await;
                 }
-            }
-            // The broker aborts a transaction open longer than its timeout: a long
-            // table goes in several (see the module doc).
-            if split_after.is_some_and(|after| opened.is_some_and(|o| o.elapsed() >= after)) {
-                writer.sink.commit_transaction()?;
-                writer.sink.begin_transaction()?;
-                opened = None;
-                info!(table = %table, rows = written, "committed part of the table's snapshot in Kafka: it takes longer than a third of transaction.timeout.ms");
             }
         }
         match tuple {

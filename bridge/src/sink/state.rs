@@ -12,18 +12,14 @@
 //! The table topics are `<prefix>.<schema>.<table>`, three names; the state topic has
 //! two, so it never collides with a table's topic under the same prefix.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::config::Config;
 use crate::error::BridgeError;
-use crate::sink::producer::client_config;
-use crate::sink::Record;
+use crate::sink::{readback, Record};
 
 /// How long reading the state may take in all.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,63 +57,14 @@ pub async fn ensure_topic(config: &Config) -> Result<(), BridgeError> {
 /// deleted with a tombstone). Reads the whole topic, which compaction keeps small.
 pub fn load<T: DeserializeOwned>(config: &Config, key: &[u8]) -> Result<Option<T>, BridgeError> {
     let name = topic(config);
-    let consumer: BaseConsumer = client_config(config)
-        .set("group.id", "tidemark-bridge-state")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .map_err(BridgeError::kafka("creating the state reader"))?;
-    let (low, high) = consumer
-        .fetch_watermarks(&name, 0, Duration::from_secs(10))
-        .map_err(BridgeError::kafka(format!(
-            "reading the watermarks of {name}"
-        )))?;
-    if high <= low {
-        return Ok(None);
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&name, 0, Offset::Offset(low))
-        .map_err(BridgeError::kafka("assigning the state topic"))?;
-    consumer
-        .assign(&tpl)
-        .map_err(BridgeError::kafka("assigning the state topic"))?;
-    let deadline = Instant::now() + READ_TIMEOUT;
+    let consumer = readback::consumer(config, "the state topic")?;
     let mut newest: Option<Option<Vec<u8>>> = None;
-    loop {
-        // Under read_committed the position can stop short of `high` at an open
-        // transaction's records; it ends at the last stable offset, which the position
-        // reaches once nothing more is returned.
-        let position = match consumer
-            .position()
-            .ok()
-            .and_then(|p| p.find_partition(&name, 0).map(|e| e.offset()))
-        {
-            Some(Offset::Offset(o)) => o,
-            _ => low,
-        };
-        if position >= high {
-            break;
+    readback::read_partition(&consumer, &name, 0, READ_TIMEOUT, |m| {
+        if m.key() == Some(key) {
+            newest = Some(m.payload().map(<[u8]>::to_vec));
         }
-        if Instant::now() >= deadline {
-            return Err(BridgeError::Kafka {
-                context: format!("reading {name}: not at its end ({high}) within {READ_TIMEOUT:?}, at {position}"),
-                source: KafkaError::MessageConsumption(RDKafkaErrorCode::RequestTimedOut),
-            });
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                if m.key() == Some(key) {
-                    newest = Some(m.payload().map(<[u8]>::to_vec));
-                }
-                if m.offset() + 1 >= high {
-                    break;
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(BridgeError::kafka(format!("reading {name}"))(e)),
-            None => {}
-        }
-    }
+        false
+    })?;
     match newest.flatten() {
         None => Ok(None),
         Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
