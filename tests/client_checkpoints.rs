@@ -568,3 +568,57 @@ async fn a_checkpoint_older_than_the_topics_compaction_lag_loads_from_postgres()
     later.shutdown().await;
     assert!(bridge.sigterm(Duration::from_secs(30)).success());
 }
+
+/// A cache whose value format differs from the one a checkpoint's rows were encoded in
+/// (the operator switched the bridge to Debezium's format) must not restore it: a
+/// `date` is text in tidemark's format and a day count in Debezium's, and the restored
+/// rows would keep the old encoding while new records bring the new one. It loads
+/// from PostgreSQL, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_of_another_value_format_loads_from_postgres() {
+    use tidemark_core::wire::ValueFormat;
+    let pg = pg().await;
+    let name = unique("ckformat");
+    let table = format!("{name}_t");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int8 PRIMARY KEY, d date NOT NULL);
+         INSERT INTO {table} SELECT g, date '2024-01-01' + g::int FROM generate_series(1, 20) g"
+    ))
+    .await
+    .unwrap();
+    let (mut bridge, args) = start_bridge_unscanned(&name, &table).await;
+    let dir = checkpoint_dir(&name);
+    let cache = |format: ValueFormat| {
+        Cache::<Row, Row>::builder()
+            .postgres(pg_url())
+            .kafka(args.kafka.clone())
+            .table(format!("public.{table}"))
+            .topic_prefix(args.prefix.clone())
+            .value_format(format)
+            .checkpoint_dir(&dir)
+    };
+    let old = cache(ValueFormat::Tidemark).build().await.expect("cache");
+    old.clone().shutdown().await;
+    assert_eq!(checkpoints_in(&dir).len(), 1);
+
+    let debezium = ValueFormat::Debezium(Default::default());
+    let new = cache(debezium).build().await.expect("cache");
+    match &new.stats().started_from {
+        Some(StartedFrom::Postgres { refused: Some(why) }) => {
+            assert!(why.contains("value format tidemark"), "{why}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let days = |id: i64| serde_json::json!(19723 + id);
+    assert_eq!(new.len(), 20);
+    assert!(
+        new.iter().all(|(key, row)| {
+            let id = key.get_i64("id").expect("id");
+            row.get("d") == Some(days(id))
+        }),
+        "dates are not Debezium's day counts: {:?}",
+        new.iter().take(3).collect::<Vec<_>>()
+    );
+    new.shutdown().await;
+    assert!(bridge.sigterm(Duration::from_secs(30)).success());
+}

@@ -843,6 +843,7 @@ where
             taken_ms: chrono::Utc::now().timestamp_millis(),
             instance: shared.instance_id.to_string(),
             value_fields: Vec::new(),
+            value_format: self.value_format.clone(),
         };
         let (encoders, dir) = (c.encoders, c.dir.clone());
         let started = Instant::now();

@@ -164,6 +164,7 @@ where
                 let target = checkpoint::Target {
                     table: &table,
                     topic: &config.topic,
+                    value_format: &config.value_format.describe(),
                     consumer: &consumer,
                     partitions,
                     applier: &applier,

@@ -66,6 +66,17 @@ pub(crate) struct Header {
     /// they do not include every column, a reader whose value type reads another
     /// field refuses the checkpoint.
     pub value_fields: Vec<String>,
+    /// The value format of the records the rows follow
+    /// ([`ValueFormat::describe`](tidemark_core::wire::ValueFormat::describe)): the
+    /// rows hold values as that format encodes them. Checkpoints written before it
+    /// was recorded read as the default format's.
+    #[serde(default = "default_value_format")]
+    pub value_format: String,
+}
+
+/// The value format of a checkpoint that does not name one.
+fn default_value_format() -> String {
+    tidemark_core::wire::ValueFormat::Tidemark.describe()
 }
 
 /// A table's shape as a checkpoint records it.
@@ -471,6 +482,7 @@ mod tests {
             taken_ms: 1,
             instance: "i".into(),
             value_fields: vec!["v".into()],
+            value_format: default_value_format(),
         }
     }
 

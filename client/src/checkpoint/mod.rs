@@ -154,6 +154,9 @@ pub(crate) fn shape_of(table: &TableInfo) -> format::Shape {
 pub(crate) struct Target<'a, K, V> {
     pub table: &'a TableInfo,
     pub topic: &'a str,
+    /// [`ValueFormat::describe`](tidemark_core::wire::ValueFormat::describe) of the
+    /// cache's value format.
+    pub value_format: &'a str,
     pub consumer: &'a Arc<Consumer>,
     pub partitions: i32,
     /// Puts rows in the map; its generation must be 0.
@@ -278,6 +281,7 @@ where
     let Target {
         table,
         topic,
+        value_format,
         consumer,
         partitions,
         applier,
@@ -296,7 +300,7 @@ where
         }
         Err(e) => return Ok(Err(Refusal::Damaged(format!("{location}: {e}")))),
     };
-    if let Some(problem) = mismatch(&header, table, topic, partitions) {
+    if let Some(problem) = mismatch(&header, table, topic, value_format, partitions) {
         return Ok(Err(Refusal::Incompatible(format!("{location}: {problem}"))));
     }
     if let Some(problem) = header.partitions.iter().find_map(|p| {
@@ -488,12 +492,19 @@ fn mismatch(
     header: &format::Header,
     table: &TableInfo,
     topic: &str,
+    value_format: &str,
     partitions: i32,
 ) -> Option<String> {
     if header.table != table.name.to_string() || header.topic != topic {
         return Some(format!(
             "it is of table {} on topic {}, not {} on {topic}",
             header.table, header.topic, table.name
+        ));
+    }
+    if header.value_format != value_format {
+        return Some(format!(
+            "its rows hold values in the value format {}; the cache reads {value_format}",
+            header.value_format
         ));
     }
     let ordered = header
@@ -603,6 +614,7 @@ mod tests {
             taken_ms: 0,
             instance: "i".into(),
             value_fields: Vec::new(),
+            value_format: "tidemark".into(),
         }
     }
 
@@ -610,22 +622,35 @@ mod tests {
     fn a_checkpoint_of_another_table_shape_or_partition_count_is_refused() {
         let table = sample();
         let h = header_of(&table, 3);
-        assert_eq!(mismatch(&h, &table, "tidemark.public.t", 3), None);
-        let why = mismatch(&h, &table, "tidemark.public.t", 4).unwrap();
+        let topic = "tidemark.public.t";
+        assert_eq!(mismatch(&h, &table, topic, "tidemark", 3), None);
+        let why = mismatch(&h, &table, topic, "tidemark", 4).unwrap();
         assert!(why.contains("3 partitions; it has 4"), "{why}");
-        assert!(mismatch(&h, &table, "other", 3)
+        assert!(mismatch(&h, &table, "other", "tidemark", 3)
             .unwrap()
             .contains("not public.t on other"));
         let mut changed = table.clone();
         changed.columns[1].sql_type = "character varying(10)".into();
-        let why = mismatch(&h, &changed, "tidemark.public.t", 3).unwrap();
+        let why = mismatch(&h, &changed, topic, "tidemark", 3).unwrap();
         assert!(
             why.contains("name text") && why.contains("name character varying(10)"),
             "{why}"
         );
         let mut rekeyed = table.clone();
         rekeyed.key = vec![0, 1];
-        assert!(mismatch(&h, &rekeyed, "tidemark.public.t", 3).is_some());
+        assert!(mismatch(&h, &rekeyed, topic, "tidemark", 3).is_some());
+        let debezium = tidemark_core::wire::ValueFormat::Debezium(Default::default()).describe();
+        let why = mismatch(&h, &table, topic, &debezium, 3).unwrap();
+        assert!(
+            why.contains("value format tidemark; the cache reads debezium"),
+            "{why}"
+        );
+        // A checkpoint from before the format was recorded is of the default format.
+        let mut json = serde_json::to_value(&h).unwrap();
+        json.as_object_mut().unwrap().remove("value_format");
+        let old: format::Header = serde_json::from_value(json).unwrap();
+        assert_eq!(mismatch(&old, &table, topic, "tidemark", 3), None);
+        assert!(mismatch(&old, &table, topic, &debezium, 3).is_some());
     }
 
     #[test]
