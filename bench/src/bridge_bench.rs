@@ -1,5 +1,5 @@
 //! Bridge throughput (rows/s from a WAL backlog to Kafka acknowledgements) beside
-//! its two bounds, and commit-to-Kafka latency at a steady rate.
+//! its two bounds, and commit-to-Kafka and commit-to-cache latency at a steady rate.
 //!
 //! Throughput: both slots (the bridge's and a reference slot) are created before the
 //! workload is written, so the bridge and `pg_recvlogical` decode exactly the same
@@ -278,6 +278,82 @@ pub async fn latency_with(
     drop_slot(&pg, &format!("{name}_slot")).await;
     pg.batch_execute(&format!("DROP PUBLICATION {name}_pub; DROP TABLE {table}"))
         .await?;
+    Ok(Latency::of(lat, total as f64 / elapsed))
+}
+
+/// What the cache of [`cache_latency`] keeps of a row: when it was inserted.
+#[derive(serde::Deserialize)]
+struct Inserted {
+    at_us: i64,
+}
+
+/// The cache's latency under the writers of [`latency`]: a bridge with 3 partitions
+/// and a typed cache following the table, measured from each row's insert time (a
+/// column the inserting transaction sets with `clock_timestamp()`, just before its
+/// commit) to the moment the cache's change subscription delivers it, which is when
+/// `Cache::get` returns it. The follower's periodic watermark refresh (one request per
+/// partition) runs in this window, so a refresh that held records back would show.
+pub async fn cache_latency(env: &Env, rate: u64, seconds: u64) -> Result<Latency, BoxError> {
+    use tokio::sync::broadcast::error::RecvError;
+    let name = format!("benchcachelat{rate}_{}", rand::random::<u16>());
+    let table = format!("{name}_t");
+    let pg = env.pg().await?;
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int8 PRIMARY KEY, pad text NOT NULL, \
+         at_us int8 NOT NULL DEFAULT (extract(epoch FROM clock_timestamp()) * 1000000)::int8)"
+    ))
+    .await?;
+    let bridge = BridgeProcess::start_with(env, &name, &format!("public.{table}"), 3, &[]).await?;
+    let cache = tidemark_client::Cache::<i64, Inserted>::builder()
+        .postgres(env.postgres.clone())
+        .kafka(env.kafka.clone())
+        .table(format!("public.{table}"))
+        .topic_prefix(name.clone())
+        .build()
+        .await?;
+    let mut changes = cache.subscribe();
+    // One change end to end before the clock starts, as for the consumer.
+    pg.execute(&format!("INSERT INTO {table} VALUES (-1, 'warm-up')"), &[])
+        .await?;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match changes.recv().await {
+                Ok(c) if c.key == -1 => return Ok(()),
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return Err("the cache stopped"),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "the warm-up change did not reach the cache within 60 s")??;
+    let (total, writers) = paced_writers(env, &table, rate, seconds);
+    let reader = tokio::spawn(async move {
+        let mut lat = Vec::with_capacity(total as usize);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds + 60);
+        while (lat.len() as u64) < total {
+            match tokio::time::timeout_at(deadline, changes.recv()).await {
+                Ok(Ok(c)) => {
+                    if let Some(v) = c.value {
+                        lat.push((now_ms_f64() - v.at_us as f64 / 1000.0).max(0.0));
+                    }
+                }
+                // Changes the subscription dropped are missing from the count below.
+                Ok(Err(RecvError::Lagged(_))) => {}
+                Ok(Err(RecvError::Closed)) | Err(_) => break,
+            }
+        }
+        lat
+    });
+    let elapsed = writers.await?;
+    let lat = reader.await?;
+    cache.shutdown().await;
+    bridge.stop()?;
+    drop_slot(&pg, &format!("{name}_slot")).await;
+    pg.batch_execute(&format!("DROP PUBLICATION {name}_pub; DROP TABLE {table}"))
+        .await?;
+    if (lat.len() as u64) < total {
+        return Err(format!("the cache delivered {} of {total} changes", lat.len()).into());
+    }
     Ok(Latency::of(lat, total as f64 / elapsed))
 }
 
