@@ -406,7 +406,18 @@ pub async fn run_session(
     if config.snapshot != crate::config::SnapshotMode::Never {
         state::ensure_topic(config).await?;
         progress = match created_slot {
-            Some(lsn) => snapshot::plan(&client, config, &partitions, lsn).await?,
+            Some(lsn) => match snapshot::plan(&client, config, &partitions, lsn).await {
+                Ok(plan) => plan,
+                Err(e) => {
+                    // Without its plan (and markers) the new slot must not stream, or
+                    // its tables would never get their snapshot: drop it, and the
+                    // next session creates it again.
+                    if let Err(drop) = setup::drop_slot(&client, &config.slot).await {
+                        tracing::warn!(error = %drop, "dropping the new slot without a snapshot plan");
+                    }
+                    return Err(e);
+                }
+            },
             None => tokio::task::block_in_place(|| snapshot::load(config, start))?,
         };
     }

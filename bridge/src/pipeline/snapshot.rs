@@ -85,7 +85,8 @@ const OLDER_TRANSACTIONS_DEADLINE: Duration = Duration::from_secs(600);
 /// dead tuples between two rows).
 const ROW_DEADLINE: Duration = Duration::from_secs(300);
 
-/// How long reading one partition of a table's topic for a row may take.
+/// How long reading one partition of a table's topic for a row may go without
+/// progress.
 const READBACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long Kafka may take to acknowledge a table's rows once all are sent.

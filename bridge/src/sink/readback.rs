@@ -29,7 +29,7 @@ pub fn consumer(config: &Config, what: &str) -> Result<BaseConsumer, BridgeError
 
 /// Hands every committed record of `partition` of `topic`, from its low to its high
 /// watermark as they are now, to `visit`, until `visit` returns `true` or the end is
-/// reached. Fails when the end is not reached within `timeout`.
+/// reached. Fails when the reader's position does not move for `timeout`.
 pub fn read_partition(
     consumer: &BaseConsumer,
     topic: &str,
@@ -53,7 +53,8 @@ pub fn read_partition(
     consumer.assign(&tpl).map_err(BridgeError::kafka(format!(
         "assigning {topic} [{partition}]"
     )))?;
-    let deadline = Instant::now() + timeout;
+    let mut deadline = Instant::now() + timeout;
+    let mut reached = low;
     loop {
         // Under read_committed the position can stop short of `high` at an open
         // transaction's records; it ends at the last stable offset, which the position
@@ -69,13 +70,19 @@ pub fn read_partition(
         if position >= high {
             return Ok(());
         }
+        if position > reached {
+            reached = position;
+            deadline = Instant::now() + timeout;
+        }
         if Instant::now() >= deadline {
             return Err(BridgeError::Kafka {
-                context: format!("reading {topic} [{partition}]: not at its end ({high}) within {timeout:?}, at {position}"),
+                context: format!("reading {topic} [{partition}]: stuck at offset {position} for {timeout:?}, short of its end ({high})"),
                 source: KafkaError::MessageConsumption(RDKafkaErrorCode::RequestTimedOut),
             });
         }
         match consumer.poll(Duration::from_millis(200)) {
+            // A message still fetched for an earlier assignment.
+            Some(Ok(m)) if m.topic() != topic || m.partition() != partition => {}
             Some(Ok(m)) if visit(&m) || m.offset() + 1 >= high => return Ok(()),
             Some(Ok(_)) => {}
             Some(Err(KafkaError::PartitionEOF(_))) => return Ok(()),

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::error::BridgeError;
 use crate::sink::{readback, Record};
 
-/// How long reading the state may take in all.
+/// How long reading the state may go without progress.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The state topic of the bridge's topic prefix.
