@@ -22,7 +22,7 @@
 //! standby that does not answer is waited for, with a warning).
 //!
 //! **Progress and crashes.** The tables to read are decided when the slot is created
-//! (`--snapshot initial`: those whose topics hold no record yet) and kept in the state
+//! (`--snapshot initial`: those whose topics hold no row yet, see [`plan`]) and kept in the state
 //! topic ([`crate::sink::state`], kind `"snapshot"`) with the slot's start, before
 //! the first row is written. A table counts as done once Kafka acknowledged all its
 //! rows; then its snapshot is added to the state. The stream starts only when every
@@ -147,7 +147,7 @@ impl Progress {
 }
 
 /// The snapshot for a slot this session just created at `slot_lsn`: the tables whose
-/// topics hold no record (all of them unless `--snapshot never`). Takes the
+/// topics hold no row (see `first_row`; all of them unless `--snapshot never`). Takes the
 /// transaction id the snapshots must pass. `None` when there is nothing to read.
 pub async fn plan(
     client: &Client,
