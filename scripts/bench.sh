@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/dev-stack.sh up
+scripts/dev-stack.sh bench-deps
 # An empty broker, so that every run measures the same broker.
 scripts/dev-stack.sh broker-reset
 scripts/dev-stack.sh drop-test-slots

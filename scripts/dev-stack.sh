@@ -6,6 +6,8 @@
 #   scripts/dev-stack.sh up            install what is missing (PostgreSQL; libssl-dev and
 #                                      pkg-config for the Rust build), start both (idempotent)
 #   scripts/dev-stack.sh build-deps    install only what the Rust build needs (libssl-dev, pkg-config)
+#   scripts/dev-stack.sh bench-deps    install what only the benchmarks use (mimalloc's library,
+#                                      for the warm-start rows with another allocator)
 #   scripts/dev-stack.sh broker-stop   stop the broker (SIGTERM, clean shutdown)
 #   scripts/dev-stack.sh broker-start  start the broker again, keeping its data
 #   scripts/dev-stack.sh broker-reset  stop the broker, delete its data, start it empty
@@ -142,6 +144,16 @@ ensure_build_deps() {
   log "installing libssl-dev and pkg-config with apt-get (the Rust build links OpenSSL)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config >/dev/null
+}
+
+ensure_bench_deps() {
+  # The warm-start benchmark runs some loads with mimalloc in LD_PRELOAD.
+  if ls /usr/lib/*/libmimalloc.so.2 >/dev/null 2>&1; then
+    return 0
+  fi
+  log "installing libmimalloc2.0 with apt-get (the benchmark's loads with another allocator)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libmimalloc2.0 >/dev/null
 }
 
 ensure_java() {
@@ -379,6 +391,7 @@ broker_stop() {
 case "${1:-up}" in
   up) ensure_build_deps; ensure_postgres; broker_start ;;
   build-deps) ensure_build_deps ;;
+  bench-deps) ensure_bench_deps ;;
   broker-start) broker_start ;;
   postgres-restart) # a restart under load, as a fault for tests
     # shellcheck disable=SC2046

@@ -100,6 +100,57 @@ pub(crate) fn release_freed_memory() {
     }
 }
 
+/// CPU time (user plus system) a process has used, in seconds, from the text of its
+/// `/proc/<pid>/stat`: fields 14 and 15, in the kernel's fixed user-visible tick of
+/// 1/100 s. For the benchmark process (`/proc/self/stat`) it counts every thread,
+/// ended ones included; PostgreSQL's backend reads its own with `pg_read_file`.
+pub(crate) fn cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / 100.0)
+}
+
+/// The benchmark process's CPU time so far, in seconds (0 if unreadable).
+fn own_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| cpu_seconds(&s))
+        .unwrap_or(0.0)
+}
+
+/// CPU time of the PostgreSQL backend that serves one `COPY (SELECT * FROM table) TO
+/// STDOUT` (what the reference `COPY` makes the server do), read by the backend itself
+/// from `/proc/self/stat` before and after. `None` where the role may not read server
+/// files or the server is not on Linux.
+async fn copy_backend_cpu(env: &Env, table: &str) -> Option<f64> {
+    let pg = env.pg().await.ok()?;
+    let stat = "SELECT pg_read_file('/proc/self/stat')";
+    let before: String = pg.query_one(stat, &[]).await.ok()?.get(0);
+    let copy = pg
+        .copy_out(&format!("COPY (SELECT * FROM {table}) TO STDOUT"))
+        .await
+        .ok()?;
+    futures::pin_mut!(copy);
+    while let Some(chunk) = futures::StreamExt::next(&mut copy).await {
+        chunk.ok()?;
+    }
+    let after: String = pg.query_one(stat, &[]).await.ok()?.get(0);
+    Some(cpu_seconds(&after)? - cpu_seconds(&before)?)
+}
+
+/// mimalloc's shared library where a Debian or Ubuntu package (`libmimalloc2.0`) put it.
+fn other_allocator() -> Option<&'static str> {
+    [
+        "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2",
+        "/usr/lib/aarch64-linux-gnu/libmimalloc.so.2",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+}
+
 /// The benchmark process's resident set, in KiB.
 pub(crate) fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -202,6 +253,11 @@ pub(crate) struct OneLoad {
     /// Growth of the process's resident set while the cache loaded, in bytes.
     grew: u64,
     readers: usize,
+    /// CPU time the process used while the cache loaded (every thread), in seconds.
+    cpu: f64,
+    /// Growth of the resident set when every loaded value was cloned into a `Vec` of
+    /// `Arc`s after the load: the value type's own memory, without the cache's.
+    values_alone: u64,
 }
 
 /// One warm start of `table` in this process, which is new: the cache is built (with
@@ -222,9 +278,10 @@ pub(crate) async fn load_once(
     ) -> Result<OneLoad, BoxError>
     where
         K: DeserializeOwned + Hash + Eq + Clone + Send + Sync + 'static,
-        V: DeserializeOwned + Send + Sync + 'static,
+        V: DeserializeOwned + Clone + Send + Sync + 'static,
     {
         let before = rss_kib();
+        let cpu_before = own_cpu_seconds();
         let t = Instant::now();
         let mut builder = builder_for::<K, V>(env, table, prefix);
         if let Some(n) = readers {
@@ -232,12 +289,23 @@ pub(crate) async fn load_once(
         }
         let cache = builder.build().await?;
         let seconds = t.elapsed().as_secs_f64();
+        let cpu = own_cpu_seconds() - cpu_before;
         let grew = rss_kib().saturating_sub(before) * 1024;
+        // The values alone: each loaded value cloned (its strings allocated at their
+        // length, as the decoder allocates them) into an `Arc`, held in a `Vec`, as
+        // the simplest holder of the same rows would.
+        let before_alone = rss_kib();
+        let mut alone: Vec<Arc<V>> = Vec::with_capacity(cache.len());
+        alone.extend(cache.values().map(|v| Arc::new(V::clone(&v))));
+        let values_alone = rss_kib().saturating_sub(before_alone) * 1024;
+        drop(alone);
         let load = OneLoad {
             seconds,
             rows: cache.len(),
             grew,
             readers: cache.stats().load_readers,
+            cpu,
+            values_alone,
         };
         cache.shutdown().await;
         Ok(load)
@@ -262,6 +330,10 @@ struct Loads {
     readers: usize,
     /// Growth of the resident set per row while the cache loaded, in a new process.
     bytes_per_row: f64,
+    /// CPU seconds the loading process used until ready.
+    cpu: f64,
+    /// The values' own memory per row, cloned into a `Vec` of `Arc`s after the load.
+    values_per_row: f64,
 }
 
 /// `repeat` warm starts of `table` into a cache of `value`s with
@@ -277,8 +349,23 @@ async fn timed_loads(
     readers: Option<usize>,
     repeat: usize,
 ) -> Result<Loads, BoxError> {
+    timed_loads_with(env, value, table, prefix, readers, repeat, None).await
+}
+
+/// [`timed_loads`], each process with `allocator`, a shared library, in `LD_PRELOAD`
+/// (which replaces glibc's `malloc` for the whole process) when given.
+async fn timed_loads_with(
+    env: &Env,
+    value: ValueType,
+    table: &str,
+    prefix: &str,
+    readers: Option<usize>,
+    repeat: usize,
+    allocator: Option<&str>,
+) -> Result<Loads, BoxError> {
     let (mut took, mut per_row, mut used) = (Vec::new(), Vec::new(), 0);
     let (mut copies, mut ratios) = (Vec::new(), Vec::new());
+    let (mut cpu, mut alone) = (Vec::new(), Vec::new());
     let value_arg = clap::ValueEnum::to_possible_value(&value)
         .ok_or("a value type without a name")?
         .get_name()
@@ -295,6 +382,9 @@ async fn timed_loads(
         if let Some(n) = readers {
             cmd.args(["--load-readers", &n.to_string()]);
         }
+        if let Some(library) = allocator {
+            cmd.env("LD_PRELOAD", library);
+        }
         let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
             .await
             .map_err(|_| "a load in its own process took more than 300 s")??;
@@ -307,6 +397,8 @@ async fn timed_loads(
         ratios.push(load.seconds / copy);
         copies.push(copy);
         per_row.push(load.grew as f64 / load.rows.max(1) as f64);
+        alone.push(load.values_alone as f64 / load.rows.max(1) as f64);
+        cpu.push(load.cpu);
         used = load.readers;
     }
     Ok(Loads {
@@ -315,6 +407,8 @@ async fn timed_loads(
         ratio: median(ratios),
         readers: used,
         bytes_per_row: median(per_row),
+        cpu: median(cpu),
+        values_per_row: median(alone),
     })
 }
 
@@ -421,6 +515,70 @@ pub async fn warm_start(
             if rss <= 1.5 * json { "met" } else { "NOT met" }
         ),
     ));
+    let alone = load.values_per_row;
+    out.rows.push((
+        "the typed struct alone, no cache: each loaded value cloned into an Arc, the Arcs in a Vec (8 B per row)".into(),
+        format!("{alone:.0} B RSS per row"),
+        format!("row as JSON {json:.0} B"),
+        format!("{:.2} × JSON", alone / json),
+        format!(
+            "reference: the value type's own memory; the cache adds {:.0} B per row to it",
+            rss - alone
+        ),
+    ));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match copy_backend_cpu(env, &table).await {
+        Some(server) => {
+            let floor = (load.cpu + server) / cores as f64;
+            eprintln!(
+                "  CPU per typed load: cache {:.2} s, PostgreSQL's COPY {server:.2} s",
+                load.cpu
+            );
+            out.rows.push((
+                "CPU of a typed warm start: the loading process, and PostgreSQL's backend for the same COPY".into(),
+                format!("cache {:.2} s + PostgreSQL {server:.2} s", load.cpu),
+                format!("{cores} cores, COPY {:.2} s", load.copy),
+                format!("{:.2} × COPY", floor / load.copy),
+                "a floor, not a target: the load cannot end before its CPU time spread evenly over the cores".into(),
+            ));
+        }
+        None => out.notes.push(
+            "CPU of PostgreSQL's COPY: not measured (the benchmark's role may not read /proc/self/stat through pg_read_file)."
+                .into(),
+        ),
+    }
+    match other_allocator() {
+        Some(library) => {
+            let other =
+                timed_loads_with(env, ValueType::Typed, &table, &name, None, repeat, Some(library)).await?;
+            eprintln!(
+                "  with {library}: cache {:.2} s, {:.2} × COPY, {:.0} B RSS per row",
+                other.seconds, other.ratio, other.bytes_per_row
+            );
+            out.rows.push(beside_copy(
+                format!("warm start, {rows} rows, typed, default readers, mimalloc (LD_PRELOAD)"),
+                other.seconds,
+                Some(rows),
+                other.copy,
+                other.ratio,
+                None,
+            ));
+            out.rows.push((
+                "memory per cached row (typed struct), mimalloc (LD_PRELOAD)".into(),
+                format!("{:.0} B RSS per row", other.bytes_per_row),
+                format!("row as JSON {json:.0} B"),
+                format!("{:.2} × JSON", other.bytes_per_row / json),
+                format!(
+                    "reference: the same rows' values alone take {:.0} B",
+                    other.values_per_row
+                ),
+            ));
+        }
+        None => out.notes.push(
+            "The rows with mimalloc were not measured: libmimalloc.so.2 is not installed (scripts/bench.sh installs it with apt-get)."
+                .into(),
+        ),
+    }
     out.notes.push(format!(
         "Readers: the warm start with `Builder::parallel_load(n)`, n connections each copying a range of the table's pages in \
          the load's exported snapshot, the decoding on {} thread(s) (one per core but one). `dump` is the example binary \
