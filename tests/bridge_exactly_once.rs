@@ -475,3 +475,77 @@ async fn exactly_once_a_snapshot_and_a_transaction_longer_than_the_transaction_t
     );
     assert!(bridge.sigterm(Duration::from_secs(60)).success());
 }
+
+/// A session that creates the slot and then fails before the slot's markers are
+/// written (here the broker refuses the transactional producer: a
+/// `transaction.timeout.ms` above its `transaction.max.timeout.ms`) drops the new slot
+/// again. The next session creates it anew, so it writes the markers and the table's
+/// initial snapshot. A slot left behind would look like an old one to the next
+/// session: no markers (caches would not learn of the gap before it) and no snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_failing_after_creating_its_slot_drops_it_so_the_next_marks_it() {
+    let pg = pg().await;
+    let name = unique("eosfailnew");
+    let table = format!("{name}_t");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int8 PRIMARY KEY, w int8 NOT NULL);
+         INSERT INTO {table} SELECT g, g FROM generate_series(1, 50) g;"
+    ))
+    .await
+    .unwrap();
+    let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
+    args.extra = vec![
+        "--exactly-once".into(),
+        "--kafka-property".into(),
+        "transaction.timeout.ms=1000000000".into(),
+    ];
+    let topic = args.topic(&format!("public.{table}"));
+    let mut failing = Bridge::start(&args);
+    failing
+        .wait_for_log("session failed; retrying", Duration::from_secs(60))
+        .await;
+    failing.kill9();
+    assert!(
+        failing.log_text().contains("created replication slot"),
+        "the failing session never got as far as the slot: {}",
+        failing.log_text()
+    );
+
+    args.extra = vec!["--exactly-once".into()];
+    let bridge = Bridge::start(&args);
+    bridge
+        .wait_for_log("streaming", Duration::from_secs(60))
+        .await;
+    assert!(
+        bridge.log_text().contains("new slot: markers written"),
+        "the slot the failed session created was taken for an old one: {}",
+        bridge.log_text()
+    );
+    let seen = tokio::task::spawn_blocking({
+        let topic = topic.clone();
+        move || read_committed(&kafka(), &topic)
+    })
+    .await
+    .unwrap();
+    let markers = seen
+        .iter()
+        .filter(|s| s.headers.iter().any(|h| h == SLOT_MARKER_HEADER))
+        .count();
+    let snapshot: BTreeMap<i64, i64> = seen
+        .iter()
+        .filter_map(|s| s.value.as_ref())
+        .filter(|v| v["op"] == "r")
+        .map(|v| {
+            (
+                v["after"]["id"].as_i64().unwrap(),
+                v["after"]["w"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(markers, 1, "one marker on the topic's one partition");
+    assert_eq!(
+        snapshot,
+        (1..=50).map(|g| (g, g)).collect::<BTreeMap<_, _>>(),
+        "the table's initial snapshot"
+    );
+}

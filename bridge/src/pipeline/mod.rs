@@ -371,58 +371,38 @@ pub async fn run_session(
     // The slot comes after the topics, so that a new slot's markers can be written
     // at once (see `mark_new_slot`).
     let created_slot = setup::ensure_slot(&client, &config.slot).await?;
-    let start = setup::confirmed_flush_lsn(&client, &config.slot)
-        .await?
-        .unwrap_or(0);
-    let frontier = Arc::new(Mutex::new(Frontier::new(start)));
-    let limits = topics::record_limits(config, partitions.keys()).await;
-    let sink = Sink::new(config, frontier.clone(), limits)?;
-    let mut eos = match config.exactly_once {
-        true => {
-            sink.init_transactions()?;
-            let stored = exactly_once::load(config).await?;
-            let position = exactly_once::applicable(stored, start, created_slot);
-            info!(position = %Lsn(position.lsn), slot_created = %Lsn(position.slot_lsn), transactional_id = %config.transactional_id, "exactly once: transactions up to the stored position are in Kafka already");
-            Some(exactly_once::Transactions::new(config, position))
-        }
-        false => None,
-    };
-    let _stall_watch = AbortOnDrop(tokio::spawn(watch_stalls(frontier.clone())));
-    if config.records.truncate == TruncateMode::Skip {
-        warn!("--truncate skip: TRUNCATEs are left out of the topics, so caches following them keep the truncated rows");
-    }
-    let mut tables = Tables::new(
-        config.tables.clone(),
-        partitions.clone(),
-        Output {
-            prefix: config.topic_prefix.clone(),
-            db,
-            truncate: config.records.truncate,
-            format: config.records.format,
-        },
-    );
-    // The snapshot's tables are decided before the markers make every topic non-empty.
-    let mut progress = None;
-    if config.snapshot != crate::config::SnapshotMode::Never {
-        state::ensure_topic(config).await?;
-        progress = match created_slot {
-            Some(lsn) => match snapshot::plan(&client, config, &partitions, lsn).await {
-                Ok(plan) => plan,
-                Err(e) => {
-                    // Without its plan (and markers) the new slot must not stream, or
-                    // its tables would never get their snapshot: drop it, and the
-                    // next session creates it again.
-                    if let Err(drop) = setup::drop_slot(&client, &config.slot).await {
-                        tracing::warn!(error = %drop, "dropping the new slot without a snapshot plan");
-                    }
-                    return Err(e);
-                }
-            },
-            None => tokio::task::block_in_place(|| snapshot::load(config, start))?,
+    // Every step from here to the new slot's markers runs under one rule: if one
+    // fails, a slot this session created is dropped again, and the next session
+    // creates it anew, plans its snapshot and writes its markers. A slot left behind
+    // would look like an old one to the next session, which would write neither.
+    // (Only a crash of the process in this stretch leaves a slot without markers.)
+    let prepared = async {
+        let start = setup::confirmed_flush_lsn(&client, &config.slot)
+            .await?
+            .unwrap_or(0);
+        let frontier = Arc::new(Mutex::new(Frontier::new(start)));
+        let limits = topics::record_limits(config, partitions.keys()).await;
+        let sink = Sink::new(config, frontier.clone(), limits)?;
+        let eos = match config.exactly_once {
+            true => {
+                sink.init_transactions()?;
+                let stored = exactly_once::load(config).await?;
+                let position = exactly_once::applicable(stored, start, created_slot);
+                info!(position = %Lsn(position.lsn), slot_created = %Lsn(position.slot_lsn), transactional_id = %config.transactional_id, "exactly once: transactions up to the stored position are in Kafka already");
+                Some(exactly_once::Transactions::new(config, position))
+            }
+            false => None,
         };
-    }
-    if let Some(lsn) = created_slot {
-        let marked = async {
+        // The snapshot's tables are decided before the markers make every topic non-empty.
+        let mut progress = None;
+        if config.snapshot != crate::config::SnapshotMode::Never {
+            state::ensure_topic(config).await?;
+            progress = match created_slot {
+                Some(lsn) => snapshot::plan(&client, config, &partitions, lsn).await?,
+                None => tokio::task::block_in_place(|| snapshot::load(config, start))?,
+            };
+        }
+        if let Some(lsn) = created_slot {
             let now_ms: i64 = client
                 .query_one("SELECT (extract(epoch FROM now()) * 1000)::int8", &[])
                 .await
@@ -449,24 +429,42 @@ pub async fn run_session(
                 sink.commit_transaction()?;
             }
             sink.drain(DRAIN_TIMEOUT).await?;
-            match lock(&frontier).in_flight() {
-                0 => Ok(()),
-                n => Err(BridgeError::Kafka {
-                    context: format!("writing the new slot's markers: {n} not acknowledged within {DRAIN_TIMEOUT:?}"),
+            let unacknowledged = lock(&frontier).in_flight();
+            if unacknowledged > 0 {
+                return Err(BridgeError::Kafka {
+                    context: format!("writing the new slot's markers: {unacknowledged} not acknowledged within {DRAIN_TIMEOUT:?}"),
                     source: KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageTimedOut),
-                }),
+                });
             }
         }
-        .await;
-        if let Err(e) = marked {
-            // Without its markers the new slot must not stream: drop it, and the next
-            // session creates it again and writes them.
-            if let Err(drop) = setup::drop_slot(&client, &config.slot).await {
-                tracing::warn!(error = %drop, "dropping the unmarked new slot");
+        Ok((start, frontier, sink, eos, progress))
+    }
+    .await;
+    let (start, frontier, sink, mut eos, mut progress) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            if created_slot.is_some() {
+                if let Err(drop) = setup::drop_slot(&client, &config.slot).await {
+                    tracing::warn!(error = %drop, "dropping the new slot, which has no markers");
+                }
             }
             return Err(e);
         }
+    };
+    let _stall_watch = AbortOnDrop(tokio::spawn(watch_stalls(frontier.clone())));
+    if config.records.truncate == TruncateMode::Skip {
+        warn!("--truncate skip: TRUNCATEs are left out of the topics, so caches following them keep the truncated rows");
     }
+    let mut tables = Tables::new(
+        config.tables.clone(),
+        partitions.clone(),
+        Output {
+            prefix: config.topic_prefix.clone(),
+            db,
+            truncate: config.records.truncate,
+            format: config.records.format,
+        },
+    );
     if let Some(progress) = &mut progress {
         if !progress.finished() {
             info!(tables = progress.tables.len() - progress.done.len(), "initial snapshot: writing every row of the tables as op r records before the changes");
