@@ -478,10 +478,11 @@ async fn exactly_once_a_snapshot_and_a_transaction_longer_than_the_transaction_t
 
 /// A session that creates the slot and then fails before the slot's markers are
 /// written (here the broker refuses the transactional producer: a
-/// `transaction.timeout.ms` above its `transaction.max.timeout.ms`) drops the new slot
-/// again. The next session creates it anew, so it writes the markers and the table's
-/// initial snapshot. A slot left behind would look like an old one to the next
-/// session: no markers (caches would not learn of the gap before it) and no snapshot.
+/// `transaction.timeout.ms` above its `transaction.max.timeout.ms`, which stops the
+/// bridge, since retrying cannot change it) drops the new slot again. The next
+/// session creates it anew, so it writes the markers and the table's initial
+/// snapshot. A slot left behind would look like an old one to the next session: no
+/// markers (caches would not learn of the gap before it) and no snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_failing_after_creating_its_slot_drops_it_so_the_next_marks_it() {
     let pg = pg().await;
@@ -501,14 +502,23 @@ async fn a_session_failing_after_creating_its_slot_drops_it_so_the_next_marks_it
     ];
     let topic = args.topic(&format!("public.{table}"));
     let mut failing = Bridge::start(&args);
-    failing
-        .wait_for_log("session failed; retrying", Duration::from_secs(60))
-        .await;
-    failing.kill9();
+    let status = failing.wait_exit(Duration::from_secs(60));
+    let log = failing.log_text();
+    assert!(!status.success(), "{log}");
     assert!(
-        failing.log_text().contains("created replication slot"),
-        "the failing session never got as far as the slot: {}",
-        failing.log_text()
+        log.contains("created replication slot") && log.contains("max.transaction.timeout.ms"),
+        "the failing session never got as far as the slot, or failed for another reason: {log}"
+    );
+    let left = pg
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&args.slot],
+        )
+        .await
+        .unwrap();
+    assert!(
+        left.is_none(),
+        "the unmarked new slot was left behind: {log}"
     );
 
     args.extra = vec!["--exactly-once".into()];

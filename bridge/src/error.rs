@@ -94,8 +94,9 @@ pub enum BridgeError {
 }
 
 /// Whether Kafka refused for a reason that retrying cannot change: a record too
-/// large, missing authorisation, failed authentication, an invalid topic or setting,
-/// or a policy the broker enforces. Anything else (timeouts, leader changes, a broker
+/// large, missing authorisation, failed authentication, an invalid topic or setting
+/// (a `transaction.timeout.ms` above the broker's `transaction.max.timeout.ms` among
+/// them), or a policy the broker enforces. Anything else (timeouts, leader changes, a broker
 /// going away) is retried.
 pub fn is_definite_kafka_error(e: &rdkafka::error::KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as C;
@@ -114,6 +115,7 @@ pub fn is_definite_kafka_error(e: &rdkafka::error::KafkaError) -> bool {
                 | C::InvalidReplicationFactor
                 | C::InvalidPartitions
                 | C::InvalidConfig
+                | C::InvalidTransactionTimeout
                 | C::PolicyViolation
                 | C::InvalidRequiredAcks
                 | C::UnsupportedVersion
@@ -200,6 +202,7 @@ mod tests {
             C::MessageSizeTooLarge,
             C::TopicAuthorizationFailed,
             C::InvalidTopic,
+            C::InvalidTransactionTimeout,
         ] {
             let e = BridgeError::Delivery(KafkaError::MessageProduction(definite));
             assert!(!e.is_transient(), "{definite:?} is definite");

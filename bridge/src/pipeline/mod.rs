@@ -347,6 +347,38 @@ async fn write_heartbeats(
 }
 
 /// Runs one session until `shutdown` turns true (returns `Ok`) or something fails.
+/// Drops the slot this session created and could not mark, through the session's
+/// connection or, when that one is broken (a failed step may have been the
+/// connection's), through a new one.
+async fn drop_new_slot(client: &tokio_postgres::Client, config: &Config) {
+    let first = within_deadline(
+        "dropping the new slot",
+        setup::drop_slot(client, &config.slot),
+    )
+    .await;
+    let result = match first {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            within_deadline("dropping the new slot", async {
+                let fresh = setup::connect(&config.postgres).await?;
+                setup::drop_slot(&fresh, &config.slot).await
+            })
+            .await
+        }
+    };
+    match result {
+        Ok(()) => {
+            info!(slot = %config.slot, "dropped the new slot, which has no markers: the next session creates it again and writes them")
+        }
+        Err(e) => tracing::error!(
+            slot = %config.slot,
+            error = %e,
+            "the new slot has no markers and could not be dropped: drop it (SELECT pg_drop_replication_slot('{}')) before the bridge streams from it, or caches will not learn of the changes lost before it",
+            config.slot
+        ),
+    }
+}
+
 pub async fn run_session(
     config: &Config,
     health: &Health,
@@ -444,9 +476,7 @@ pub async fn run_session(
         Ok(prepared) => prepared,
         Err(e) => {
             if created_slot.is_some() {
-                if let Err(drop) = setup::drop_slot(&client, &config.slot).await {
-                    tracing::warn!(error = %drop, "dropping the new slot, which has no markers");
-                }
+                drop_new_slot(&client, config).await;
             }
             return Err(e);
         }
