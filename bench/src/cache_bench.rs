@@ -255,8 +255,9 @@ pub(crate) struct OneLoad {
     readers: usize,
     /// CPU time the process used while the cache loaded (every thread), in seconds.
     cpu: f64,
-    /// Growth of the resident set when every loaded value was cloned into a `Vec` of
-    /// `Arc`s after the load: the value type's own memory, without the cache's.
+    /// Growth of the resident set when every loaded value was cloned into an `Arc` of
+    /// its own after the load (less the `Vec` holding them): the value type's own
+    /// memory, without the cache's.
     values_alone: u64,
 }
 
@@ -294,10 +295,14 @@ pub(crate) async fn load_once(
         // The values alone: each loaded value cloned (its strings allocated at their
         // length, as the decoder allocates them) into an `Arc`, held in a `Vec`, as
         // the simplest holder of the same rows would.
+        // Chunks freed during the load go back first, so that the clones do not
+        // reuse them; the `Vec`'s own pointers are not counted.
+        release_freed_memory();
         let before_alone = rss_kib();
         let mut alone: Vec<Arc<V>> = Vec::with_capacity(cache.len());
         alone.extend(cache.values().map(|v| Arc::new(V::clone(&v))));
-        let values_alone = rss_kib().saturating_sub(before_alone) * 1024;
+        let pointers = (alone.capacity() * std::mem::size_of::<Arc<V>>()) as u64;
+        let values_alone = (rss_kib().saturating_sub(before_alone) * 1024).saturating_sub(pointers);
         drop(alone);
         let load = OneLoad {
             seconds,
@@ -319,6 +324,7 @@ pub(crate) async fn load_once(
 }
 
 /// What [`timed_loads`] measured: medians over the runs.
+#[derive(Clone, Copy)]
 struct Loads {
     /// Seconds until ready.
     seconds: f64,
@@ -334,6 +340,22 @@ struct Loads {
     cpu: f64,
     /// The values' own memory per row, cloned into a `Vec` of `Arc`s after the load.
     values_per_row: f64,
+}
+
+impl Loads {
+    /// The medians of several measurements' figures (each its own runs' medians).
+    fn median_of(all: Vec<Loads>) -> Loads {
+        let of = |f: fn(&Loads) -> f64| median(all.iter().map(f).collect());
+        Loads {
+            seconds: of(|l| l.seconds),
+            copy: of(|l| l.copy),
+            ratio: of(|l| l.ratio),
+            readers: all.last().map_or(0, |l| l.readers),
+            bytes_per_row: of(|l| l.bytes_per_row),
+            cpu: of(|l| l.cpu),
+            values_per_row: of(|l| l.values_per_row),
+        }
+    }
 }
 
 /// `repeat` warm starts of `table` into a cache of `value`s with
@@ -517,7 +539,7 @@ pub async fn warm_start(
     ));
     let alone = load.values_per_row;
     out.rows.push((
-        "the typed struct alone, no cache: each loaded value cloned into an Arc, the Arcs in a Vec (8 B per row)".into(),
+        "the typed struct alone, no cache: each loaded value cloned into an Arc of its own".into(),
         format!("{alone:.0} B RSS per row"),
         format!("row as JSON {json:.0} B"),
         format!("{:.2} × JSON", alone / json),
@@ -527,8 +549,13 @@ pub async fn warm_start(
         ),
     ));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    match copy_backend_cpu(env, &table).await {
-        Some(server) => {
+    let mut server = Vec::new();
+    for _ in 0..repeat {
+        server.extend(copy_backend_cpu(env, &table).await);
+    }
+    match server.is_empty() {
+        false => {
+            let server = median(server);
             let floor = (load.cpu + server) / cores as f64;
             eprintln!(
                 "  CPU per typed load: cache {:.2} s, PostgreSQL's COPY {server:.2} s",
@@ -539,30 +566,40 @@ pub async fn warm_start(
                 format!("cache {:.2} s + PostgreSQL {server:.2} s", load.cpu),
                 format!("{cores} cores, COPY {:.2} s", load.copy),
                 format!("{:.2} × COPY", floor / load.copy),
-                "a floor, not a target: the load cannot end before its CPU time spread evenly over the cores".into(),
+                "a floor for this code with glibc's malloc, not a target: the load cannot end before that CPU time, spread evenly over the cores".into(),
             ));
         }
-        None => out.notes.push(
+        true => out.notes.push(
             "CPU of PostgreSQL's COPY: not measured (the benchmark's role may not read /proc/self/stat through pg_read_file)."
                 .into(),
         ),
     }
     match other_allocator() {
         Some(library) => {
-            let other =
-                timed_loads_with(env, ValueType::Typed, &table, &name, None, repeat, Some(library)).await?;
+            // One run of each at a time, so that both see the same stretch of the
+            // machine's noise.
+            let (mut glibc, mut other) = (Vec::new(), Vec::new());
+            for _ in 0..repeat {
+                glibc.push(timed_loads_with(env, ValueType::Typed, &table, &name, None, 1, None).await?);
+                other.push(timed_loads_with(env, ValueType::Typed, &table, &name, None, 1, Some(library)).await?);
+            }
+            let (glibc, other) = (Loads::median_of(glibc), Loads::median_of(other));
             eprintln!(
-                "  with {library}: cache {:.2} s, {:.2} × COPY, {:.0} B RSS per row",
-                other.seconds, other.ratio, other.bytes_per_row
+                "  with {library}: cache {:.2} s, {:.2} × COPY, {:.0} B RSS per row, {:.2} s CPU (glibc alternating: {:.2} s, {:.2} ×, {:.2} s CPU)",
+                other.seconds, other.ratio, other.bytes_per_row, other.cpu, glibc.seconds, glibc.ratio, glibc.cpu
             );
-            out.rows.push(beside_copy(
-                format!("warm start, {rows} rows, typed, default readers, mimalloc (LD_PRELOAD)"),
-                other.seconds,
-                Some(rows),
-                other.copy,
-                other.ratio,
-                None,
-            ));
+            for (loads, allocator) in [(&glibc, "glibc's malloc"), (&other, "mimalloc (LD_PRELOAD)")] {
+                let mut row = beside_copy(
+                    format!("warm start, {rows} rows, typed, default readers, {allocator}, the two alternating"),
+                    loads.seconds,
+                    Some(rows),
+                    loads.copy,
+                    loads.ratio,
+                    None,
+                );
+                row.1 = format!("{}; {:.2} s of CPU", row.1, loads.cpu);
+                out.rows.push(row);
+            }
             out.rows.push((
                 "memory per cached row (typed struct), mimalloc (LD_PRELOAD)".into(),
                 format!("{:.0} B RSS per row", other.bytes_per_row),
