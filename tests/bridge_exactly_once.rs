@@ -559,3 +559,78 @@ async fn a_session_failing_after_creating_its_slot_drops_it_so_the_next_marks_it
         "the table's initial snapshot"
     );
 }
+
+/// A producer that takes over the bridge's `transactional.id` fences the bridge: its
+/// session fails, and the log says what fences a producer, naming both causes (another
+/// bridge with the same id, or a transaction the broker aborted after
+/// `transaction.timeout.ms`), so an operator does not hunt for a second bridge that
+/// does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_bridge_says_what_fences_it() {
+    use rdkafka::producer::{Producer, ThreadedProducer};
+    let pg = pg().await;
+    let name = unique("eosfenced");
+    let table = format!("{name}_t");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int8 PRIMARY KEY, w int8 NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
+    args.extra = vec!["--exactly-once".into()];
+    let (bridge, args) = start_bridge_with(args).await;
+    let id = format!("tidemark.{}.{}", args.prefix, args.slot);
+    assert!(bridge.log_text().contains(&id), "{}", bridge.log_text());
+    tokio::task::spawn_blocking(move || {
+        let other: ThreadedProducer<_> = ClientConfig::new()
+            .set("bootstrap.servers", kafka())
+            .set("transactional.id", &id)
+            .create()
+            .expect("producer");
+        other
+            .init_transactions(Duration::from_secs(30))
+            .expect("init");
+    })
+    .await
+    .unwrap();
+    pg.batch_execute(&format!("INSERT INTO {table} VALUES (1, 1)"))
+        .await
+        .unwrap();
+    bridge
+        .wait_for_log("session failed", Duration::from_secs(60))
+        .await;
+    let log = bridge.log_text();
+    let failed = log
+        .lines()
+        .find(|l| l.contains("session failed"))
+        .unwrap_or_default();
+    for cause in [
+        "fenced",
+        "with its transactional id (tidemark.",
+        "transaction.timeout.ms (",
+    ] {
+        assert!(
+            failed.contains(cause),
+            "{cause:?} is not named in: {failed}"
+        );
+    }
+    // The next session starts a new producer (fencing the other one) and writes the
+    // change once.
+    let topic = args.topic(&format!("public.{table}"));
+    let seen = wait_for(
+        Duration::from_secs(60),
+        "the change after the fencing",
+        || {
+            let topic = topic.clone();
+            async move {
+                let seen = tokio::task::spawn_blocking(move || read_committed(&kafka(), &topic))
+                    .await
+                    .unwrap();
+                let writes: Vec<i64> = seen.iter().filter_map(write_of).collect();
+                (!writes.is_empty()).then_some(writes)
+            }
+        },
+    )
+    .await;
+    assert_eq!(seen, vec![1]);
+}

@@ -280,6 +280,8 @@ pub struct Sink {
     oversized: Oversized,
     /// Whether the producer is transactional (`--exactly-once`).
     transactional: bool,
+    /// With `--exactly-once`, what fences the producer, for its fatal error.
+    fenced_by: Option<String>,
 }
 
 impl Sink {
@@ -320,6 +322,16 @@ impl Sink {
             max_message_bytes,
             oversized: config.oversized_records,
             transactional: config.exactly_once,
+            fenced_by: config.exactly_once.then(|| {
+                format!(
+                    "a producer is fenced when another one starts with its transactional id ({}), \
+                     another bridge with the same slot and topic prefix or --transactional-id, \
+                     or when the broker aborts its Kafka transaction for staying open longer than \
+                     transaction.timeout.ms ({} ms); a new session starts a new producer",
+                    config.transactional_id,
+                    transaction_timeout(config).as_millis()
+                )
+            }),
         })
     }
 
@@ -343,7 +355,7 @@ impl Sink {
     pub fn begin_transaction(&self) -> Result<(), BridgeError> {
         self.producer
             .begin_transaction()
-            .map_err(BridgeError::kafka("beginning a Kafka transaction"))
+            .map_err(self.kafka_error("beginning a Kafka transaction"))
     }
 
     /// Delivers every record of the open transaction and commits it. On an error the
@@ -351,13 +363,13 @@ impl Sink {
     /// must end.
     pub fn commit_transaction(&self) -> Result<(), BridgeError> {
         tokio::task::block_in_place(|| self.producer.commit_transaction(TRANSACTION_CALL_TIMEOUT))
-            .map_err(BridgeError::kafka("committing a Kafka transaction"))
+            .map_err(self.kafka_error("committing a Kafka transaction"))
     }
 
     /// Aborts the open transaction: its records never reach `read_committed` readers.
     pub fn abort_transaction(&self) -> Result<(), BridgeError> {
         tokio::task::block_in_place(|| self.producer.abort_transaction(TRANSACTION_CALL_TIMEOUT))
-            .map_err(BridgeError::kafka("aborting a Kafka transaction"))
+            .map_err(self.kafka_error("aborting a Kafka transaction"))
     }
 
     /// A record larger than its topic takes: stop, or skip and count it.
@@ -435,7 +447,9 @@ impl Sink {
                 }
                 Err((e, _)) => {
                     self.acks.delivered(txn, Err(e.clone()));
-                    return Err(BridgeError::kafka(format!("producing to {}", record.topic))(e));
+                    return Err(self.kafka_error(format!("producing to {}", record.topic))(
+                        e,
+                    ));
                 }
             }
         }
@@ -453,9 +467,41 @@ impl Sink {
         self.failure().map_or(Ok(()), Err)
     }
 
-    /// The first failed delivery, as an error.
+    /// The first failed delivery, as an error. When the producer has a fatal error
+    /// (with `--exactly-once`, it was fenced), librdkafka fails every queued record
+    /// with "purged", which names no cause: the error is then the fatal one.
     pub fn failure(&self) -> Option<BridgeError> {
-        self.acks.failure().map(BridgeError::Delivery)
+        let failed = self.acks.failure()?;
+        Some(match self.fatal_error() {
+            Some(fatal) => fatal,
+            None => BridgeError::Delivery(failed),
+        })
+    }
+
+    /// A Kafka error of `context`, or the producer's fatal error when it has one: a
+    /// call on a producer in that state fails with a reason that hides the cause.
+    fn kafka_error(
+        &self,
+        context: impl Into<String>,
+    ) -> impl FnOnce(KafkaError) -> BridgeError + '_ {
+        let context = context.into();
+        move |source| {
+            self.fatal_error()
+                .unwrap_or(BridgeError::Kafka { context, source })
+        }
+    }
+
+    /// The producer's fatal error, if it has one, with what causes it.
+    pub fn fatal_error(&self) -> Option<BridgeError> {
+        let (code, reason) = self.producer.client().fatal_error()?;
+        let context = match &self.fenced_by {
+            Some(cause) => format!("the producer stopped with a fatal error ({reason}); {cause}"),
+            None => format!("the producer stopped with a fatal error ({reason})"),
+        };
+        Some(BridgeError::Kafka {
+            context,
+            source: KafkaError::MessageProduction(code),
+        })
     }
 
     /// The underlying librdkafka client, for metadata.
