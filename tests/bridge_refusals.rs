@@ -92,3 +92,45 @@ async fn with_skip_a_record_over_the_limit_is_counted_and_later_changes_flow() {
     );
     bridge.sigterm(Duration::from_secs(30));
 }
+
+/// A record the broker refuses (librdkafka's own limit raised above the topic's, so
+/// the producer sends what the topic will not take) stops the bridge too: the
+/// producer's gapless guarantee turns the refusal into a fatal error, and the refusal,
+/// not that fatal error, decides that the session must not be retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_broker_refuses_stops_the_bridge() {
+    let pg = pg().await;
+    let name = unique("brokerrefuses");
+    let table = format!("{name}_t");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, v text NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    let mut args = BridgeArgs::new(&name, &[&format!("public.{table}")]);
+    args.extra = [
+        "--topic-config",
+        "max.message.bytes=20000",
+        "--kafka-property",
+        "message.max.bytes=1000000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (mut bridge, _) = start_bridge_with(args).await;
+    // About 100 kB of hex digits: more than 20,000 bytes after compression.
+    pg.batch_execute(&format!(
+        "INSERT INTO {table} VALUES (1, 'small');
+         INSERT INTO {table} SELECT 2, string_agg(md5(g::text || random()::text), '') FROM generate_series(1, 3200) g;"
+    ))
+    .await
+    .unwrap();
+    let status = bridge.wait_exit(Duration::from_secs(60));
+    let log = bridge.log_text();
+    assert!(
+        !status.success(),
+        "a refused record stops the bridge:\n{log}"
+    );
+    assert!(log.contains("Kafka refused a record for good"), "{log}");
+    assert!(!log.contains("session failed; retrying"), "{log}");
+}

@@ -346,7 +346,6 @@ async fn write_heartbeats(
     Ok(())
 }
 
-/// Runs one session until `shutdown` turns true (returns `Ok`) or something fails.
 /// Drops the slot this session created and could not mark, through the session's
 /// connection or, when that one is broken (a failed step may have been the
 /// connection's), through a new one.
@@ -379,6 +378,7 @@ async fn drop_new_slot(client: &tokio_postgres::Client, config: &Config) {
     }
 }
 
+/// Runs one session until `shutdown` turns true (returns `Ok`) or something fails.
 pub async fn run_session(
     config: &Config,
     health: &Health,

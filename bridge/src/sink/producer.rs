@@ -280,7 +280,7 @@ pub struct Sink {
     oversized: Oversized,
     /// Whether the producer is transactional (`--exactly-once`).
     transactional: bool,
-    /// With `--exactly-once`, what fences the producer, for its fatal error.
+    /// With `--exactly-once`, what fences a producer, for a fatal error that says so.
     fenced_by: Option<String>,
 }
 
@@ -469,34 +469,51 @@ impl Sink {
 
     /// The first failed delivery, as an error. When the producer has a fatal error
     /// (with `--exactly-once`, it was fenced), librdkafka fails every queued record
-    /// with "purged", which names no cause: the error is then the fatal one.
+    /// with "purged", which names no cause: the error is then the fatal one. A
+    /// record the broker refused for good stays the error, so that the bridge stops
+    /// (the gapless guarantee turns that refusal into a fatal error too).
     pub fn failure(&self) -> Option<BridgeError> {
         let failed = self.acks.failure()?;
-        Some(match self.fatal_error() {
-            Some(fatal) => fatal,
-            None => BridgeError::Delivery(failed),
-        })
+        Some(self.kafka_error_or_fatal(failed, BridgeError::Delivery))
     }
 
-    /// A Kafka error of `context`, or the producer's fatal error when it has one: a
-    /// call on a producer in that state fails with a reason that hides the cause.
+    /// `error` made by `make`, or, when it is not a definite refusal and the
+    /// producer has a fatal error, that fatal error: a call on a producer in that
+    /// state fails with a reason that hides the cause.
+    fn kafka_error_or_fatal(
+        &self,
+        error: KafkaError,
+        make: impl FnOnce(KafkaError) -> BridgeError,
+    ) -> BridgeError {
+        if !crate::error::is_definite_kafka_error(&error) {
+            if let Some(fatal) = self.fatal_error() {
+                return fatal;
+            }
+        }
+        make(error)
+    }
+
+    /// A Kafka error of `context`, or the producer's fatal error (see
+    /// [`Sink::kafka_error_or_fatal`]).
     fn kafka_error(
         &self,
         context: impl Into<String>,
     ) -> impl FnOnce(KafkaError) -> BridgeError + '_ {
         let context = context.into();
         move |source| {
-            self.fatal_error()
-                .unwrap_or(BridgeError::Kafka { context, source })
+            self.kafka_error_or_fatal(source, |source| BridgeError::Kafka { context, source })
         }
     }
 
-    /// The producer's fatal error, if it has one, with what causes it.
-    pub fn fatal_error(&self) -> Option<BridgeError> {
+    /// The producer's fatal error, if it has one; when it was fenced, with what
+    /// fences a producer.
+    fn fatal_error(&self) -> Option<BridgeError> {
         let (code, reason) = self.producer.client().fatal_error()?;
         let context = match &self.fenced_by {
-            Some(cause) => format!("the producer stopped with a fatal error ({reason}); {cause}"),
-            None => format!("the producer stopped with a fatal error ({reason})"),
+            Some(cause) if code == RDKafkaErrorCode::Fenced => {
+                format!("the producer stopped with a fatal error ({reason}); {cause}")
+            }
+            _ => format!("the producer stopped with a fatal error ({reason})"),
         };
         Some(BridgeError::Kafka {
             context,

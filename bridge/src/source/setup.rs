@@ -328,11 +328,15 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Option<u64>, Bri
     Ok(None)
 }
 
-/// The slot's confirmed flush LSN.
 /// Drops `slot` (a slot this session created and could not mark).
 pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), BridgeError> {
+    // A slot already gone counts as dropped (an earlier attempt that timed out may
+    // have completed).
     client
-        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
         .await
         .map_err(BridgeError::postgres(format!(
             "dropping replication slot {slot}"
@@ -340,6 +344,7 @@ pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), BridgeError> {
     Ok(())
 }
 
+/// The slot's confirmed flush LSN.
 pub async fn confirmed_flush_lsn(client: &Client, slot: &str) -> Result<Option<u64>, BridgeError> {
     let row = client
         .query_opt(
