@@ -164,12 +164,11 @@ pub struct Transactions {
     committed: Position,
     /// The PostgreSQL transaction being read, with its changes read so far.
     current: Option<Partial>,
-    /// Changes of `current` still to skip: committed in Kafka by an earlier session.
-    resume: u64,
     /// The position the open transaction will store.
     pending: u64,
     /// The stored position's partial transaction until this session has decoded it
-    /// again and skipped its committed changes.
+    /// again and skipped its committed changes: while `current` is that transaction,
+    /// its changes up to `resume_at.changes` are skipped.
     resume_at: Option<Partial>,
     /// When the open Kafka transaction began, and its records so far.
     open: Option<(Instant, u64)>,
@@ -188,7 +187,6 @@ impl Transactions {
             split_after: split_after(config),
             committed: position,
             current: None,
-            resume: 0,
             resume_at: position.partial,
             pending: position.lsn,
             open: None,
@@ -239,15 +237,12 @@ impl Transactions {
     /// The PostgreSQL transaction `xid` whose commit record is at `final_lsn` begins
     /// (one that [`Transactions::skip`] did not skip).
     pub fn pg_begin(&mut self, final_lsn: u64, xid: u32) {
-        self.resume = match self.resume_at {
-            Some(p) if p.final_lsn == final_lsn && p.xid == xid => {
+        match self.resume_at {
+            Some(p) if p.final_lsn == final_lsn && p.xid == xid && p.changes > 0 => {
                 info!(commit = %Lsn(final_lsn), xid, changes = p.changes, "resuming inside PostgreSQL transaction: its first changes are committed in Kafka already");
-                p.changes
             }
-            _ => 0,
-        };
-        if self.resume == 0 && self.resume_at.is_some_and(|p| final_lsn >= p.final_lsn) {
-            self.resume_at = None;
+            Some(p) if final_lsn >= p.final_lsn => self.resume_at = None,
+            _ => {}
         }
         self.current = Some(Partial {
             final_lsn,
@@ -259,17 +254,19 @@ impl Transactions {
     /// Counts one change of the PostgreSQL transaction being read; false when its
     /// records are committed in Kafka already and must not be written again.
     pub fn change(&mut self) -> bool {
-        if let Some(current) = &mut self.current {
-            current.changes += 1;
-        }
-        if self.resume > 0 {
-            self.resume -= 1;
-            if self.resume == 0 {
-                self.resume_at = None;
+        let Some(current) = &mut self.current else {
+            return true;
+        };
+        current.changes += 1;
+        match self.resume_at {
+            Some(p) if p.final_lsn == current.final_lsn && p.xid == current.xid => {
+                if current.changes == p.changes {
+                    self.resume_at = None;
+                }
+                false
             }
-            return false;
+            _ => true,
         }
-        true
     }
 
     /// A PostgreSQL transaction whose records are all in the open Kafka transaction
@@ -277,7 +274,6 @@ impl Transactions {
     pub fn pg_committed(&mut self, end_lsn: u64) {
         self.pending = self.pending.max(end_lsn);
         self.current = None;
-        self.resume = 0;
         if self.resume_at.is_some_and(|p| end_lsn > p.final_lsn) {
             self.resume_at = None;
         }
